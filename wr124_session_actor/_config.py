@@ -1,0 +1,186 @@
+"""Configuration: one frozen dataclass, read from the original module's environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
+
+from ._exceptions import ConfigError
+
+__all__ = ["HTTP_CLIENTS", "Config"]
+
+#: HTTP client libraries in the order the original module prefers them.
+HTTP_CLIENTS: Final = ("aiohttp", "httpx", "urllib")
+
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting of the library.
+
+    Built in code, ``Config(...)`` means "persist" (``enabled`` defaults to true); built by
+    :meth:`from_env`, it follows the original module and stays disabled unless
+    ``ENABLE_SESSION_STATE_UPLOAD`` is true. Each field's environment variable is given beside it.
+    """
+
+    enabled: bool = True  # ENABLE_SESSION_STATE_UPLOAD
+    api_url: str = "http://localhost:8000"  # SESSION_API_URL (http(s)://, sqlite:///file.db, memory://)
+    project_id: str = "default"  # DEFAULT_PROJECT_ID
+    timeout: float = 10.0  # SESSION_STATE_TIMEOUT: bounds a whole public call, retries included
+    api_key: str | None = None  # SESSION_API_KEY, sent as "Authorization: Bearer"
+    debounce: float = 0.05  # SESSION_STATE_DEBOUNCE: flush after this much quiet
+    max_delay: float = 1.0  # SESSION_STATE_MAX_DELAY: flush at the latest this long after the first upload
+    max_batch: int = 500  # SESSION_STATE_MAX_BATCH: flush when this many documents are pending
+    mailbox_size: int = 1024  # SESSION_STATE_MAILBOX_SIZE: messages buffered per session
+    idle_timeout: float = 60.0  # SESSION_STATE_IDLE_TIMEOUT: an idle actor exits after this long
+    shutdown_timeout: float = 30.0  # SESSION_STATE_SHUTDOWN_TIMEOUT: final flush budget
+    cache_ttl: float = 60.0  # SESSION_STATE_CACHE_TTL: seconds; 0 turns the cache off
+    cache_size: int = 128  # SESSION_STATE_CACHE_SIZE: cached reads per session
+    keep: Literal["latest", "all"] = "latest"  # SESSION_STATE_KEEP
+    http_clients: tuple[str, ...] = HTTP_CLIENTS  # SESSION_STATE_HTTP_CLIENTS: allowed, in order
+    max_body_bytes: int = 64 * 1024 * 1024  # SESSION_STATE_MAX_BODY_BYTES: the client splits batches below it
+    retries: int = 4  # SESSION_STATE_RETRIES: extra attempts for transient failures
+    retry_backoff: float = 0.1  # SESSION_STATE_RETRY_BACKOFF: first backoff, doubled per attempt
+    retry_backoff_max: float = 2.0  # SESSION_STATE_RETRY_BACKOFF_MAX: backoff cap
+    spool: str | None = None  # SESSION_STATE_SPOOL: sqlite outbox path (opt-in durability)
+    spool_sync_interval: float = 0.1  # SESSION_STATE_SPOOL_SYNC_INTERVAL: outbox commit interval
+    spool_max_documents: int = 100_000  # SESSION_STATE_SPOOL_MAX_DOCUMENTS: outbox bound
+
+    def __post_init__(self) -> None:
+        _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
+        for name, value in (
+            ("SESSION_STATE_DEBOUNCE", self.debounce),
+            ("SESSION_STATE_MAX_DELAY", self.max_delay),
+            ("SESSION_STATE_IDLE_TIMEOUT", self.idle_timeout),
+            ("SESSION_STATE_SHUTDOWN_TIMEOUT", self.shutdown_timeout),
+            ("SESSION_STATE_CACHE_TTL", self.cache_ttl),
+            ("SESSION_STATE_RETRY_BACKOFF", self.retry_backoff),
+            ("SESSION_STATE_RETRY_BACKOFF_MAX", self.retry_backoff_max),
+            ("SESSION_STATE_SPOOL_SYNC_INTERVAL", self.spool_sync_interval),
+        ):
+            _check(value >= 0 and math.isfinite(value), name, "a number >= 0")
+        for name, count in (
+            ("SESSION_STATE_MAX_BATCH", self.max_batch),
+            ("SESSION_STATE_MAILBOX_SIZE", self.mailbox_size),
+            ("SESSION_STATE_CACHE_SIZE", self.cache_size),
+            ("SESSION_STATE_MAX_BODY_BYTES", self.max_body_bytes),
+            ("SESSION_STATE_SPOOL_MAX_DOCUMENTS", self.spool_max_documents),
+        ):
+            _check(count >= 1, name, "a whole number >= 1")
+        _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
+        _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
+        _check(bool(self.project_id) and "/" not in self.project_id, "DEFAULT_PROJECT_ID",
+               "a non-empty name without '/'")
+        _check(bool(self.http_clients) and all(c in HTTP_CLIENTS for c in self.http_clients),
+               "SESSION_STATE_HTTP_CLIENTS", "a comma-separated subset of " + ",".join(HTTP_CLIENTS))
+        scheme = self.api_url.partition(":")[0].lower()
+        _check(scheme in ("http", "https", "sqlite", "memory") and "://" in self.api_url,
+               "SESSION_API_URL", "an http(s)://, sqlite:///path or memory:// URL")
+        if scheme == "sqlite":
+            _check(self.api_url.startswith("sqlite:///") and len(self.api_url) > len("sqlite:///"),
+                   "SESSION_API_URL", "sqlite:///relative.db or sqlite:////absolute/path.db")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Read the configuration from the environment (``os.environ`` unless given).
+
+        Raises:
+            ConfigError: a variable is set to a malformed value; the message names it.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+
+        def read(var: str, field: str, parse: Callable[[str, str], object]) -> None:
+            raw = env.get(var)
+            if raw is not None:
+                values[field] = parse(var, raw.strip())
+
+        read("ENABLE_SESSION_STATE_UPLOAD", "enabled", _parse_bool)
+        values.setdefault("enabled", False)
+        read("SESSION_API_URL", "api_url", _parse_str)
+        read("DEFAULT_PROJECT_ID", "project_id", _parse_str)
+        read("SESSION_STATE_TIMEOUT", "timeout", _parse_float)
+        read("SESSION_API_KEY", "api_key", _parse_optional)
+        read("SESSION_STATE_SPOOL", "spool", _parse_optional)
+        read("SESSION_STATE_KEEP", "keep", _parse_str)
+        read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
+        for field in dataclasses.fields(cls):
+            if field.name in values or field.name in ("enabled", "api_url", "project_id", "timeout"):
+                continue
+            var = "SESSION_STATE_" + field.name.upper()
+            if field.type == "float":
+                read(var, field.name, _parse_float)
+            elif field.type == "int":
+                read(var, field.name, _parse_int)
+        values.update(overrides)
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # pragma: no cover - a wrong override type
+            raise ConfigError(str(exc)) from exc
+
+    def replace(self, **changes: object) -> Config:
+        """Return a copy with some fields changed (validated like the original)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def store_kind(self) -> Literal["http", "sqlite", "memory"]:
+        """Which store the URL names."""
+        scheme = self.api_url.partition(":")[0].lower()
+        if scheme in ("http", "https"):
+            return "http"
+        return "sqlite" if scheme == "sqlite" else "memory"
+
+
+def _check(ok: bool, variable: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{variable} must be {expected}")
+
+
+def _parse_bool(var: str, raw: str) -> bool:
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"{var} must be true or false, got {raw!r}")
+
+
+def _parse_float(var: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{var} must be a finite number >= 0, got {raw!r}")
+    return value
+
+
+def _parse_int(var: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+
+
+def _parse_str(var: str, raw: str) -> str:
+    if not raw:
+        raise ConfigError(f"{var} must not be empty")
+    return raw
+
+
+def _parse_optional(var: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _parse_list(var: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in raw.split(",") if part.strip())

@@ -1,0 +1,153 @@
+"""A session actor's mailbox: a bounded FIFO whose timed receive never loses a message.
+
+Why not ``anyio.create_memory_object_stream``: a receive that times out under asyncio can be
+cancelled after a sender already handed it an item, and that item is gone. Here messages stay in a
+deque and the event only wakes the consumer, so a timed-out wait loses nothing. The mailbox also
+coalesces: past its bound, a fire-and-forget upload replaces the queued upload of the same agent
+instead of growing the queue (memory stays bounded by ``max_size`` plus one upload per agent).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._document import StateUpload
+
+__all__ = ["Call", "Mailbox", "Message", "Reply", "Upload"]
+
+
+class Reply:
+    """A one-shot slot a caller awaits and the actor fills."""
+
+    __slots__ = ("_event", "value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self.value: Any = None
+
+    def set(self, value: object) -> None:
+        """Fill the slot and wake the caller (a second call is ignored)."""
+        if not self._event.is_set():
+            self.value = value
+            self._event.set()
+
+    async def wait(self) -> Any:
+        """Wait for the value."""
+        await self._event.wait()
+        return self.value
+
+
+@dataclass(slots=True)
+class Upload:
+    """An upload message; ``coalesced`` counts older uploads it replaced while queued."""
+
+    upload: StateUpload
+    reply: Reply | None
+    coalesced: int = 0
+
+
+@dataclass(slots=True)
+class Call:
+    """Run ``func`` with the session's ops after flushing pending uploads; ``func`` None is a plain flush."""
+
+    func: Callable[[Any], Awaitable[Any]] | None
+    reply: Reply
+
+
+Message = Upload | Call
+
+
+class Mailbox:
+    """A bounded FIFO of messages for one consumer."""
+
+    __slots__ = ("_by_agent", "_items", "_readable", "_writable", "closed", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._items: deque[Message] = deque()
+        # The newest queued fire-and-forget upload of each agent: what an overflow coalesces into.
+        self._by_agent: dict[str, Upload] = {}
+        self._readable: anyio.Event | None = None
+        self._writable: anyio.Event | None = None
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _append(self, message: Message) -> None:
+        self._items.append(message)
+        if isinstance(message, Upload) and message.reply is None:
+            self._by_agent[message.upload.agent_name] = message
+        if self._readable is not None:
+            self._readable.set()
+            self._readable = None
+
+    def put_nowait(self, message: Message) -> bool:
+        """Queue ``message`` if there is room; return whether it was queued."""
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if len(self._items) >= self.max_size:
+            return False
+        self._append(message)
+        return True
+
+    def submit(self, upload: StateUpload) -> int:
+        """Queue a fire-and-forget upload, coalescing when full; return how many uploads it replaced."""
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if len(self._items) >= self.max_size:
+            queued = self._by_agent.get(upload.agent_name)
+            if queued is not None:
+                queued.upload = upload
+                queued.coalesced += 1
+                return 1
+        self._append(Upload(upload, None))
+        return 0
+
+    async def put(self, message: Message) -> None:
+        """Queue ``message``, waiting for room."""
+        await anyio.lowlevel.checkpoint()
+        while not self.put_nowait(message):
+            if self._writable is None:
+                self._writable = anyio.Event()
+            await self._writable.wait()
+
+    def get_nowait(self) -> Message | None:
+        """Take the oldest message, or ``None`` when empty."""
+        if not self._items:
+            return None
+        message = self._items.popleft()
+        if isinstance(message, Upload) and self._by_agent.get(message.upload.agent_name) is message:
+            del self._by_agent[message.upload.agent_name]
+        if self._writable is not None:
+            self._writable.set()
+            self._writable = None
+        return message
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until a message is queued or the mailbox closes, at most ``timeout`` seconds.
+
+        Returns whether a message is ready (a cancelled or timed-out wait loses nothing).
+        """
+        if not self._items and not self.closed:
+            if self._readable is None:
+                self._readable = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._readable.wait()
+        return bool(self._items)
+
+    def close(self) -> None:
+        """Refuse new messages and wake the consumer; queued messages stay readable."""
+        self.closed = True
+        if self._readable is not None:
+            self._readable.set()
+            self._readable = None
+        if self._writable is not None:
+            self._writable.set()
+            self._writable = None

@@ -1,0 +1,208 @@
+"""``SessionStateManager``: the original WR124 API, in direct mode or actor mode."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import anyio.lowlevel
+import structlog
+
+from ._config import Config
+from ._document import StateUpload
+from ._handle import SessionHandle
+from ._ops import SessionOps
+from ._status import SessionStateStatus
+from ._system import ActorSystem
+from .stores import DocumentStore, open_store
+
+__all__ = ["SessionStateManager"]
+
+Status = SessionStateStatus
+logger = structlog.get_logger("wr124_session_actor")
+
+
+class SessionStateManager:
+    """Persists one session's agent states; every method returns ``(status, value)``.
+
+    Used bare, the manager is in *direct mode*: each call goes straight to the store (with the read
+    cache and logging, no batching). Used as ``async with SessionStateManager(...) as manager:``, or
+    obtained from :meth:`ActorSystem.manager`, it is in *actor mode*: calls go through the session's
+    mailbox and uploads are coalesced into batched writes. Results and statuses are the same.
+
+    The constructor does no I/O.
+
+    Args:
+        session_id: the session every read and write is scoped to.
+        config: the configuration; read from the environment (the original's variables) when omitted.
+        handle: the session's mailbox handle (actor mode); given by :meth:`ActorSystem.manager`.
+
+    Raises:
+        ConfigError: the environment holds a malformed value; the message names the variable.
+        ValueError: ``session_id`` is empty.
+    """
+
+    def __init__(self, session_id: str, config: Config | None = None, *,
+                 handle: SessionHandle | None = None) -> None:
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError("session_id must be a non-empty string")
+        self.session_id = session_id
+        self.config = Config.from_env() if config is None else config
+        self._handle = handle
+        self._store: DocumentStore | None = None
+        self._private_system: ActorSystem | None = None
+        self._ops = SessionOps(session_id, self.config, self._direct_store)
+
+    def _direct_store(self) -> DocumentStore:
+        if self._store is None:
+            self._store = open_store(self.config)
+        return self._store
+
+    @property
+    def enabled(self) -> bool:
+        """Whether uploads are enabled (``ENABLE_SESSION_STATE_UPLOAD``)."""
+        return self.config.enabled
+
+    @property
+    def mode(self) -> str:
+        """``"actor"`` when calls go through a mailbox, else ``"direct"``."""
+        return "direct" if self._handle is None else "actor"
+
+    @property
+    def handle(self) -> SessionHandle | None:
+        """The session's mailbox handle in actor mode, else ``None``."""
+        return self._handle
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SessionStateManager:
+        if self._handle is None:
+            system = ActorSystem(self.config, store=self._direct_store())
+            await system.__aenter__()
+            self._private_system = system
+            self._handle = system.handle(self.session_id)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        system, self._private_system = self._private_system, None
+        if system is not None:
+            self._handle = None
+            self._store = None  # the system closes the store it was given
+            return await system.__aexit__(exc_type, exc, tb)
+        await self.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        """Close the direct-mode store (connections); a later call opens a new one."""
+        store, self._store = self._store, None
+        if store is not None:
+            await store.aclose()
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    # -- the original API -------------------------------------------------------------------------
+
+    async def upload_session_state(
+        self,
+        state: object,
+        task: str = "",
+        agent_name: str = "agent",
+        *,
+        agent_description: str = "",
+        agent_color: str = "",
+        tools_count: int = 0,
+        description: str | None = None,
+    ) -> tuple[Status, str]:
+        """Store a state; return ``(status, document id)`` or ``(status, error message)``.
+
+        In actor mode the upload joins the session's batch and the id may name the document that
+        holds a newer state of the same agent (``keep="latest"``).
+        """
+        details: dict[str, Any] = {"agent_description": agent_description, "agent_color": agent_color,
+                                   "tools_count": tools_count, "description": description}
+        if self._handle is not None:
+            return await self._handle.upload(state, task, agent_name, **details)
+        return await self._ops.upload(StateUpload(self.session_id, state, task, agent_name, **details))
+
+    def submit_session_state(
+        self,
+        state: object,
+        task: str = "",
+        agent_name: str = "agent",
+        *,
+        agent_description: str = "",
+        agent_color: str = "",
+        tools_count: int = 0,
+        description: str | None = None,
+    ) -> Status:
+        """Fire-and-forget upload: synchronous, never blocks, never raises; the outcome is logged.
+
+        Returns ``SUCCESS`` when accepted (actor mode), ``DISABLED`` when disabled, and ``FAILED`` in
+        direct mode, which has no actor to accept it.
+        """
+        if not self.config.enabled:
+            return Status.DISABLED
+        if self._handle is None:
+            logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
+                           op="submit", error="submit needs actor mode: use 'async with SessionStateManager(...)'"
+                           " or ActorSystem.manager()")
+            return Status.FAILED
+        return self._handle.submit(state, task, agent_name, agent_description=agent_description,
+                                   agent_color=agent_color, tools_count=tools_count, description=description)
+
+    async def flush(self) -> tuple[Status, str]:
+        """Write every pending upload now (actor mode); direct mode has nothing pending."""
+        if self._handle is not None:
+            return await self._handle.flush()
+        await anyio.lowlevel.checkpoint()
+        return (Status.SUCCESS, "nothing pending") if self.config.enabled else (Status.DISABLED, "disabled")
+
+    async def download_session_states(
+        self,
+        limit: int = 10,
+        agent_name: str | None = None,
+        start_date: str | datetime | None = None,
+        end_date: str | datetime | None = None,
+    ) -> tuple[Status, list[dict[str, Any]]]:
+        """This session's state documents, newest first, each with ``_id``, ``content``, ``created_at``."""
+        if self._handle is not None:
+            return await self._handle.download(limit, agent_name, start_date, end_date)
+        return await self._ops.download(limit, agent_name, start_date, end_date)
+
+    async def restore_session_state(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
+        """The ``content`` (agent_name, task, state, timestamp, ...) of one of this session's states.
+
+        A document of another session, or one that is not a state document, does not restore.
+        """
+        if self._handle is not None:
+            return await self._handle.restore(doc_id)
+        return await self._ops.restore(doc_id)
+
+    async def restore_latest_session_state(self) -> tuple[Status, dict[str, Any] | None]:
+        """The ``content`` of this session's newest state."""
+        if self._handle is not None:
+            return await self._handle.restore_latest()
+        return await self._ops.restore_latest()
+
+    async def restore_agent_session_state(self, agent_name: str) -> tuple[Status, dict[str, Any] | None]:
+        """The ``content`` of this session's newest state of ``agent_name``."""
+        if self._handle is not None:
+            return await self._handle.restore_latest(agent_name)
+        return await self._ops.restore_latest(agent_name)
+
+    async def list_available_session_states(
+        self, limit: int = 10, agent_name: str | None = None
+    ) -> tuple[Status, list[dict[str, Any]]]:
+        """Summaries ``{id, name, description, created_at, updated_at, tags}`` of this session's states."""
+        if self._handle is not None:
+            return await self._handle.list_available(limit, agent_name)
+        return await self._ops.list_available(limit, agent_name)
+
+    async def delete_session_state(self, doc_id: str) -> tuple[Status, str]:
+        """Delete one of this session's state documents; return a message."""
+        if self._handle is not None:
+            return await self._handle.delete(doc_id)
+        return await self._ops.delete(doc_id)

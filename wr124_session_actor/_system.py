@@ -1,0 +1,173 @@
+"""The actor system: owns the task group in which every session actor runs."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+from ._actor import SessionActor
+from ._config import Config
+from ._ops import SessionOps
+from .stores import DocumentStore, open_store
+
+if TYPE_CHECKING:
+    from ._handle import SessionHandle
+    from ._manager import SessionStateManager
+
+__all__ = ["ActorSystem", "SystemStatistics"]
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class SystemCounters:
+    """Running totals the actors update (internal; read them through :meth:`ActorSystem.statistics`)."""
+
+    submitted: int = 0
+    coalesced: int = 0
+    documents: int = 0
+    store_writes: int = 0
+    failed: int = 0
+    actors_started: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SystemStatistics:
+    """A snapshot of an actor system's counters.
+
+    Attributes:
+        live_actors: actors running now.
+        actors_started: actors started so far (an idle actor that comes back counts again).
+        submitted: uploads accepted (``submit`` and awaited ``upload``).
+        coalesced: uploads replaced by a newer state of the same agent before being written.
+        documents: documents written.
+        store_writes: store write calls (batches).
+        failed: uploads whose write failed.
+        queued: messages waiting in all mailboxes.
+    """
+
+    live_actors: int
+    actors_started: int
+    submitted: int
+    coalesced: int
+    documents: int
+    store_writes: int
+    failed: int
+    queued: int
+
+
+class ActorSystem:
+    """Runs one actor per active session inside a task group it owns.
+
+    Use it as ``async with ActorSystem(config) as system:``; get a session's mailbox handle with
+    :meth:`handle` or an actor-mode manager with :meth:`manager`. Leaving the block flushes every
+    pending upload within ``shutdown_timeout``, also when the leaving is a cancellation.
+
+    Args:
+        config: the configuration; read from the environment when omitted.
+        store: a store to use instead of the one ``config.api_url`` names (the system closes it).
+
+    Raises:
+        ConfigError: the environment holds a malformed value (when ``config`` is omitted).
+    """
+
+    def __init__(self, config: Config | None = None, *, store: DocumentStore | None = None) -> None:
+        self.config = Config.from_env() if config is None else config
+        self._store = store
+        self._actors: dict[str, SessionActor] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._state = _State.UNOPENED
+        self._counters = SystemCounters()
+
+    @property
+    def store(self) -> DocumentStore:
+        """The store every actor writes to (opened with the system)."""
+        if self._store is None:
+            self._store = open_store(self.config)
+        return self._store
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the system accepts messages."""
+        return self._state is _State.OPEN
+
+    async def __aenter__(self) -> ActorSystem:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"an ActorSystem cannot be entered twice (it is {self._state.value})")
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._state = _State.OPEN
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._task_group is not None
+        self._state = _State.CLOSED
+        for actor in list(self._actors.values()):
+            actor.mailbox.close()  # each actor drains, flushes within shutdown_timeout and exits
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._actors.clear()
+            if self._store is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._store.aclose()
+
+    def actor(self, session_id: str) -> SessionActor:
+        """The running actor of ``session_id``, started if it is not running (internal to handles)."""
+        actor = self._actors.get(session_id)
+        if actor is None:
+            if self._state is not _State.OPEN:
+                raise anyio.ClosedResourceError
+            assert self._task_group is not None
+            store = self.store
+            ops = SessionOps(session_id, self.config, lambda: store)
+            actor = self._actors[session_id] = SessionActor(ops, self._counters, self._forget)
+            self._counters.actors_started += 1
+            self._task_group.start_soon(actor.run, name=f"session-actor:{session_id}")
+        return actor
+
+    def _forget(self, actor: SessionActor) -> None:
+        if self._actors.get(actor.ops.session_id) is actor:
+            del self._actors[actor.ops.session_id]
+
+    def handle(self, session_id: str) -> SessionHandle:
+        """The mailbox handle of ``session_id`` (its actor starts on the first message)."""
+        from ._handle import SessionHandle
+
+        return SessionHandle(self, session_id)
+
+    def manager(self, session_id: str) -> SessionStateManager:
+        """A :class:`SessionStateManager` for ``session_id`` in actor mode."""
+        from ._manager import SessionStateManager
+
+        return SessionStateManager(session_id, self.config, handle=self.handle(session_id))
+
+    def statistics(self) -> SystemStatistics:
+        """A snapshot of the counters."""
+        c = self._counters
+        return SystemStatistics(
+            live_actors=len(self._actors),
+            actors_started=c.actors_started,
+            submitted=c.submitted,
+            coalesced=c.coalesced,
+            documents=c.documents,
+            store_writes=c.store_writes,
+            failed=c.failed,
+            queued=sum(len(a.mailbox) for a in self._actors.values()),
+        )
+
+    @property
+    def counters(self) -> SystemCounters:
+        """The live counters (internal to handles and actors)."""
+        return self._counters

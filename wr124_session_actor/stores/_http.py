@@ -1,0 +1,209 @@
+"""The json-documents REST API as a :class:`DocumentStore`, over any :class:`Transport`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+from urllib.parse import quote
+
+import orjson
+
+from .._document import EncodedDocument, decode
+from .._exceptions import (
+    DocumentNotFound,
+    StoreBadResponse,
+    StoreClosed,
+    StoreRejected,
+    StoreTimeout,
+    StoreUnavailable,
+)
+from ..transports import Params, Response, Transport
+from ._base import MAX_QUERY_LIMIT, Document, Query, QueryResult
+
+__all__ = ["MAX_SERVER_BATCH", "HttpStore"]
+
+#: The most documents the reference server takes in one batch request.
+MAX_SERVER_BATCH: Final = 1000
+_ENVELOPE: Final = len(b'{"documents":[]}')
+
+
+class HttpStore:
+    """Documents behind the json-documents HTTP API.
+
+    Args:
+        base_url: the server's root, e.g. ``http://127.0.0.1:8000``.
+        project: the project (path segment and ``X-Project-ID`` header).
+        transport_factory: makes the transport on first use, inside the running event loop.
+        api_key: sent as ``Authorization: Bearer`` when set.
+        max_body_bytes: batches are split so that no request body is larger.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        project: str,
+        transport_factory: Callable[[], Transport],
+        *,
+        api_key: str | None = None,
+        max_body_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.project = project
+        self._collection = f"{self.base_url}/{quote(project, safe='')}/json-documents"
+        self._transport_factory = transport_factory
+        self._transport: Transport | None = None
+        self._headers = {"X-Project-ID": project, "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self._max_body = max_body_bytes
+        self._closed = False
+        #: ``None`` until known; ``False`` after the server answered 404/405 to the batch endpoint.
+        self.batch_supported: bool | None = None
+        #: HTTP requests sent (the "store writes" and reads benchmarks count).
+        self.requests_sent = 0
+
+    @property
+    def transport_name(self) -> str | None:
+        """The client library in use, once the first request chose it."""
+        return None if self._transport is None else self._transport.name
+
+    async def _request(
+        self, method: str, url: str, *, params: Params = (), content: bytes | None = None
+    ) -> Response:
+        if self._closed:
+            raise StoreClosed("the HTTP store is closed")
+        if self._transport is None:
+            self._transport = self._transport_factory()
+        self.requests_sent += 1
+        headers = self._headers if content is None else self._json_headers
+        return await self._transport.request(method, url, headers=headers, params=params, content=content)
+
+    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+        """Send the documents in as few batch requests as the body and batch limits allow."""
+        ids: list[str] = []
+        for chunk in _chunks(docs, self._max_body - _ENVELOPE, MAX_SERVER_BATCH):
+            if self.batch_supported is not False:
+                body = b'{"documents":[' + b",".join(d.body for d in chunk) + b"]}"
+                resp = await self._request("POST", f"{self._collection}/batch", content=body)
+                if resp.status in (404, 405):
+                    self.batch_supported = False  # an older server: remember, and fall back
+                else:
+                    self.batch_supported = True
+                    got = _expect(resp, "ids", list)
+                    ids.extend(str(i) for i in got)
+                    continue
+            for doc in chunk:
+                resp = await self._request("POST", self._collection, content=doc.body)
+                ids.append(str(_expect(resp, "id", str)))
+        return ids
+
+    async def query(self, query: Query) -> QueryResult:
+        """``GET /{project}/json-documents`` with the query's filters."""
+        params: list[tuple[str, str]] = [
+            ("limit", str(min(query.limit, MAX_QUERY_LIMIT))),
+            ("skip", str(query.skip)),
+            ("sort_by", query.sort_by),
+            ("sort_order", str(query.sort_order)),
+        ]
+        for key in ("session_id", "document_type", "name_pattern", "created_after", "created_before"):
+            value = getattr(query, key)
+            if value is not None:
+                params.append((key, value))
+        if query.tags:
+            params.append(("tags", ",".join(query.tags)))
+        resp = await self._request("GET", self._collection, params=params)
+        data = _expect(resp, "data", list)
+        if not all(isinstance(d, dict) for d in data):
+            raise StoreBadResponse("the server's 'data' holds something that is not a document")
+        total = _body(resp).get("total", len(data))
+        return QueryResult(data, int(total) if isinstance(total, int) else len(data))
+
+    async def get(self, doc_id: str) -> Document:
+        """``GET /{project}/json-documents/{id}``."""
+        resp = await self._request("GET", f"{self._collection}/{quote(doc_id, safe='')}")
+        _check_status(resp, doc_id)
+        return _body(resp)
+
+    async def delete(self, doc_id: str) -> None:
+        """``DELETE /{project}/json-documents/{id}``."""
+        resp = await self._request("DELETE", f"{self._collection}/{quote(doc_id, safe='')}")
+        _check_status(resp, doc_id)
+
+    async def health(self) -> None:
+        """``GET /health``; raises unless it answers 2xx."""
+        resp = await self._request("GET", f"{self.base_url}/health")
+        _check_status(resp, None)
+
+    async def aclose(self) -> None:
+        """Close the transport; later calls raise ``StoreClosed``."""
+        self._closed = True
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+
+def _chunks(docs: Sequence[EncodedDocument], max_bytes: int, max_count: int) -> Iterator[list[EncodedDocument]]:
+    chunk: list[EncodedDocument] = []
+    size = 0
+    for doc in docs:
+        extra = len(doc.body) + 1
+        if chunk and (size + extra > max_bytes or len(chunk) >= max_count):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(doc)
+        size += extra
+    if chunk:
+        yield chunk
+
+
+def _error_message(resp: Response) -> str:
+    try:
+        body = decode(resp.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error", "detail", "message"):
+            if key in body:
+                return f"HTTP {resp.status}: {body[key]}"
+    text = resp.content[:200].decode("utf-8", "replace").strip()
+    return f"HTTP {resp.status}: {text}" if text else f"HTTP {resp.status}"
+
+
+def _retry_after(resp: Response) -> float | None:
+    raw = resp.headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None  # an HTTP-date: rare for APIs; use our own backoff
+
+
+def _check_status(resp: Response, doc_id: str | None) -> None:
+    if 200 <= resp.status < 300:
+        return
+    message = _error_message(resp)
+    if resp.status == 404 and doc_id is not None:
+        raise DocumentNotFound(f"no document {doc_id!r} ({message})", status_code=404)
+    if resp.status == 408:
+        raise StoreTimeout(message)
+    if resp.status == 429 or resp.status >= 500:
+        raise StoreUnavailable(message, retry_after=_retry_after(resp))
+    raise StoreRejected(message, status_code=resp.status)
+
+
+def _body(resp: Response) -> dict[str, Any]:
+    try:
+        body = decode(resp.content)
+    except orjson.JSONDecodeError as exc:
+        raise StoreBadResponse(f"HTTP {resp.status}: malformed JSON from the server: {exc}") from None
+    if not isinstance(body, dict):
+        raise StoreBadResponse(f"HTTP {resp.status}: expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _expect(resp: Response, key: str, kind: type) -> Any:
+    _check_status(resp, None)
+    value = _body(resp).get(key)
+    if not isinstance(value, kind):
+        raise StoreBadResponse(f"HTTP {resp.status}: the answer has no {key!r} {kind.__name__}")
+    return value

@@ -1,0 +1,58 @@
+"""HTTP transports: aiohttp, httpx and urllib, chosen by what is importable and the running loop."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+import sniffio
+
+from .._exceptions import NoClientError
+from ._base import Params, Response, Transport
+
+__all__ = ["Params", "Response", "Transport", "available_clients", "open_transport"]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_clients(allowed: Sequence[str], async_library: str) -> list[str]:
+    """The allowed client names usable under ``async_library``, in preference order."""
+    usable = []
+    for name in allowed:
+        if name == "aiohttp" and (async_library != "asyncio" or not _importable("aiohttp")):
+            continue  # aiohttp runs only on asyncio
+        if name == "httpx" and not _importable("httpx"):
+            continue
+        usable.append(name)
+    return usable
+
+
+def open_transport(allowed: Sequence[str], *, timeout: float = 10.0, max_connections: int = 100) -> Transport:
+    """Create the first usable transport among ``allowed`` for the running async library.
+
+    Raises:
+        NoClientError: none of them can run here.
+    """
+    library = sniffio.current_async_library()
+    usable = available_clients(allowed, library)
+    if not usable:
+        raise NoClientError(
+            f"no usable HTTP client under {library} among {', '.join(allowed)}"
+            " (aiohttp needs asyncio; install httpx for trio)"
+        )
+    if usable[0] == "aiohttp":
+        from ._aiohttp import AiohttpTransport
+
+        return AiohttpTransport(max_connections=max_connections)
+    if usable[0] == "httpx":
+        from ._httpx import HttpxTransport
+
+        return HttpxTransport(max_connections=max_connections)
+    from ._urllib import UrllibTransport
+
+    return UrllibTransport(timeout=timeout)

@@ -1,0 +1,61 @@
+"""The aiohttp transport (asyncio only): one ``ClientSession`` for the transport's life."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp
+
+from .._exceptions import StoreTimeout, StoreUnavailable
+from ._base import CloseGuard, Params, Response
+
+__all__ = ["AiohttpTransport"]
+
+
+class AiohttpTransport:
+    """HTTP over one pooled ``aiohttp.ClientSession``, created on first use inside the running loop."""
+
+    name = "aiohttp"
+
+    def __init__(self, *, max_connections: int = 100) -> None:
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._guard = CloseGuard()
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                timeout=aiohttp.ClientTimeout(total=None),  # the caller's deadline bounds the call
+                auto_decompress=True,
+            )
+            self._session = session
+            await self._guard.arm(session.close)
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        params: Params = (),
+        content: bytes | None = None,
+    ) -> Response:
+        """Send one request; map aiohttp's errors to store errors."""
+        session = await self._client()
+        try:
+            async with session.request(
+                method, url, headers=headers, params=list(params) or None, data=content
+            ) as resp:
+                body = await resp.read()
+                return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+        except TimeoutError as exc:
+            raise StoreTimeout(f"{method} {url}: timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the session and its connector."""
+        await self._guard.aclose()
+        self._session = None

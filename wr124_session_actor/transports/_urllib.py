@@ -1,0 +1,70 @@
+"""The urllib transport: the stdlib client, run in a worker thread so it never blocks the loop."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+
+import anyio.lowlevel
+import anyio.to_thread
+
+from .._exceptions import StoreTimeout, StoreUnavailable
+from ._base import Params, Response
+
+__all__ = ["UrllibTransport"]
+
+
+class UrllibTransport:
+    """HTTP with ``urllib.request`` in worker threads; the fallback when no async client is usable.
+
+    Args:
+        timeout: the socket timeout of each request, so an abandoned thread ends by itself.
+    """
+
+    name = "urllib"
+
+    def __init__(self, *, timeout: float = 10.0) -> None:
+        self._timeout = timeout
+        # No proxies from the environment: the store is addressed directly, as with the async clients.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def _send(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None) -> Response:
+        request = urllib.request.Request(url, data=content, headers=dict(headers), method=method)
+        try:
+            with self._opener.open(request, timeout=self._timeout) as resp:
+                return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
+        except (TimeoutError, socket.timeout) as exc:
+            raise StoreTimeout(f"{method} {url}: timed out") from exc
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise StoreTimeout(f"{method} {url}: timed out") from exc
+            raise StoreUnavailable(f"{method} {url}: {exc.reason}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        params: Params = (),
+        content: bytes | None = None,
+    ) -> Response:
+        """Send one request in a worker thread (abandoned, not waited for, if the caller is cancelled)."""
+        if params:
+            url = f"{url}?{urllib.parse.urlencode(list(params))}"
+        return await anyio.to_thread.run_sync(
+            self._send, method, url, headers, content, abandon_on_cancel=True
+        )
+
+    async def aclose(self) -> None:
+        """Nothing is pooled; present for the interface."""
+        await anyio.lowlevel.checkpoint()
