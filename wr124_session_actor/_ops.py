@@ -218,8 +218,7 @@ class SessionOps:
             return f"deleted {doc_id}"
 
         status, value = await self._call("delete", delete, ids=[doc_id])
-        if status is Status.SUCCESS:
-            self.invalidate(doc_id)
+        self.invalidate(doc_id)  # whatever the outcome: the document may be gone
         return status, str(value)
 
     # -- reads ------------------------------------------------------------------------------------

@@ -43,7 +43,9 @@ class SqliteStore:
         if self._closed:
             raise StoreClosed("the sqlite store is closed")
         try:
-            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+            # Abandoned on cancel: the call's deadline returns TIMEOUT even while sqlite waits on a lock;
+            # the thread finishes on its own and a redone write is harmless (ids are idempotent).
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter, abandon_on_cancel=True)
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:

@@ -1,0 +1,68 @@
+"""Shared fixtures: both async backends, quiet structlog, fresh memory stores, real servers on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from wr124_session_actor import Config
+from wr124_session_actor.stores import reset_memory_stores
+
+
+def _drop(_logger: Any, _name: str, _event: dict[str, Any]) -> dict[str, Any]:
+    raise structlog.DropEvent
+
+
+# The library never configures structlog; the tests do, so that debug events cost nothing.
+# ``structlog.testing.capture_logs`` replaces these processors while a test reads events.
+structlog.configure(processors=[_drop], cache_logger_on_first_use=False)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs on asyncio and on trio."""
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_stores() -> Iterator[None]:
+    reset_memory_stores()
+    yield
+    reset_memory_stores()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A ``sqlite:////abs/path`` URL of a fresh database file."""
+    return f"sqlite:///{tmp_path / 'states.db'}"
+
+
+@pytest.fixture
+def sqlite_config(sqlite_url: str) -> Config:
+    """An enabled configuration on a fresh sqlite file."""
+    return Config(api_url=sqlite_url, timeout=5.0)
+
+
+@pytest.fixture
+def memory_config() -> Config:
+    """An enabled configuration on the in-process store."""
+    return Config(api_url="memory://", timeout=5.0)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Any]:
+    """The reference server on a loopback port, over a fresh sqlite file."""
+    from wr124_session_actor.server import ServerThread
+
+    with ServerThread(str(tmp_path / "server.db")) as running:
+        yield running
+
+
+def http_config(url: str, client: str, **changes: Any) -> Config:
+    """An enabled configuration for ``url`` that allows only the HTTP client ``client``."""
+    values: dict[str, Any] = {"timeout": 5.0, "retries": 0, **changes}
+    return Config(api_url=url, http_clients=(client,), **values)

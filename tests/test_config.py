@@ -1,0 +1,83 @@
+"""Configuration from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from wr124_session_actor import Config, ConfigError, SessionStateManager
+
+
+class TestFromEnv:
+    def test_defaults_follow_the_original(self) -> None:
+        """With no variables set: disabled, localhost:8000, project 'default', 10 s timeout."""
+        config = Config.from_env({})
+        assert config.enabled is False
+        assert config.api_url == "http://localhost:8000"
+        assert config.project_id == "default"
+        assert config.timeout == 10.0
+        assert config.api_key is None
+
+    def test_reads_the_original_variables(self) -> None:
+        """The original variables and our SESSION_STATE_* knobs are read."""
+        config = Config.from_env({
+            "ENABLE_SESSION_STATE_UPLOAD": "true",
+            "SESSION_API_URL": "sqlite:///x.db",
+            "DEFAULT_PROJECT_ID": "p1",
+            "SESSION_STATE_TIMEOUT": "2.5",
+            "SESSION_API_KEY": "k",
+            "SESSION_STATE_DEBOUNCE": "0.2",
+            "SESSION_STATE_MAX_BATCH": "7",
+            "SESSION_STATE_KEEP": "all",
+            "SESSION_STATE_HTTP_CLIENTS": "httpx, urllib",
+        })
+        assert (config.enabled, config.api_url, config.project_id, config.timeout, config.api_key) == (
+            True, "sqlite:///x.db", "p1", 2.5, "k")
+        assert (config.debounce, config.max_batch, config.keep) == (0.2, 7, "all")
+        assert config.http_clients == ("httpx", "urllib")
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("ENABLE_SESSION_STATE_UPLOAD", "maybe"),
+            ("SESSION_STATE_TIMEOUT", "ten"),
+            ("SESSION_STATE_TIMEOUT", "0"),
+            ("SESSION_STATE_TIMEOUT", "-1"),
+            ("SESSION_STATE_TIMEOUT", "inf"),
+            ("SESSION_API_URL", "ftp://host"),
+            ("SESSION_API_URL", "sqlite://relative.db"),
+            ("SESSION_STATE_MAX_BATCH", "0"),
+            ("SESSION_STATE_MAX_BATCH", "1.5"),
+            ("SESSION_STATE_KEEP", "some"),
+            ("SESSION_STATE_HTTP_CLIENTS", "requests"),
+            ("DEFAULT_PROJECT_ID", "a/b"),
+            ("SESSION_STATE_DEBOUNCE", "nan"),
+        ],
+    )
+    def test_malformed_value_names_the_variable(self, variable: str, value: str) -> None:
+        """A malformed value raises ConfigError (a ValueError) whose message names the variable."""
+        with pytest.raises(ConfigError, match=variable):
+            Config.from_env({variable: value})
+
+    def test_manager_fails_fast_at_construction(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bare manager reads the environment in its constructor and fails there."""
+        monkeypatch.setenv("SESSION_STATE_TIMEOUT", "soon")
+        with pytest.raises(ConfigError, match="SESSION_STATE_TIMEOUT"):
+            SessionStateManager("s")
+        assert issubclass(ConfigError, ValueError)
+
+    def test_store_kind(self) -> None:
+        """The URL scheme picks the store."""
+        assert Config(api_url="http://h:1").store_kind == "http"
+        assert Config(api_url="sqlite:////tmp/a.db").store_kind == "sqlite"
+        assert Config(api_url="memory://").store_kind == "memory"
+
+
+class TestInCode:
+    def test_code_config_is_enabled(self) -> None:
+        """A Config built in code opts in."""
+        assert Config().enabled is True
+
+    def test_replace_validates(self) -> None:
+        """``replace`` validates like the constructor."""
+        with pytest.raises(ConfigError, match="SESSION_STATE_MAX_BATCH"):
+            Config().replace(max_batch=0)

@@ -1,0 +1,96 @@
+"""The original document format and JSON encoding."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import uuid
+
+import orjson
+import pytest
+
+from wr124_session_actor import StateEncodeError
+from wr124_session_actor._document import StateUpload, encode_document, normalize_timestamp
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+class TestDocumentFormat:
+    def test_every_field_of_the_original(self) -> None:
+        """The document has exactly the original's fields, tags and metadata."""
+        upload = StateUpload("s1", {"k": "v", "n": [1, 2]}, "do it", "writer", agent_description="writes",
+                             agent_color="blue", tools_count=5)
+        doc = orjson.loads(encode_document(upload).body)
+        assert set(doc) == {"id", "name", "description", "document_type", "content", "session_id", "tags",
+                            "metadata", "is_public"}
+        assert doc["id"] == upload.doc_id
+        assert doc["name"].startswith("session_state_s1_")
+        assert doc["document_type"] == "user_data"
+        assert doc["session_id"] == "s1"
+        assert doc["tags"] == ["session_state", "agent_state", "writer"]
+        assert doc["is_public"] is False
+        assert doc["content"] == {
+            "agent_name": "writer",
+            "task": "do it",
+            "state": {"k": "v", "n": [1, 2]},
+            "timestamp": upload.created,
+            "tools_count": 5,
+            "session_metadata": {"agent_description": "writes", "agent_color": "blue"},
+        }
+        assert set(doc["metadata"]) == {"upload_timestamp", "task_length", "state_size"}
+        assert doc["metadata"]["task_length"] == len("do it")
+        datetime.datetime.fromisoformat(doc["metadata"]["upload_timestamp"])
+
+    def test_state_size_is_bytes_of_the_encoded_state(self) -> None:
+        """``state_size`` counts UTF-8 bytes of the JSON-encoded state, not characters."""
+        state = {"text": "héllo ✓"}
+        doc = orjson.loads(encode_document(StateUpload("s", state)).body)
+        assert doc["metadata"]["state_size"] == len(orjson.dumps(state))
+        assert doc["metadata"]["state_size"] > len('{"text":"héllo ✓"}')
+
+    def test_encodes_what_agents_states_hold(self) -> None:
+        """datetime, UUID, enum, dataclass, set and non-string keys encode."""
+        when = datetime.datetime(2025, 8, 26, 10, 30, tzinfo=datetime.UTC)
+        ident = uuid.UUID(int=1)
+        state = {"when": when, "id": ident, "color": Color.RED, "point": Point(1, 2), "tags": {"a"}, 3: "three"}
+        content = orjson.loads(encode_document(StateUpload("s", state)).body)["content"]["state"]
+        assert content == {"when": "2025-08-26T10:30:00+00:00", "id": str(ident), "color": "red",
+                           "point": {"x": 1, "y": 2}, "tags": ["a"], "3": "three"}
+
+    def test_unencodable_state_names_the_type(self) -> None:
+        """A state holding an object orjson cannot encode raises StateEncodeError naming the type."""
+
+        class Opaque:
+            pass
+
+        with pytest.raises(StateEncodeError, match="Opaque"):
+            encode_document(StateUpload("s", {"x": Opaque()}))
+
+    def test_ids_are_unique_uuids(self) -> None:
+        """Every upload gets its own client-made UUID."""
+        ids = {StateUpload("s", {}).doc_id for _ in range(100)}
+        assert len(ids) == 100
+        for doc_id in ids:
+            uuid.UUID(doc_id)
+
+
+class TestTimestamps:
+    def test_naive_is_utc_and_offsets_convert(self) -> None:
+        """Naive values are UTC; aware ones convert to UTC; text and datetimes agree."""
+        assert normalize_timestamp("2025-01-01T00:00:00") == "2025-01-01T00:00:00.000000+00:00"
+        assert normalize_timestamp("2025-01-01T02:00:00+02:00") == "2025-01-01T00:00:00.000000+00:00"
+        assert normalize_timestamp(datetime.datetime(2025, 1, 1)) == "2025-01-01T00:00:00.000000+00:00"
+
+    def test_garbage_raises_value_error(self) -> None:
+        """Text that is not ISO-8601 is a ValueError."""
+        with pytest.raises(ValueError, match="Invalid isoformat"):
+            normalize_timestamp("yesterday")

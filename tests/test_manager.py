@@ -1,0 +1,136 @@
+"""SessionStateManager in direct mode: the original usage on every store and transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from wr124_session_actor import Config, SessionStateManager
+from wr124_session_actor import SessionStateStatus as S
+
+from .conftest import http_config
+
+pytestmark = pytest.mark.anyio
+
+#: Every HTTP client with every async library it runs under (aiohttp needs asyncio).
+BACKEND_CLIENTS = [("asyncio", "aiohttp"), ("asyncio", "httpx"), ("asyncio", "urllib"),
+                   ("trio", "httpx"), ("trio", "urllib")]
+
+
+async def original_usage(config: Config) -> None:
+    """The original README's example, unchanged, checked step by step."""
+    manager = SessionStateManager("session_123", config)
+    status, doc_id = await manager.upload_session_state(state={"key": "value"}, task="任务描述",
+                                                        agent_name="agent_name")
+    assert status == S.SUCCESS, doc_id
+    status, states = await manager.download_session_states(limit=10)
+    assert status == S.SUCCESS
+    assert [s["_id"] for s in states] == [doc_id]
+    assert states[0]["content"]["state"] == {"key": "value"}
+    assert states[0]["created_at"]
+    status, data = await manager.restore_session_state(doc_id)
+    assert status == S.SUCCESS
+    assert data is not None
+    assert (data["agent_name"], data["task"], data["state"]) == ("agent_name", "任务描述", {"key": "value"})
+    status, msg = await manager.delete_session_state(doc_id)
+    assert status == S.SUCCESS, msg
+    status, states = await manager.download_session_states(limit=10)
+    assert (status, states) == (S.SUCCESS, [])
+    await manager.aclose()
+
+
+class TestOriginalUsage:
+    async def test_on_sqlite_with_no_server(self, sqlite_config: Config) -> None:
+        """Upload, download, restore, delete against a local sqlite file."""
+        await original_usage(sqlite_config)
+
+    async def test_on_memory(self, memory_config: Config) -> None:
+        """The same against the in-process store."""
+        await original_usage(memory_config)
+
+    @pytest.mark.parametrize(("anyio_backend", "client"), BACKEND_CLIENTS)
+    async def test_on_the_reference_server(self, server: Any, client: str) -> None:
+        """The same against ``wr124-session serve`` on loopback, with each HTTP client that runs here."""
+        await original_usage(http_config(server.url, client))
+
+    async def test_bare_manager_never_closed_leaves_no_warning(self, server: Any) -> None:
+        """The original usage never closes the manager; no unclosed-session warning follows (pytest
+        turns ResourceWarning into errors here)."""
+        manager = SessionStateManager("s", Config(api_url=server.url, timeout=5.0))
+        status, _ = await manager.upload_session_state({"a": 1}, "t", "a")
+        assert status == S.SUCCESS
+        del manager
+
+
+class TestScoping:
+    async def test_other_sessions_documents_never_restore(self, sqlite_config: Config) -> None:
+        """A document of another session neither restores, lists nor deletes through this manager."""
+        mine, theirs = SessionStateManager("mine", sqlite_config), SessionStateManager("theirs", sqlite_config)
+        _, their_id = await theirs.upload_session_state({"secret": 1}, "t", "a")
+        assert await mine.restore_session_state(their_id) == (S.FAILED, None)
+        status, msg = await mine.delete_session_state(their_id)
+        assert status == S.FAILED
+        assert "not a state of session 'mine'" in msg
+        assert (await theirs.restore_session_state(their_id))[0] == S.SUCCESS
+        assert await mine.download_session_states() == (S.SUCCESS, [])
+        assert (await mine.restore_latest_session_state())[0] == S.FAILED
+
+    async def test_latest_and_agent_helpers(self, sqlite_config: Config) -> None:
+        """restore_latest / restore_agent / list_available pick this session's newest states."""
+        manager = SessionStateManager("s", sqlite_config)
+        await manager.upload_session_state({"v": 1}, "t", "planner")
+        await manager.upload_session_state({"v": 2}, "t", "coder")
+        await manager.upload_session_state({"v": 3}, "t", "planner")
+        status, latest = await manager.restore_latest_session_state()
+        assert status == S.SUCCESS and latest is not None and latest["state"] == {"v": 3}
+        status, coder = await manager.restore_agent_session_state("coder")
+        assert status == S.SUCCESS and coder is not None and coder["state"] == {"v": 2}
+        assert (await manager.restore_agent_session_state("nobody"))[0] == S.FAILED
+        status, summaries = await manager.list_available_session_states(limit=10, agent_name="planner")
+        assert status == S.SUCCESS
+        assert len(summaries) == 2
+        assert set(summaries[0]) == {"id", "name", "description", "created_at", "updated_at", "tags"}
+        status, docs = await manager.download_session_states(limit=1)
+        assert docs[0]["content"]["state"] == {"v": 3}
+        await manager.aclose()
+
+    async def test_date_filters(self, sqlite_config: Config) -> None:
+        """start_date / end_date bound the download; a malformed date is FAILED, not an exception."""
+        manager = SessionStateManager("s", sqlite_config)
+        await manager.upload_session_state({"v": 1}, "t", "a")
+        assert len((await manager.download_session_states(start_date="2000-01-01T00:00:00"))[1]) == 1
+        assert (await manager.download_session_states(end_date="2000-01-01T00:00:00"))[1] == []
+        assert await manager.download_session_states(start_date="not a date") == (S.FAILED, [])
+        await manager.aclose()
+
+
+class TestCache:
+    async def test_restore_is_cached_and_delete_invalidates(self, memory_config: Config) -> None:
+        """A second restore is served from the TTL cache; a delete forgets it."""
+        manager = SessionStateManager("s", memory_config)
+        _, doc_id = await manager.upload_session_state({"v": 1}, "t", "a")
+        first = await manager.restore_session_state(doc_id)
+        store = manager._direct_store()
+        await store.delete(doc_id)  # behind the manager's back: the cache still answers
+        assert await manager.restore_session_state(doc_id) == first
+        await manager.delete_session_state(doc_id)
+        assert (await manager.restore_session_state(doc_id))[0] == S.FAILED
+
+    async def test_cached_values_are_copies(self, memory_config: Config) -> None:
+        """Mutating a returned value does not change what the cache returns next."""
+        manager = SessionStateManager("s", memory_config)
+        _, doc_id = await manager.upload_session_state({"v": 1}, "t", "a")
+        _, data = await manager.restore_session_state(doc_id)
+        assert data is not None
+        data["state"]["v"] = 99
+        _, again = await manager.restore_session_state(doc_id)
+        assert again is not None and again["state"] == {"v": 1}
+
+    async def test_writes_invalidate_downloads(self, memory_config: Config) -> None:
+        """An upload makes the next download see it, despite the cache."""
+        manager = SessionStateManager("s", memory_config)
+        await manager.upload_session_state({"v": 1}, "t", "a")
+        assert len((await manager.download_session_states())[1]) == 1
+        await manager.upload_session_state({"v": 2}, "t", "a")
+        assert len((await manager.download_session_states())[1]) == 2

@@ -1,0 +1,184 @@
+"""Every status path of the public API, on asyncio and trio, over HTTP and sqlite."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from wr124_session_actor import Config, SessionStateManager
+from wr124_session_actor import SessionStateStatus as S
+
+from .conftest import http_config
+from .faultserver import closed_port_url, fault_server
+from .test_manager import BACKEND_CLIENTS
+
+pytestmark = pytest.mark.anyio
+
+
+class Opaque:
+    """Something no JSON encoder knows."""
+
+
+async def every_call(manager: SessionStateManager) -> dict[str, Any]:
+    """Run each public operation once; return op → (status, value)."""
+    return {
+        "upload": await manager.upload_session_state({"a": 1}, "t", "agent"),
+        "download": await manager.download_session_states(limit=5),
+        "restore": await manager.restore_session_state("some-id"),
+        "latest": await manager.restore_latest_session_state(),
+        "agent": await manager.restore_agent_session_state("agent"),
+        "list": await manager.list_available_session_states(),
+        "delete": await manager.delete_session_state("some-id"),
+    }
+
+
+class TestDisabled:
+    async def test_every_call_is_disabled_without_network(self) -> None:
+        """ENABLE_SESSION_STATE_UPLOAD unset: DISABLED everywhere, nothing contacted, logged once (info)."""
+        with fault_server("500") as (url, hits), capture_logs() as logs:
+            manager = SessionStateManager("s", Config.from_env({"SESSION_API_URL": url}))
+            results = await every_call(manager)
+            assert manager.submit_session_state({"a": 1}) == S.DISABLED
+        assert {op: r[0] for op, r in results.items()} == dict.fromkeys(results, S.DISABLED)
+        assert results["download"][1] == []
+        assert results["restore"][1] is None
+        assert hits == []
+        assert [(e["event"], e["log_level"]) for e in logs] == [("session_state.disabled", "info")]
+
+
+class TestNoClient:
+    @pytest.mark.parametrize("anyio_backend", ["trio"])
+    async def test_aiohttp_only_under_trio(self) -> None:
+        """Only aiohttp allowed, under trio: NO_CLIENT (aiohttp needs asyncio)."""
+        manager = SessionStateManager("s", http_config(closed_port_url(), "aiohttp"))
+        results = await every_call(manager)
+        assert {r[0] for r in results.values()} == {S.NO_CLIENT}
+
+    async def test_no_async_client_importable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Neither aiohttp nor httpx importable and urllib not allowed: NO_CLIENT with a hint."""
+        monkeypatch.setitem(sys.modules, "aiohttp", None)
+        monkeypatch.setitem(sys.modules, "httpx", None)
+        config = Config(api_url=closed_port_url(), http_clients=("aiohttp", "httpx"), timeout=5.0)
+        manager = SessionStateManager("s", config)
+        status, message = await manager.upload_session_state({"a": 1})
+        assert status == S.NO_CLIENT
+        assert "no usable HTTP client" in message
+
+    async def test_urllib_is_the_last_resort(self, monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
+        """With no async client importable, the default order falls back to urllib and works."""
+        monkeypatch.setitem(sys.modules, "aiohttp", None)
+        monkeypatch.setitem(sys.modules, "httpx", None)
+        manager = SessionStateManager("s", Config(api_url=server.url, timeout=5.0))
+        assert (await manager.upload_session_state({"a": 1}))[0] == S.SUCCESS
+        assert manager._direct_store().transport_name == "urllib"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("anyio_backend", "client"), BACKEND_CLIENTS)
+class TestHttpFaults:
+    async def test_timeout_on_a_slow_server(self, server: Any, client: str) -> None:
+        """A real server slower than SESSION_STATE_TIMEOUT: TIMEOUT, within the timeout."""
+        server.delay = 2.0
+        manager = SessionStateManager("s", http_config(server.url, client, timeout=0.3))
+        with anyio.fail_after(1.5):
+            status, message = await manager.upload_session_state({"a": 1})
+        assert status == S.TIMEOUT
+        assert "SESSION_STATE_TIMEOUT" in message
+        assert (await manager.download_session_states())[0] == S.TIMEOUT
+        await manager.aclose()
+
+    async def test_refused_connection(self, client: str) -> None:
+        """Nothing listening: FAILED with a message, every call, no exception."""
+        manager = SessionStateManager("s", http_config(closed_port_url(), client))
+        results = await every_call(manager)
+        assert {r[0] for r in results.values()} == {S.FAILED}
+        assert results["upload"][1]
+        await manager.aclose()
+
+    async def test_server_error(self, client: str) -> None:
+        """5xx: FAILED carrying the server's message."""
+        with fault_server("500") as (url, _):
+            manager = SessionStateManager("s", http_config(url, client))
+            results = await every_call(manager)
+            await manager.aclose()
+        assert {r[0] for r in results.values()} == {S.FAILED}
+        assert "HTTP 500: boom" in results["upload"][1]
+
+    async def test_malformed_json(self, client: str) -> None:
+        """A 2xx answer that is not JSON: FAILED, 'malformed JSON'."""
+        with fault_server("bad-json") as (url, _):
+            manager = SessionStateManager("s", http_config(url, client))
+            results = await every_call(manager)
+            await manager.aclose()
+        assert {r[0] for r in results.values()} == {S.FAILED}
+        assert "malformed JSON" in results["upload"][1]
+
+    async def test_reset_connection(self, client: str) -> None:
+        """The server resets the connection: FAILED."""
+        with fault_server("reset") as (url, _):
+            manager = SessionStateManager("s", http_config(url, client))
+            results = await every_call(manager)
+            await manager.aclose()
+        assert {r[0] for r in results.values()} == {S.FAILED}
+
+    async def test_unknown_id(self, server: Any, client: str) -> None:
+        """Restore and delete of an id the server does not have: FAILED, message names the id."""
+        manager = SessionStateManager("s", http_config(server.url, client))
+        assert await manager.restore_session_state("nope") == (S.FAILED, None)
+        status, message = await manager.delete_session_state("nope")
+        assert status == S.FAILED
+        assert "nope" in message
+        await manager.aclose()
+
+    async def test_unserializable_state(self, server: Any, client: str) -> None:
+        """A state that cannot be encoded: FAILED naming the type; nothing is sent."""
+        manager = SessionStateManager("s", http_config(server.url, client))
+        status, message = await manager.upload_session_state({"x": Opaque()})
+        assert status == S.FAILED
+        assert "Opaque" in message
+        assert (await manager.download_session_states())[1] == []
+        await manager.aclose()
+
+
+class TestSqliteFaults:
+    async def test_unknown_id(self, sqlite_config: Config) -> None:
+        """Restore and delete of an unknown id: FAILED."""
+        manager = SessionStateManager("s", sqlite_config)
+        assert await manager.restore_session_state("nope") == (S.FAILED, None)
+        assert (await manager.delete_session_state("nope"))[0] == S.FAILED
+        await manager.aclose()
+
+    async def test_unserializable_state(self, sqlite_config: Config) -> None:
+        """A state that cannot be encoded: FAILED naming the type."""
+        manager = SessionStateManager("s", sqlite_config)
+        status, message = await manager.upload_session_state({"x": Opaque()})
+        assert (status, "Opaque" in message) == (S.FAILED, True)
+        await manager.aclose()
+
+    async def test_unopenable_file(self, tmp_path: Path) -> None:
+        """A database path that is a directory: FAILED with sqlite's message, no exception."""
+        manager = SessionStateManager("s", Config(api_url=f"sqlite:///{tmp_path}", timeout=2.0, retries=0))
+        results = await every_call(manager)
+        assert {r[0] for r in results.values()} == {S.FAILED}
+        await manager.aclose()
+
+    async def test_locked_database_times_out(self, sqlite_url: str) -> None:
+        """Another writer holds the lock longer than the timeout: TIMEOUT, on time."""
+        path = sqlite_url[len("sqlite:///"):]
+        manager = SessionStateManager("s", Config(api_url=sqlite_url, timeout=0.3))
+        assert (await manager.upload_session_state({"a": 1}))[0] == S.SUCCESS
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with anyio.fail_after(2):
+                status, _ = await manager.upload_session_state({"a": 2})
+            assert status == S.TIMEOUT
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await manager.aclose()

@@ -1,0 +1,115 @@
+"""The memory and sqlite stores behind the DocumentStore protocol (the HTTP store: test_http_store.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from wr124_session_actor import DocumentNotFound, DocumentStore, Query, StoreClosed, StoreRejected
+from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
+from wr124_session_actor.stores import MemoryStore, SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DocumentStore]:
+    """Each store kind, fresh."""
+    made: DocumentStore = MemoryStore("t") if request.param == "memory" else SqliteStore(tmp_path / "d.db")
+    yield made
+    await made.aclose()
+
+
+def doc(session: str = "s1", agent: str = "a", **state: object) -> EncodedDocument:
+    return encode_document(StateUpload(session, dict(state), "task", agent))
+
+
+class TestStoreProtocol:
+    async def test_is_a_document_store(self, store: DocumentStore) -> None:
+        """Both stores satisfy the protocol."""
+        assert isinstance(store, DocumentStore)
+
+    async def test_insert_get_delete(self, store: DocumentStore) -> None:
+        """A document inserted can be read back with server fields, then deleted."""
+        d = doc(n=1)
+        assert await store.insert_many([d]) == [d.id]
+        got = await store.get(d.id)
+        assert got["_id"] == got["id"] == d.id
+        assert got["content"]["state"] == {"n": 1}
+        assert got["created_at"] and got["updated_at"]
+        await store.delete(d.id)
+        with pytest.raises(DocumentNotFound):
+            await store.get(d.id)
+        with pytest.raises(DocumentNotFound):
+            await store.delete(d.id)
+
+    async def test_same_id_twice_is_not_duplicated(self, store: DocumentStore) -> None:
+        """Re-inserting the same document (a retried write) stores it once."""
+        d = doc(n=1)
+        await store.insert_many([d])
+        await store.insert_many([d, d])
+        result = await store.query(Query(session_id="s1"))
+        assert result.total == 1
+
+    async def test_conflicting_body_rejects_the_whole_batch(self, store: DocumentStore) -> None:
+        """An id reused with another body is rejected and nothing of that batch is stored."""
+        d = doc(n=1)
+        await store.insert_many([d])
+        other = EncodedDocument(d.id, d.session_id, d.name, d.tags, d.body.replace(b'"n":1', b'"n":2'))
+        fresh = doc(n=3)
+        with pytest.raises(StoreRejected):
+            await store.insert_many([fresh, other])
+        with pytest.raises(DocumentNotFound):
+            await store.get(fresh.id)
+
+    async def test_query_filters_and_order(self, store: DocumentStore) -> None:
+        """Session, tags (all must match), name pattern, paging; newest first."""
+        docs = [doc("s1", "a", i=0), doc("s1", "b", i=1), doc("s2", "a", i=2), doc("s1", "a", i=3)]
+        for d in docs:
+            await store.insert_many([d])
+        result = await store.query(Query(session_id="s1", tags=("session_state", "a")))
+        assert [r["content"]["state"]["i"] for r in result.data] == [3, 0]
+        assert result.total == 2
+        page = await store.query(Query(session_id="s1", limit=1, skip=1))
+        assert [r["content"]["state"]["i"] for r in page.data] == [1]
+        assert page.total == 3
+        oldest = await store.query(Query(session_id="s1", sort_order=1, limit=1))
+        assert oldest.data[0]["content"]["state"]["i"] == 0
+        named = await store.query(Query(name_pattern="session_state_s2_"))
+        assert [r["content"]["state"]["i"] for r in named.data] == [2]
+
+    async def test_created_bounds_are_inclusive(self, store: DocumentStore) -> None:
+        """created_after / created_before select by the server's creation time."""
+        await store.insert_many([doc(i=0)])
+        first = (await store.query(Query())).data[0]["created_at"]
+        assert (await store.query(Query(created_after=first))).total == 1
+        assert (await store.query(Query(created_before=first))).total == 1
+        assert (await store.query(Query(created_after="2999-01-01T00:00:00.000000+00:00"))).total == 0
+
+    async def test_closed_store_raises_store_closed(self, store: DocumentStore) -> None:
+        """Using a store after aclose() is a StoreClosed error."""
+        await store.aclose()
+        with pytest.raises(StoreClosed):
+            await store.query(Query())
+
+
+class TestSharing:
+    async def test_memory_stores_of_one_name_share_data(self) -> None:
+        """Two memory stores of the same URL see each other's writes; other names do not."""
+        d = doc(i=1)
+        await MemoryStore("x").insert_many([d])
+        assert (await MemoryStore("x").get(d.id))["id"] == d.id
+        with pytest.raises(DocumentNotFound):
+            await MemoryStore("y").get(d.id)
+
+    async def test_projects_are_isolated(self, tmp_path: Path) -> None:
+        """A document of one project is invisible to another on the same file."""
+        d = doc(i=1)
+        a, b = SqliteStore(tmp_path / "p.db", "a"), SqliteStore(tmp_path / "p.db", "b")
+        await a.insert_many([d])
+        with pytest.raises(DocumentNotFound):
+            await b.get(d.id)
+        await a.aclose()
+        await b.aclose()
