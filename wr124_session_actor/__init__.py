@@ -21,6 +21,7 @@ from ._manager import SessionStateManager as SessionStateManager
 from ._status import SessionStateStatus as SessionStateStatus
 from ._system import ActorSystem as ActorSystem
 from ._system import SystemStatistics as SystemStatistics
+from ._team import Team as Team
 from .stores import DocumentStore as DocumentStore
 from .stores import Query as Query
 from .stores import QueryResult as QueryResult
@@ -47,4 +48,5 @@ __all__ = [
     "StoreTimeout",
     "StoreUnavailable",
     "SystemStatistics",
+    "Team",
 ]

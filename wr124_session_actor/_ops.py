@@ -20,7 +20,15 @@ import structlog
 from cachetools import TTLCache
 
 from ._config import Config
-from ._document import STATE_TAG, EncodedDocument, StateUpload, decode, encode, encode_document, normalize_timestamp
+from ._document import (
+    STATE_TAG,
+    EncodedDocument,
+    StateUpload,
+    decode,
+    encode,
+    encode_document,
+    normalize_timestamp,
+)
 from ._exceptions import DocumentNotFound, NoClientError, StateEncodeError, StoreError, StoreTimeout
 from ._status import SessionStateStatus
 from .stores import Document, DocumentStore, Query

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,7 +39,7 @@ class UrllibTransport:
         except urllib.error.HTTPError as exc:
             with exc:
                 return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise StoreTimeout(f"{method} {url}: timed out") from exc
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):

@@ -1,0 +1,188 @@
+"""The ``wr124-session`` command: serve | demo | ls | show | rm | bench."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+import anyio
+import orjson
+import structlog
+
+from ._config import Config
+from ._exceptions import StoreError
+from ._manager import SessionStateManager
+from ._ops import status_of
+from ._status import SessionStateStatus
+from .stores import open_store
+
+__all__ = ["main"]
+
+#: The store the commands use when neither ``--url`` nor ``SESSION_API_URL`` names one.
+DEFAULT_CLI_URL: Final = "sqlite:///wr124_sessions.db"
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Console logs on stderr: warnings (failed outcomes) by default, everything with ``-v``."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _config(args: argparse.Namespace) -> Config:
+    url = args.url or os.environ.get("SESSION_API_URL") or DEFAULT_CLI_URL
+    return Config.from_env(enabled=True, api_url=url)
+
+
+def _dump(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 1
+
+
+async def _ls(args: argparse.Namespace) -> int:
+    manager = SessionStateManager(args.session_id, _config(args))
+    status, docs = await manager.download_session_states(limit=args.limit, agent_name=args.agent)
+    await manager.aclose()
+    if status is not SessionStateStatus.SUCCESS:
+        return _fail(f"{status.value}: could not list session {args.session_id!r}")
+    if args.json:
+        _dump(docs)
+        return 0
+    if not docs:
+        print(f"no states in session {args.session_id!r}")
+    for doc in docs:
+        content = doc.get("content", {})
+        size = doc.get("metadata", {}).get("state_size", "?")
+        print(f"{doc['_id']}  {doc.get('created_at', '')}  {content.get('agent_name', ''):<16} "
+              f"{size:>8} B  {str(content.get('task', ''))[:50]}")
+    return 0
+
+
+async def _show(args: argparse.Namespace) -> int:
+    store = open_store(_config(args))
+    try:
+        doc = await store.get(args.doc_id)
+    except StoreError as exc:  # said as a status
+        return _fail(f"{status_of(exc).value}: {exc}")
+    finally:
+        await store.aclose()
+    if args.json:
+        _dump(doc)
+        return 0
+    content = doc.get("content", {})
+    print(f"id:         {doc['_id']}\nsession:    {doc.get('session_id')}\nname:       {doc.get('name')}\n"
+          f"created_at: {doc.get('created_at')}\nagent:      {content.get('agent_name')}\n"
+          f"task:       {content.get('task')}\ntags:       {', '.join(doc.get('tags', []))}\nstate:")
+    _dump(content.get("state"))
+    return 0
+
+
+async def _rm(args: argparse.Namespace) -> int:
+    store = open_store(_config(args))
+    try:
+        await store.delete(args.doc_id)
+    except StoreError as exc:  # said as a status
+        return _fail(f"{status_of(exc).value}: {exc}")
+    finally:
+        await store.aclose()
+    if args.json:
+        _dump({"deleted": args.doc_id})
+    else:
+        print(f"deleted {args.doc_id}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run_server
+
+    run_server(args.host, args.port, args.db, api_key=args.api_key or os.environ.get("SESSION_API_KEY"))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return int(anyio.run(run_demo, _config(args), args.sessions, args.messages, args.agents, backend=args.backend))
+
+
+def _bench(rest: Sequence[str]) -> int:
+    sys.path.insert(0, os.getcwd())
+    try:
+        bench = importlib.import_module("bench.__main__")
+    except ImportError:
+        return _fail("the benchmarks live in the source tree's bench/ folder: run this from a checkout")
+    return int(bench.main(list(rest)))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wr124-session", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every outcome (debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_url(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", help=f"store URL (default: $SESSION_API_URL or {DEFAULT_CLI_URL})")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    serve = sub.add_parser("serve", help="run the reference json-documents server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--db", default="wr124_server.db", help="sqlite file (default: wr124_server.db)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SESSION_API_KEY)")
+
+    demo = sub.add_parser("demo", help="chatty teams on several sessions, then list and restore")
+    demo.add_argument("--url", help=f"store URL (default: $SESSION_API_URL or {DEFAULT_CLI_URL})")
+    demo.add_argument("--sessions", type=int, default=3)
+    demo.add_argument("--messages", type=int, default=40, help="model turns per task")
+    demo.add_argument("--agents", type=int, default=2, help="agents (tasks) per session")
+    demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+
+    ls = with_url(sub.add_parser("ls", help="list a session's states, newest first"))
+    ls.add_argument("session_id")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--agent", help="only this agent's states")
+    show = with_url(sub.add_parser("show", help="print one document"))
+    show.add_argument("doc_id")
+    rm = with_url(sub.add_parser("rm", help="delete one document"))
+    rm.add_argument("doc_id")
+    sub.add_parser("bench", help="run the benchmarks (options after 'bench' go to it)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "bench" in argv[:2]:
+        return _bench(argv[argv.index("bench") + 1 :])
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    commands: dict[str, Any] = {"ls": _ls, "show": _show, "rm": _rm}
+    try:
+        if args.command in commands:
+            return int(anyio.run(commands[args.command], args))
+        if args.command == "serve":
+            return _serve(args)
+        return _demo(args)
+    except ValueError as exc:  # ConfigError: names the variable
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,558 @@
+"""The json-documents REST API as an ``aiohttp.web`` application over the sqlite engine.
+
+Routes::
+
+    GET    /health                               200 {"status": "ok"}   (no key needed)
+    POST   /{project}/json-documents             201 {"id": ...}        (200 when the id was stored before)
+    POST   /{project}/json-documents/batch       201 {"ids": [...]}     (all or none; absent when disabled)
+    GET    /{project}/json-documents?filters     200 {"data": [...], "total": n, "limit": l, "skip": s}
+    GET    /{project}/json-documents/{id}        200 the document, or 404
+    DELETE /{project}/json-documents/{id}        200 {"deleted": id}, or 404
+
+Every error is a JSON body ``{"error": message, "status": code}``; no request is answered with a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .._document import EncodedDocument, new_document_id, normalize_timestamp
+from ..stores._base import SORT_FIELDS, Query
+from ..stores._engine import DocumentConflict, SqliteDocuments
+
+__all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
+
+logger = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What the server accepts; past a limit it answers 413 (size) or 400 (nesting) with a JSON error.
+
+    Args:
+        max_body_bytes: the largest request body, in bytes (64 MiB).
+        max_batch: the most documents in one batch request.
+        max_limit: the most documents one query returns; a larger ``limit`` is capped to it.
+        max_depth: the deepest nesting of objects and arrays in one document (the document itself is 1).
+
+    Raises:
+        ValueError: a limit is not a positive integer.
+    """
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_batch: int = 1000
+    max_limit: int = 1000
+    max_depth: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_batch", "max_limit", "max_depth"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"ServerLimits.{name} must be a positive integer, got {value!r}")
+
+
+#: The limits a server has unless told otherwise.
+DEFAULT_LIMITS: Final = ServerLimits()
+
+
+class ApiError(Exception):
+    """A request the API refuses; the error middleware answers it as ``{"error": ..., "status": ...}``.
+
+    Args:
+        status: the HTTP status code (4xx, or 503 when the store fails).
+        message: what was wrong, for the client.
+        headers: extra response headers (e.g. ``WWW-Authenticate``).
+    """
+
+    def __init__(self, status: int, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+# Typed application state.
+_ENGINE: Final = web.AppKey("engine", SqliteDocuments)
+_LIMITER: Final = web.AppKey("engine_limiter", anyio.CapacityLimiter)
+_LIMITS: Final = web.AppKey("limits", ServerLimits)
+_API_KEY: Final = web.AppKey("api_key", bytes)  # empty: no key required
+
+_JSON: Final = "application/json"
+#: Bodies up to this size are decoded on the event loop; larger ones in a worker thread.
+_INLINE_BYTES: Final = 256 * 1024
+#: Worker threads that may wait on the engine at once (the engine itself serializes its work).
+_ENGINE_THREADS: Final = 4
+#: The largest ``skip`` (sqlite's OFFSET is a signed 64-bit integer).
+_MAX_SKIP: Final = 2**62
+
+_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
+_SORT_ORDERS: Final[Mapping[str, Literal[1, -1]]] = {"1": 1, "-1": -1, "asc": 1, "desc": -1}
+_SORT_BY: Final[Mapping[str, Literal["created_at", "updated_at", "name"]]] = {
+    "created_at": "created_at", "updated_at": "updated_at", "name": "name"
+}
+_FIELDS: Final = frozenset(
+    {"id", "name", "description", "document_type", "content", "session_id", "tags", "metadata", "is_public"}
+)
+_DEFAULT_DOCUMENT_TYPE: Final = "user_data"
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON helpers (pure functions; the big ones run in worker threads)
+
+
+def _dumps(value: object, *, sort_keys: bool = False) -> bytes:
+    """Encode with orjson, falling back to the stdlib for what orjson refuses.
+
+    orjson stops at 254 levels of nesting while the server accepts ``max_depth`` (256 by default),
+    so a document near the limit is encoded by :mod:`json` instead. The choice depends only on the
+    value, so the same document always gets the same bytes (idempotent writes compare bytes).
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        return text.encode("utf-8")
+
+
+def _json_response(
+    value: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(body=_dumps(value), status=status, content_type=_JSON, headers=headers)
+
+
+def _bytes_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=_JSON)
+
+
+def _error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json_response({"error": message, "status": status}, status, headers)
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+
+def _depth_exceeds(value: object, max_depth: int) -> bool:
+    """Whether ``value`` nests objects/arrays deeper than ``max_depth`` (a bare ``{}`` is depth 1).
+
+    Iterative, so that a deep document cannot exhaust the interpreter's stack.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _field_error(where: str, message: str) -> ApiError:
+    return ApiError(422, f"{where}{message}")
+
+
+def _prepare_document(raw: object, max_depth: int, where: str = "") -> EncodedDocument:
+    """Validate one document and encode its canonical body.
+
+    The stored body is the document without ``id``, with every optional field filled with its
+    default and keys sorted, so that the same document sent again (other key order, whitespace,
+    omitted defaults) has the same bytes and is recognized as a repeat of an idempotent write.
+
+    Raises:
+        ApiError: 400 when nested too deep, 422 when a field is missing, unknown or of the wrong type.
+    """
+    if not isinstance(raw, dict):
+        raise _field_error(where, f"a document must be a JSON object, got {_json_type(raw)}")
+    if _depth_exceeds(raw, max_depth):
+        raise ApiError(400, f"{where}the document is nested deeper than {max_depth} levels")
+    unknown = raw.keys() - _FIELDS
+    if unknown:
+        raise _field_error(where, f"unknown field(s): {', '.join(sorted(unknown))}")
+
+    doc_id = raw.get("id")
+    if doc_id is None:
+        doc_id = new_document_id()
+    elif not isinstance(doc_id, str) or not _ID_RE.fullmatch(doc_id):
+        raise _field_error(where, "'id' must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+    if "name" not in raw:
+        raise _field_error(where, "'name' is required")
+    name = raw["name"]
+    if not isinstance(name, str):
+        raise _field_error(where, f"'name' must be a string, got {_json_type(name)}")
+    if "content" not in raw:
+        raise _field_error(where, "'content' is required")
+    content = raw["content"]
+    if not isinstance(content, dict):
+        raise _field_error(where, f"'content' must be an object, got {_json_type(content)}")
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _field_error(where, f"'description' must be a string or null, got {_json_type(description)}")
+    document_type = raw.get("document_type", _DEFAULT_DOCUMENT_TYPE)
+    if not isinstance(document_type, str):
+        raise _field_error(where, f"'document_type' must be a string, got {_json_type(document_type)}")
+    session_id = raw.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        raise _field_error(where, f"'session_id' must be a string or null, got {_json_type(session_id)}")
+    tags = raw.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise _field_error(where, "'tags' must be a list of strings")
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise _field_error(where, f"'metadata' must be an object, got {_json_type(metadata)}")
+    is_public = raw.get("is_public", False)
+    if not isinstance(is_public, bool):
+        raise _field_error(where, f"'is_public' must be a boolean, got {_json_type(is_public)}")
+
+    canonical = {
+        "name": name,
+        "description": description,
+        "document_type": document_type,
+        "content": content,
+        "session_id": session_id,
+        "tags": tags,
+        "metadata": metadata,
+        "is_public": is_public,
+    }
+    return EncodedDocument(
+        id=doc_id,
+        session_id=session_id or "",
+        name=name,
+        tags=tuple(tags),
+        body=_dumps(canonical, sort_keys=True),
+        document_type=document_type,
+    )
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _prepare_single(body: bytes, limits: ServerLimits) -> EncodedDocument:
+    return _prepare_document(_decode(body), limits.max_depth)
+
+
+def _prepare_batch(body: bytes, limits: ServerLimits) -> list[EncodedDocument]:
+    envelope = _decode(body)
+    if not isinstance(envelope, dict):
+        raise ApiError(422, f'the batch body must be {{"documents": [...]}}, got {_json_type(envelope)}')
+    unknown = envelope.keys() - {"documents"}
+    if unknown:
+        raise ApiError(422, f"unknown field(s) in the batch body: {', '.join(sorted(unknown))}")
+    docs = envelope.get("documents")
+    if not isinstance(docs, list):
+        raise ApiError(422, "the batch body needs 'documents', a list of documents")
+    if len(docs) > limits.max_batch:
+        raise ApiError(413, f"a batch holds at most {limits.max_batch} documents, got {len(docs)}")
+    return [_prepare_document(raw, limits.max_depth, f"documents[{i}]: ") for i, raw in enumerate(docs)]
+
+
+def _query_body(engine: SqliteDocuments, project: str, query: Query) -> bytes:
+    data, total = engine.query(project, query)
+    return _dumps({"data": data, "total": total, "limit": query.limit, "skip": query.skip})
+
+
+def _get_body(engine: SqliteDocuments, project: str, doc_id: str) -> bytes | None:
+    doc = engine.get(project, doc_id)
+    return None if doc is None else _dumps(doc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Query parameters
+
+
+def _parse_int(params: Mapping[str, str], key: str, default: int) -> int:
+    raw = params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        if not _INT_RE.fullmatch(raw):
+            raise ValueError(raw)
+        value = int(raw)  # ValueError past Python's 4300-digit conversion limit
+    except ValueError:
+        raise ApiError(400, f"{key!r} must be an integer, got {raw[:40]!r}") from None
+    if value < 0:
+        raise ApiError(400, f"{key!r} must not be negative, got {value}")
+    return value
+
+
+def _parse_time(params: Mapping[str, str], key: str) -> str | None:
+    raw = params.get(key)
+    if not raw:
+        return None
+    try:
+        return normalize_timestamp(raw)
+    except (ValueError, OverflowError):
+        raise ApiError(400, f"{key!r} must be an ISO-8601 date or time, got {raw!r}") from None
+
+
+def _parse_query(params: Mapping[str, str], limits: ServerLimits) -> Query:
+    """Turn the list endpoint's query parameters into a :class:`Query`.
+
+    Empty values count as absent. ``limit`` defaults to 10 and is capped at ``limits.max_limit``
+    (the answer's ``limit`` says what was used); a negative or non-integer ``limit``/``skip`` is 400.
+
+    Raises:
+        ApiError: 400 for a malformed parameter.
+    """
+    limit = min(_parse_int(params, "limit", 10), limits.max_limit)
+    skip = _parse_int(params, "skip", 0)
+    if skip > _MAX_SKIP:
+        raise ApiError(400, f"'skip' must be at most {_MAX_SKIP}")
+    raw_sort = params.get("sort_by") or "created_at"
+    sort_by = _SORT_BY.get(raw_sort)
+    if sort_by is None:
+        raise ApiError(400, f"'sort_by' must be one of {', '.join(SORT_FIELDS)}, got {raw_sort!r}")
+    raw_order = params.get("sort_order") or "-1"
+    sort_order = _SORT_ORDERS.get(raw_order.lower())
+    if sort_order is None:
+        raise ApiError(400, f"'sort_order' must be 1 or -1, got {raw_order!r}")
+    tags = tuple(tag.strip() for tag in params.get("tags", "").split(",") if tag.strip())
+    return Query(
+        session_id=params.get("session_id") or None,
+        document_type=params.get("document_type") or None,
+        tags=tags,
+        name_pattern=params.get("name_pattern") or None,
+        created_after=_parse_time(params, "created_after"),
+        created_before=_parse_time(params, "created_before"),
+        limit=limit,
+        skip=skip,
+        sort_by=sort_by,
+        sort_order=sort_order,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Off-loop execution
+
+
+async def _engine_call(app: web.Application, func: Callable[..., T], *args: object) -> T:
+    """Run an engine call in a worker thread; map its failures to API errors (409, 503)."""
+    try:
+        return await anyio.to_thread.run_sync(func, *args, limiter=app[_LIMITER])
+    except DocumentConflict as exc:
+        raise ApiError(409, str(exc)) from None
+    except (sqlite3.Error, OSError) as exc:
+        logger.warning("server_store_error", error=f"{type(exc).__name__}: {exc}")
+        raise ApiError(503, f"the document store is unavailable: {exc}") from None
+
+
+async def _cpu_call(size: int, func: Callable[..., T], *args: object) -> T:
+    """Run CPU work inline for small inputs, in a worker thread for big ones (never stall the loop)."""
+    if size <= _INLINE_BYTES:
+        return func(*args)
+    return await anyio.to_thread.run_sync(func, *args)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    limit = request.app[_LIMITS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"the body is larger than {limit} bytes")
+    return await request.read()  # aiohttp raises 413 past client_max_size (chunked bodies too)
+
+
+def _project(request: web.Request) -> str:
+    return request.match_info["project"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Handlers
+
+
+async def _health(request: web.Request) -> web.Response:
+    await _engine_call(request.app, request.app[_ENGINE].ping)
+    return _json_response({"status": "ok"})
+
+
+async def _create(request: web.Request) -> web.Response:
+    body = await _read_body(request)
+    doc = await _cpu_call(len(body), _prepare_single, body, request.app[_LIMITS])
+    engine = request.app[_ENGINE]
+    ((doc_id, created),) = await _engine_call(request.app, engine.insert_many, _project(request), [doc])
+    location = str(request.rel_url.with_query(None) / doc_id)
+    return _json_response({"id": doc_id}, 201 if created else 200, {"Location": location})
+
+
+async def _create_batch(request: web.Request) -> web.Response:
+    body = await _read_body(request)
+    docs = await _cpu_call(len(body), _prepare_batch, body, request.app[_LIMITS])
+    engine = request.app[_ENGINE]
+    results = await _engine_call(request.app, engine.insert_many, _project(request), docs)
+    created = any(was_created for _, was_created in results)
+    return _json_response({"ids": [doc_id for doc_id, _ in results]}, 201 if created else 200)
+
+
+async def _list(request: web.Request) -> web.Response:
+    query = _parse_query(request.query, request.app[_LIMITS])
+    body = await _engine_call(request.app, _query_body, request.app[_ENGINE], _project(request), query)
+    return _bytes_response(body)
+
+
+async def _get(request: web.Request) -> web.Response:
+    doc_id = request.match_info["doc_id"]
+    body = await _engine_call(request.app, _get_body, request.app[_ENGINE], _project(request), doc_id)
+    if body is None:
+        raise ApiError(404, f"no document {doc_id!r} in project {_project(request)!r}")
+    return _bytes_response(body)
+
+
+async def _delete(request: web.Request) -> web.Response:
+    doc_id = request.match_info["doc_id"]
+    existed = await _engine_call(request.app, request.app[_ENGINE].delete, _project(request), doc_id)
+    if not existed:
+        raise ApiError(404, f"no document {doc_id!r} in project {_project(request)!r}")
+    return _json_response({"deleted": doc_id})
+
+
+# --------------------------------------------------------------------------------------------------
+# Middlewares (outermost first: errors, any extra ones, auth, project)
+
+
+def _http_exception_message(exc: web.HTTPException) -> str:
+    text = exc.text
+    if not text or text == f"{exc.status}: {exc.reason}":
+        return exc.reason
+    return text
+
+
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure as a JSON error; turn anything unexpected into a 4xx, never a 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error_response(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        skip = ("content-type", "content-length")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in skip}
+        return _error_response(exc.status, _http_exception_message(exc), headers)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        # A request that reaches this point is one we did not foresee; it is still the request's
+        # fault as far as the client can tell, and the API promises no 500s.
+        logger.warning("server_unexpected_error", method=request.method, path=request.path, exc_info=exc)
+        return _error_response(400, f"the request could not be processed ({type(exc).__name__})")
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """When a key is set, require ``Authorization: Bearer <key>`` everywhere but ``/health``."""
+    expected = request.app[_API_KEY]
+    if expected and request.path != "/health":
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        given = token.strip().encode("utf-8", "surrogateescape")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(given, expected)):
+            raise ApiError(
+                401, "a valid API key is required (Authorization: Bearer <key>)",
+                headers={"WWW-Authenticate": 'Bearer realm="json-documents"'},
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def _project_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a request whose ``X-Project-ID`` names another project than its path (403)."""
+    project = request.match_info.get("project")
+    header = request.headers.get("X-Project-ID")
+    if project is not None and header is not None and header != project:
+        raise ApiError(403, f"X-Project-ID {header!r} does not match the path's project {project!r}")
+    return await handler(request)
+
+
+# --------------------------------------------------------------------------------------------------
+# The factory
+
+
+def _engine_context(db_path: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def engine_context(app: web.Application) -> AsyncIterator[None]:
+        engine = SqliteDocuments(db_path)
+        app[_LIMITER] = anyio.CapacityLimiter(_ENGINE_THREADS)
+        app[_ENGINE] = engine
+        await anyio.to_thread.run_sync(engine.ping)  # a database that cannot open fails the startup
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(engine.close)
+
+    return engine_context
+
+
+def create_app(
+    db_path: str | os.PathLike[str],
+    *,
+    api_key: str | None = None,
+    limits: ServerLimits = DEFAULT_LIMITS,
+    enable_batch: bool = True,
+    middlewares: Sequence[Middleware] = (),
+) -> web.Application:
+    """Build the json-documents application over the sqlite file ``db_path``.
+
+    The sqlite engine is opened on startup and closed on cleanup (``cleanup_ctx``); every engine
+    call runs in a worker thread.
+
+    Args:
+        db_path: the sqlite file (created with its folder when missing).
+        api_key: when set (non-empty), every route but ``/health`` needs ``Authorization: Bearer <key>``.
+        limits: body, batch, query and nesting limits.
+        enable_batch: serve ``POST /{project}/json-documents/batch``; without it that POST answers 405,
+            as an older server would, and clients fall back to single POSTs.
+        middlewares: extra middlewares, run inside the JSON-error middleware and before auth (the
+            test server's delay is one).
+
+    Returns:
+        The application, ready for ``web.run_app`` or an ``AppRunner``.
+    """
+    app = web.Application(
+        client_max_size=limits.max_body_bytes,
+        middlewares=[_errors_middleware, *middlewares, _auth_middleware, _project_middleware],
+    )
+    app[_LIMITS] = limits
+    app[_API_KEY] = api_key.encode("utf-8") if api_key else b""
+    app.cleanup_ctx.append(_engine_context(os.fspath(db_path)))
+    app.router.add_get("/health", _health, name="health")
+    collection = "/{project}/json-documents"
+    app.router.add_post(collection, _create, name="create")
+    app.router.add_get(collection, _list, name="list")
+    if enable_batch:
+        app.router.add_post(collection + "/batch", _create_batch, name="batch")
+    app.router.add_get(collection + "/{doc_id}", _get, name="get")
+    app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
+    return app
