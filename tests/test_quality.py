@@ -23,7 +23,8 @@ class TestQuality:
     def test_ruff(self) -> None:
         """``ruff check`` finds nothing in the package, tests, examples and bench."""
         ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or "ruff"
-        result = run(ruff, "check", "wr124_session_actor", "tests", "examples", "bench")
+        paths = [p for p in ("wr124_session_actor", "tests", "examples", "bench") if (ROOT / p).is_dir()]
+        result = run(ruff, "check", *paths)
         assert result.returncode == 0, result.stdout + result.stderr
 
     def test_ships_py_typed(self) -> None:

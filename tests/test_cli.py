@@ -1,0 +1,79 @@
+"""The ``wr124-session`` command and the examples, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wr124_session_actor.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wr124_session_actor.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+class TestDemo:
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_demo_on_the_embedded_default(self, tmp_path: Path, backend: str) -> None:
+        """``demo`` writes chatty teams to a local sqlite file, lists history, restores, prints the figures."""
+        result = run_cli("demo", "--sessions", "2", "--messages", "20", "--backend", backend, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+        assert "store: sqlite:///wr124_sessions.db" in out
+        assert "restored the latest state of demo-1" in out
+        figures = dict(line.split(":", 1) for line in out.splitlines() if line.startswith(("states", "store w")))
+        submitted = int(figures["states submitted"])
+        writes = int(figures["store writes"].split()[0])
+        assert submitted == 2 * 2 * 21
+        assert 1 <= writes < submitted
+        assert (tmp_path / "wr124_sessions.db").exists()
+
+
+class TestInspect:
+    def test_ls_show_rm(self, tmp_path: Path) -> None:
+        """ls lists a session's states (text and JSON), show prints one, rm deletes it."""
+        assert run_cli("demo", "--sessions", "1", "--messages", "3", cwd=tmp_path).returncode == 0
+        listed = run_cli("ls", "demo-1", "--json", cwd=tmp_path)
+        docs = json.loads(listed.stdout)
+        assert len(docs) == 2
+        doc_id = docs[0]["_id"]
+        text = run_cli("ls", "demo-1", cwd=tmp_path).stdout
+        assert doc_id in text
+        shown = run_cli("show", doc_id, cwd=tmp_path)
+        assert f"id:         {doc_id}" in shown.stdout
+        assert json.loads(run_cli("show", doc_id, "--json", cwd=tmp_path).stdout)["_id"] == doc_id
+        assert run_cli("rm", doc_id, cwd=tmp_path).stdout.strip() == f"deleted {doc_id}"
+        missing = run_cli("show", doc_id, cwd=tmp_path)
+        assert missing.returncode == 1
+        assert "failed: no document" in missing.stderr
+
+    def test_unreachable_server_is_a_status_not_a_traceback(self, tmp_path: Path) -> None:
+        """ls against a server that is not there prints a short error and exits 1."""
+        result = run_cli("ls", "s", "--url", "http://127.0.0.1:9", cwd=tmp_path)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert "failed" in result.stderr
+
+    def test_malformed_environment_names_the_variable(self, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+        """A malformed variable is reported by name, exit status 1."""
+        monkeypatch.setenv("SESSION_STATE_TIMEOUT", "never")
+        assert main(["ls", "s", "--url", "memory://"]) == 1
+        assert "SESSION_STATE_TIMEOUT" in capsys.readouterr().err
+
+
+class TestExamples:
+    @pytest.mark.parametrize("example", ["session_state_usage_example.py", "team_example.py"])
+    def test_examples_run_offline(self, example: str, tmp_path: Path) -> None:
+        """Both examples run to completion with no server and no LLM."""
+        result = subprocess.run([sys.executable, str(ROOT / "examples" / example)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "success" in result.stdout
