@@ -17,9 +17,21 @@ def _drop(_logger: Any, _name: str, _event: dict[str, Any]) -> dict[str, Any]:
     raise structlog.DropEvent
 
 
-# The library never configures structlog; the tests do, so that debug events cost nothing.
-# ``structlog.testing.capture_logs`` replaces these processors while a test reads events.
-structlog.configure(processors=[_drop], cache_logger_on_first_use=False)
+def _quiet_structlog() -> None:
+    # The library never configures structlog; the tests do, so that debug events cost nothing.
+    # ``structlog.testing.capture_logs`` replaces these processors while a test reads events.
+    structlog.reset_defaults()
+    structlog.configure(processors=[_drop], cache_logger_on_first_use=False)
+
+
+_quiet_structlog()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_reset() -> Iterator[None]:
+    """A test that configures structlog (the CLI does) leaves no trace for the next."""
+    yield
+    _quiet_structlog()
 
 
 @pytest.fixture(params=["asyncio", "trio"])
