@@ -134,3 +134,21 @@ class TestCache:
         assert len((await manager.download_session_states())[1]) == 1
         await manager.upload_session_state({"v": 2}, "t", "a")
         assert len((await manager.download_session_states())[1]) == 2
+
+
+class TestLogging:
+    async def test_one_event_per_outcome_with_the_fields(self, memory_config: Config) -> None:
+        """Each call logs exactly one event: status, session_id, op, ids, sizes, duration, attempt, error."""
+        from structlog.testing import capture_logs
+
+        manager = SessionStateManager("s", memory_config)
+        with capture_logs() as logs:
+            _, doc_id = await manager.upload_session_state({"a": 1}, "t", "a")
+            await manager.restore_session_state("missing")
+        upload, restore = logs
+        assert upload["event"] == "session_state.upload" and upload["log_level"] == "debug"
+        assert {"status", "session_id", "op", "ids", "batch_size", "coalesced", "duration_ms", "attempt",
+                "error"} <= set(upload)
+        assert (upload["status"], upload["ids"], upload["batch_size"], upload["attempt"]) == (
+            "success", [doc_id], 1, 1)
+        assert restore["log_level"] == "warning" and restore["status"] == "failed" and restore["error"]
