@@ -188,7 +188,8 @@ class TestShutdown:
 
     async def test_deadline_exit_with_store_down_logs_failures(self) -> None:
         """Uploads that cannot be written at shutdown are logged with their status, not dropped silently."""
-        config = Config(api_url=closed_port_url(), timeout=0.5, retries=0, debounce=10, max_delay=10)
+        config = Config(api_url=closed_port_url(), timeout=0.5, retries=0, debounce=10, max_delay=10,
+                        shutdown_timeout=1.0)
         with capture_logs() as logs:
             async with ActorSystem(config) as system:
                 system.handle("s").submit({"n": 1}, "t", "a")

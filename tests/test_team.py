@@ -163,7 +163,7 @@ class TestBuiltinAgent:
 class TestTeamStoreDown:
     async def test_task_completes_and_every_outcome_is_logged_failed(self) -> None:
         """With the store down a task yields all its messages and every store outcome is a failed warning."""
-        config = Config(api_url=closed_port_url(), retries=0, timeout=2.0)
+        config = Config(api_url=closed_port_url(), retries=0, timeout=2.0, shutdown_timeout=0.5)
         with capture_logs() as events:
             agent = BuiltinAgent("assistant", ScriptedModelClient(["a", "b", "c"]), turns=3)
             async with Team(session_id="down", agent=agent, config=config) as team:
@@ -177,7 +177,7 @@ class TestTeamStoreDown:
 
     async def test_direct_mode_task_completes(self) -> None:
         """Without ``async with`` the end-of-task upload fails, is logged, and the task still completes."""
-        config = Config(api_url=closed_port_url(), retries=0, timeout=2.0)
+        config = Config(api_url=closed_port_url(), retries=0, timeout=2.0, shutdown_timeout=0.5)
         team = Team(ScriptedModelClient(["a"]), session_id="down", config=config)
         with capture_logs() as events:
             messages = await collect(team, "work")

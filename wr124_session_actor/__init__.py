@@ -6,6 +6,7 @@ The public surface is re-exported here; everything else lives in private modules
 from __future__ import annotations
 
 from ._config import Config as Config
+from ._exceptions import CircuitOpen as CircuitOpen
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import DocumentNotFound as DocumentNotFound
 from ._exceptions import NoClientError as NoClientError
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActorSystem",
+    "CircuitOpen",
     "Config",
     "ConfigError",
     "DocumentNotFound",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -15,12 +16,14 @@ from ._status import SessionStateStatus
 
 if TYPE_CHECKING:
     from ._document import StateUpload
+    from ._outbox import Outbox
     from ._system import SystemCounters
 
 __all__ = ["SessionActor"]
 
 logger = structlog.get_logger("wr124_session_actor")
 CLOSED_MESSAGE: Final = "the actor system is closed"
+Status = SessionStateStatus
 
 
 @dataclass(slots=True)
@@ -39,18 +42,29 @@ class SessionActor:
     ``max_delay`` after the first pending upload, at ``max_batch`` documents, and before any read,
     flush or stop (read-your-writes). One batch is one store write; at most one write is in flight
     because the actor does one thing at a time.
+
+    A batch that fails for a transient reason stays pending and is tried again after a backoff
+    (the system's circuit breaker keeps a failing store from being hammered). While it waits, the
+    batch is bounded: past ``max_batch`` a new upload replaces the oldest pending one of its agent.
+    Callers awaiting such an upload get their reply when it is finally written (or their own call
+    times out first).
     """
 
-    __slots__ = ("_first_at", "_last_at", "_on_exit", "_pending", "counters", "mailbox", "ops")
+    __slots__ = ("_failures", "_first_at", "_last_at", "_on_exit", "_pending", "_retry_at", "counters",
+                 "mailbox", "ops", "outbox")
 
-    def __init__(self, ops: SessionOps, counters: SystemCounters, on_exit: Callable[[SessionActor], None]) -> None:
+    def __init__(self, ops: SessionOps, counters: SystemCounters, on_exit: Callable[[SessionActor], None],
+                 outbox: Outbox | None = None) -> None:
         self.ops = ops
         self.counters = counters
+        self.outbox = outbox
         self.mailbox = Mailbox(ops.config.mailbox_size)
         self._on_exit = on_exit
         self._pending: dict[str, _Pending] = {}
         self._first_at = 0.0
         self._last_at = 0.0
+        self._retry_at = 0.0
+        self._failures = 0
 
     async def run(self) -> None:
         """Serve the mailbox until it is closed or idle; always flush what is pending on the way out."""
@@ -64,7 +78,8 @@ class SessionActor:
                         break
                     if self._pending:
                         now = anyio.current_time()
-                        due = min(self._last_at + config.debounce, self._first_at + config.max_delay)
+                        due = max(self._retry_at,
+                                  min(self._last_at + config.debounce, self._first_at + config.max_delay))
                         if due <= now or not await mailbox.wait(due - now):
                             await self._flush()
                         continue
@@ -79,17 +94,18 @@ class SessionActor:
             self._on_exit(self)
             with anyio.CancelScope(shield=True), anyio.move_on_after(config.shutdown_timeout):
                 await self._drain_on_exit()
-            self._fail_pending("could not be written before shutdown_timeout")
+            self._give_up()
 
     async def _handle(self, message: Upload | Call) -> None:
         if isinstance(message, Upload):
             self._add(message)
-            if len(self._pending) >= self.ops.config.max_batch:
+            if len(self._pending) >= self.ops.config.max_batch and anyio.current_time() >= self._retry_at:
                 await self._flush()
             return
         await self._flush()
         if message.func is None:
-            message.reply.set((SessionStateStatus.SUCCESS, "flushed"))
+            message.reply.set((Status.SUCCESS, "flushed") if not self._pending else
+                              (Status.FAILED, f"{len(self._pending)} uploads wait for the store to recover"))
         else:
             message.reply.set(await message.func(self.ops))
 
@@ -100,38 +116,61 @@ class SessionActor:
         if not self._pending:
             self._first_at = now
         self._last_at = now
-        key = upload.agent_name if self.ops.config.keep == "latest" else upload.doc_id
-        older = self._pending.get(key)
+        keep_latest = self.ops.config.keep == "latest"
+        key = upload.agent_name if keep_latest else upload.doc_id
+        older = self._pending.pop(key, None) if keep_latest else None
+        if older is None and len(self._pending) >= self.ops.config.max_batch:
+            older = self._oldest_of(upload.agent_name)  # the store is failing: bound the batch
         pending = _Pending(upload, coalesced=message.coalesced)
-        if older is not None:  # keep="latest": the newer state takes the older one's place
+        if older is not None:  # the newer state takes the older one's place
             pending.replies = older.replies
             pending.coalesced += older.coalesced + 1
             self.counters.coalesced += 1
+            if self.outbox is not None:
+                self.outbox.settle((older.upload.doc_id,))
         if message.reply is not None:
             pending.replies.append(message.reply)
         self._pending[key] = pending
 
+    def _oldest_of(self, agent_name: str) -> _Pending | None:
+        for key, pending in self._pending.items():
+            if pending.upload.agent_name == agent_name:
+                return self._pending.pop(key)
+        return None
+
     async def _flush(self) -> None:
         if not self._pending:
             return
-        batch = list(self._pending.values())
-        coalesced = sum(p.coalesced for p in batch)
+        batch = list(self._pending.items())
+        coalesced = sum(p.coalesced for _, p in batch)
         writes_before = self.ops.store_writes
-        outcomes = await self.ops.write([p.upload for p in batch], coalesced=coalesced)
+        outcomes = await self.ops.write([p.upload for _, p in batch], coalesced=coalesced)
         self.counters.store_writes += self.ops.store_writes - writes_before
-        # Cleared only once written: a flush cancelled mid-write is redone (ids make that idempotent).
-        self._pending.clear()
-        self._answer(batch, outcomes)
+        # Pending is cleared only once written: a flush cancelled mid-write is redone (ids make that
+        # idempotent), and uploads that failed for a transient reason stay for the next try.
+        self._pending = {key: p for (key, p), o in zip(batch, outcomes, strict=True)
+                         if o.status is not Status.SUCCESS and o.transient}
+        self._answer([(p, o) for (_, p), o in zip(batch, outcomes, strict=True)
+                      if o.status is Status.SUCCESS or not o.transient])
+        if self._pending:
+            self._failures += 1
+            backoff = min(self.ops.config.retry_backoff_max * 4, self.ops.config.retry_backoff * 2 ** self._failures)
+            self._retry_at = anyio.current_time() + backoff * random.uniform(0.5, 1.0)
+        else:
+            self._failures = 0
+            self._retry_at = 0.0
 
-    def _answer(self, batch: list[_Pending], outcomes: list[UploadOutcome]) -> None:
+    def _answer(self, done: list[tuple[_Pending, UploadOutcome]]) -> None:
         counters = self.counters
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            if outcome.status is SessionStateStatus.SUCCESS:
+        for pending, outcome in done:
+            if outcome.status is Status.SUCCESS:
                 counters.documents += 1
             else:
                 counters.failed += 1
             for reply in pending.replies:
                 reply.set((outcome.status, outcome.value))
+        if self.outbox is not None:
+            self.outbox.settle(p.upload.doc_id for p, _ in done)
 
     async def _drain_on_exit(self) -> None:
         calls: list[Call] = []
@@ -140,19 +179,27 @@ class SessionActor:
                 self._add(message)
             else:
                 calls.append(message)
-        await self._flush()
+        while True:
+            await self._flush()
+            if not self._pending:
+                break
+            await anyio.sleep(max(0.0, self._retry_at - anyio.current_time()))
         for call in calls:
-            call.reply.set((SessionStateStatus.FAILED, CLOSED_MESSAGE))
+            call.reply.set((Status.FAILED, CLOSED_MESSAGE))
 
-    def _fail_pending(self, reason: str) -> None:
+    def _give_up(self) -> None:
+        """Log (and answer) what could not be written before ``shutdown_timeout``; never drop silently."""
         if not self._pending:
             return
         batch = list(self._pending.values())
         self._pending.clear()
         self.counters.failed += len(batch)
-        logger.warning("session_state.upload", status=SessionStateStatus.FAILED.value,
-                       session_id=self.ops.session_id, op="upload", ids=[p.upload.doc_id for p in batch],
-                       batch_size=len(batch), error=reason)
+        if self.outbox is not None:
+            reason = "not written before shutdown_timeout; kept in the outbox for the next start"
+        else:
+            reason = "not written before shutdown_timeout; lost (set SESSION_STATE_SPOOL to keep it)"
+        logger.warning("session_state.upload", status=Status.FAILED.value, session_id=self.ops.session_id,
+                       op="upload", ids=[p.upload.doc_id for p in batch], batch_size=len(batch), error=reason)
         for pending in batch:
             for reply in pending.replies:
-                reply.set((SessionStateStatus.FAILED, reason))
+                reply.set((Status.FAILED, reason))

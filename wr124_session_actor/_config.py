@@ -53,6 +53,8 @@ class Config:
     spool: str | None = None  # SESSION_STATE_SPOOL: sqlite outbox path (opt-in durability)
     spool_sync_interval: float = 0.1  # SESSION_STATE_SPOOL_SYNC_INTERVAL: outbox commit interval
     spool_max_documents: int = 100_000  # SESSION_STATE_SPOOL_MAX_DOCUMENTS: outbox bound
+    circuit_threshold: int = 5  # SESSION_STATE_CIRCUIT_THRESHOLD: transient failures in a row that open it
+    circuit_cooldown: float = 0.5  # SESSION_STATE_CIRCUIT_COOLDOWN: first open period, doubled up to 30 s
 
     def __post_init__(self) -> None:
         _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
@@ -65,6 +67,7 @@ class Config:
             ("SESSION_STATE_RETRY_BACKOFF", self.retry_backoff),
             ("SESSION_STATE_RETRY_BACKOFF_MAX", self.retry_backoff_max),
             ("SESSION_STATE_SPOOL_SYNC_INTERVAL", self.spool_sync_interval),
+            ("SESSION_STATE_CIRCUIT_COOLDOWN", self.circuit_cooldown),
         ):
             _check(value >= 0 and math.isfinite(value), name, "a number >= 0")
         for name, count in (
@@ -73,6 +76,7 @@ class Config:
             ("SESSION_STATE_CACHE_SIZE", self.cache_size),
             ("SESSION_STATE_MAX_BODY_BYTES", self.max_body_bytes),
             ("SESSION_STATE_SPOOL_MAX_DOCUMENTS", self.spool_max_documents),
+            ("SESSION_STATE_CIRCUIT_THRESHOLD", self.circuit_threshold),
         ):
             _check(count >= 1, name, "a whole number >= 1")
         _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")

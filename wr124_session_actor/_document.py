@@ -105,6 +105,8 @@ class StateUpload:
     description: str | None = None
     doc_id: str = field(default_factory=new_document_id)
     created: str = field(default_factory=utc_now_iso)
+    #: The encoded document, once made (the outbox and the store write share one encoding).
+    encoded: EncodedDocument | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ def encode_document(upload: StateUpload) -> EncodedDocument:
     Raises:
         StateEncodeError: the state cannot be encoded; nothing else is affected.
     """
+    if upload.encoded is not None:
+        return upload.encoded
     state_bytes = encode_state(upload.state)
     timestamp = upload.created
     # The original named documents with a compact local timestamp; we keep the shape, in UTC.
@@ -158,4 +162,5 @@ def encode_document(upload: StateUpload) -> EncodedDocument:
         "is_public": False,
     }
     body = orjson.dumps(doc)
-    return EncodedDocument(id=upload.doc_id, session_id=upload.session_id, name=name, tags=tags, body=body)
+    upload.encoded = EncodedDocument(id=upload.doc_id, session_id=upload.session_id, name=name, tags=tags, body=body)
+    return upload.encoded

@@ -7,6 +7,7 @@ Hierarchy::
     Exception
      └── StoreError               the persistence boundary failed; core ops turn these into statuses
           ├── StoreUnavailable    outside cause, transient: refused/reset connection, 5xx, 429
+          │    └── CircuitOpen    busy: we stopped calling a store that keeps failing (no network)
           ├── StoreTimeout        outside cause, transient: the store did not answer in time
           ├── StoreBadResponse    the store answered something that is not the API (bad JSON, wrong shape)
           ├── StoreRejected       the store refused this request for good (4xx other than 408/429)
@@ -23,6 +24,7 @@ policy code above them sees only these types.
 from __future__ import annotations
 
 __all__ = [
+    "CircuitOpen",
     "ConfigError",
     "DocumentNotFound",
     "NoClientError",
@@ -56,6 +58,10 @@ class StoreUnavailable(StoreError):
         super().__init__(message)
         #: Seconds the server asked us to wait (``Retry-After``), if it said.
         self.retry_after = retry_after
+
+
+class CircuitOpen(StoreUnavailable):
+    """Not sent: the store failed too often in a row and the circuit breaker is open."""
 
 
 class StoreTimeout(StoreError):

@@ -50,7 +50,7 @@ class SessionHandle:
             return Status.DISABLED
         try:
             upload = StateUpload(self.session_id, state, task, agent_name, **details)
-            system.actor(self.session_id).mailbox.submit(upload)
+            replaced = system.actor(self.session_id).mailbox.submit(upload)
         except anyio.ClosedResourceError:
             logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
                            op="submit", error=CLOSED_MESSAGE)
@@ -60,10 +60,16 @@ class SessionHandle:
                            op="submit", error=f"bad arguments: {exc}")
             return Status.FAILED
         system.counters.submitted += 1
+        outbox = system.outbox
+        if outbox is not None:
+            outbox.add(upload)
+            if replaced is not None:
+                outbox.settle((replaced.doc_id,))
         return Status.SUCCESS
 
-    async def _send(self, make: Callable[[Reply], Message], fallback: T) -> tuple[Status, T]:
-        """Send a message and wait for its reply within the call timeout."""
+    async def _send(self, make: Callable[[Reply], Message], fallback: T,
+                    accepted: Callable[[], None] | None = None) -> tuple[Status, T]:
+        """Send a message (``accepted`` runs once it is queued) and wait for its reply within the timeout."""
         system = self._system
         reply = Reply()
         timeout = system.config.timeout
@@ -73,6 +79,8 @@ class SessionHandle:
             except anyio.ClosedResourceError:
                 await anyio.lowlevel.checkpoint()
                 return Status.FAILED, fallback
+            if accepted is not None:
+                accepted()
             result: tuple[Status, T] = await reply.wait()
             return result
         logger.warning("session_state.call", status=Status.TIMEOUT.value, session_id=self.session_id,
@@ -92,8 +100,14 @@ class SessionHandle:
             await anyio.lowlevel.checkpoint()
             return Status.DISABLED, "session state upload is disabled"
         upload = StateUpload(self.session_id, state, task, agent_name, **details)
-        self._system.counters.submitted += 1
-        return await self._send(lambda reply: Upload(upload, reply), CLOSED_MESSAGE)
+        system = self._system
+
+        def accepted() -> None:
+            system.counters.submitted += 1
+            if system.outbox is not None:
+                system.outbox.add(upload)
+
+        return await self._send(lambda reply: Upload(upload, reply), CLOSED_MESSAGE, accepted)
 
     async def flush(self) -> tuple[Status, str]:
         """Write every pending upload of this session now."""

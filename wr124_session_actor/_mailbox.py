@@ -97,18 +97,18 @@ class Mailbox:
         self._append(message)
         return True
 
-    def submit(self, upload: StateUpload) -> int:
-        """Queue a fire-and-forget upload, coalescing when full; return how many uploads it replaced."""
+    def submit(self, upload: StateUpload) -> StateUpload | None:
+        """Queue a fire-and-forget upload, coalescing when full; return the upload it replaced, if any."""
         if self.closed:
             raise anyio.ClosedResourceError
         if len(self._items) >= self.max_size:
             queued = self._by_agent.get(upload.agent_name)
             if queued is not None:
-                queued.upload = upload
+                replaced, queued.upload = queued.upload, upload
                 queued.coalesced += 1
-                return 1
+                return replaced
         self._append(Upload(upload, None))
-        return 0
+        return None
 
     async def put(self, message: Message) -> None:
         """Queue ``message``, waiting for room."""

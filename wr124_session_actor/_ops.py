@@ -19,6 +19,7 @@ import anyio.to_thread
 import structlog
 from cachetools import TTLCache
 
+from ._circuit import CircuitBreaker
 from ._config import Config
 from ._document import (
     STATE_TAG,
@@ -29,7 +30,7 @@ from ._document import (
     encode_document,
     normalize_timestamp,
 )
-from ._exceptions import DocumentNotFound, NoClientError, StateEncodeError, StoreError, StoreTimeout
+from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StateEncodeError, StoreError, StoreTimeout
 from ._status import SessionStateStatus
 from .stores import Document, DocumentStore, Query
 
@@ -53,14 +54,21 @@ def status_of(exc: BaseException) -> SessionStateStatus:
 
 @dataclass(frozen=True, slots=True)
 class UploadOutcome:
-    """What became of one upload: its status and the id of the document holding it (or an error)."""
+    """What became of one upload: its status and the id of the document holding it (or an error).
+
+    ``transient`` is true when trying again later may succeed (timeouts, unreachable store).
+    """
 
     status: SessionStateStatus
     value: str
+    transient: bool = False
 
 
-class _Deadline(Exception):
-    """The whole call ran out of time (raised inside ``_call`` only)."""
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    status: SessionStateStatus
+    value: Any
+    transient: bool = False
 
 
 class SessionOps:
@@ -72,10 +80,12 @@ class SessionOps:
         store: returns the store to use (opened lazily by the caller's mode).
     """
 
-    def __init__(self, session_id: str, config: Config, store: Callable[[], DocumentStore]) -> None:
+    def __init__(self, session_id: str, config: Config, store: Callable[[], DocumentStore],
+                 circuit: CircuitBreaker | None = None) -> None:
         self.session_id = session_id
         self.config = config
         self._store = store
+        self.circuit = circuit or CircuitBreaker(config.circuit_threshold, config.circuit_cooldown)
         self._cache: TTLCache[tuple[Any, ...], bytes] | None = None
         self._disabled_logged = False
         #: Store write calls made (one per batch); benchmarks and tests read it.
@@ -92,22 +102,23 @@ class SessionOps:
                         status=Status.DISABLED.value, hint="set ENABLE_SESSION_STATE_UPLOAD=true")
         return True
 
-    async def _call(self, op: str, func: Callable[[], Awaitable[T]], **fields: Any) -> tuple[Status, T | str]:
-        """Run ``func`` under the call deadline with retries; log the outcome once.
-
-        Returns ``(SUCCESS, result)`` or ``(status, error message)``.
-        """
+    async def _call(self, op: str, func: Callable[[], Awaitable[T]], **fields: Any) -> _Outcome:
+        """Run ``func`` under the call deadline with retries and the circuit breaker; log the outcome once."""
         config = self.config
+        circuit = self.circuit
         started = time.perf_counter()
         attempt = 0
-        error: BaseException | None = None
+        error: StoreError | None = None
         with anyio.move_on_after(config.timeout) as scope:
             while True:
                 attempt += 1
                 try:
+                    await circuit.before_call(self._store())
                     result = await func()
                 except StoreError as exc:
                     error = exc
+                    if exc.transient and not isinstance(exc, CircuitOpen):
+                        circuit.record_failure()
                     if not exc.transient or attempt > config.retries:
                         break
                     delay = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempt - 1))
@@ -119,20 +130,20 @@ class SessionOps:
                                  error=str(exc), delay_s=round(delay, 3), **fields)
                     await anyio.sleep(delay)
                     continue
-                duration = time.perf_counter() - started
-                self._log(op, Status.SUCCESS, duration, attempt, None, fields)
-                return Status.SUCCESS, result
+                circuit.record_success()
+                self._log(op, Status.SUCCESS, time.perf_counter() - started, attempt, None, fields)
+                return _Outcome(Status.SUCCESS, result)
         duration = time.perf_counter() - started
         if scope.cancelled_caught:
-            status = Status.TIMEOUT
+            status, transient = Status.TIMEOUT, True
             message = f"{op} timed out after {config.timeout:g}s (SESSION_STATE_TIMEOUT)"
             if error is not None:
                 message += f"; last error: {error}"
         else:
             assert error is not None
-            status, message = status_of(error), str(error)
+            status, message, transient = status_of(error), str(error), error.transient
         self._log(op, status, duration, attempt, message, fields)
-        return status, message
+        return _Outcome(status, message, transient)
 
     def _log(self, op: str, status: Status, duration: float, attempt: int, error: str | None,
              fields: dict[str, Any]) -> None:
@@ -195,16 +206,20 @@ class SessionOps:
                                op="upload", ids=[uploads[index].doc_id], error=item, attempt=0)
         if docs:
             self.store_writes += 1
-            status, value = await self._call(
+            result = await self._call(
                 "upload", lambda: self._store().insert_many(docs),
                 ids=[d.id for d in docs], batch_size=len(docs), coalesced=coalesced,
             )
-            if status is Status.SUCCESS:
+            if result.status is Status.SUCCESS:
                 self.invalidate()
-            for index, item in enumerate(encoded):
+                # The ids the store answered: ours when it honours client ids, its own when it does not.
+                stored = iter(result.value if len(result.value) == len(docs) else [d.id for d in docs])
+            for index in range(len(outcomes)):
                 if outcomes[index] is None:
-                    assert isinstance(item, EncodedDocument)
-                    outcomes[index] = UploadOutcome(status, item.id if status is Status.SUCCESS else str(value))
+                    if result.status is Status.SUCCESS:
+                        outcomes[index] = UploadOutcome(Status.SUCCESS, str(next(stored)))
+                    else:
+                        outcomes[index] = UploadOutcome(result.status, str(result.value), result.transient)
         return [o for o in outcomes if o is not None]
 
     async def upload(self, upload: StateUpload) -> tuple[Status, str]:
@@ -225,9 +240,9 @@ class SessionOps:
             await store.delete(doc_id)
             return f"deleted {doc_id}"
 
-        status, value = await self._call("delete", delete, ids=[doc_id])
+        result = await self._call("delete", delete, ids=[doc_id])
         self.invalidate(doc_id)  # whatever the outcome: the document may be gone
-        return status, str(value)
+        return result.status, str(result.value)
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -251,11 +266,11 @@ class SessionOps:
         async def run() -> list[Document]:
             return (await self._store().query(query)).data
 
-        status, value = await self._call("download", run, limit=limit, agent_name=agent_name)
-        if status is not Status.SUCCESS or not isinstance(value, list):
-            return status, []
-        self._cache_put(key, value)
-        return status, value
+        result = await self._call("download", run, limit=limit, agent_name=agent_name)
+        if result.status is not Status.SUCCESS:
+            return result.status, []
+        self._cache_put(key, result.value)
+        return result.status, result.value
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of one of this session's state documents."""
@@ -275,11 +290,11 @@ class SessionOps:
                 raise DocumentNotFound(f"document {doc_id!r} has no state content")
             return content
 
-        status, value = await self._call("restore", run, ids=[doc_id])
-        if status is not Status.SUCCESS or not isinstance(value, dict):
-            return status, None
-        self._cache_put(key, value)
-        return status, value
+        result = await self._call("restore", run, ids=[doc_id])
+        if result.status is not Status.SUCCESS:
+            return result.status, None
+        self._cache_put(key, result.value)
+        return result.status, result.value
 
     async def restore_latest(self, agent_name: str | None = None) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of this session's newest state document (of ``agent_name``, if given)."""

@@ -11,8 +11,10 @@ import anyio
 import anyio.abc
 
 from ._actor import SessionActor
+from ._circuit import CircuitBreaker
 from ._config import Config
 from ._ops import SessionOps
+from ._outbox import Outbox
 from .stores import DocumentStore, open_store
 
 if TYPE_CHECKING:
@@ -84,9 +86,16 @@ class ActorSystem:
         self.config = Config.from_env() if config is None else config
         self._store = store
         self._actors: dict[str, SessionActor] = {}
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None  # the actors
+        self._service_group: anyio.abc.TaskGroup | None = None  # outbox sync and replay, around the actors
+        #: The durable outbox when ``SESSION_STATE_SPOOL`` is set.
+        self.outbox: Outbox | None = None
+        if self.config.spool:
+            self.outbox = Outbox(self.config.spool, self.config.spool_sync_interval,
+                                 self.config.spool_max_documents)
         self._state = _State.UNOPENED
         self._counters = SystemCounters()
+        self._circuit = CircuitBreaker(self.config.circuit_threshold, self.config.circuit_cooldown)
 
     @property
     def store(self) -> DocumentStore:
@@ -103,10 +112,20 @@ class ActorSystem:
     async def __aenter__(self) -> ActorSystem:
         if self._state is not _State.UNOPENED:
             raise RuntimeError(f"an ActorSystem cannot be entered twice (it is {self._state.value})")
+        if self.outbox is not None:
+            self._service_group = anyio.create_task_group()
+            await self._service_group.__aenter__()
+            self._service_group.start_soon(self.outbox.run, name="session-outbox-sync")
+            self._service_group.start_soon(self._replay, name="session-outbox-replay")
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._state = _State.OPEN
         return self
+
+    async def _replay(self) -> None:
+        assert self.outbox is not None
+        await self.outbox.replay(self.store, retry_backoff=self.config.retry_backoff,
+                                 max_backoff=max(self.config.retry_backoff_max, self.config.retry_backoff))
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -116,12 +135,18 @@ class ActorSystem:
         for actor in list(self._actors.values()):
             actor.mailbox.close()  # each actor drains, flushes within shutdown_timeout and exits
         try:
-            return await self._task_group.__aexit__(exc_type, exc, tb)
+            suppress = await self._task_group.__aexit__(exc_type, exc, tb)
         finally:
             self._actors.clear()
-            if self._store is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if self._service_group is not None:
+                    assert self.outbox is not None
+                    self._service_group.cancel_scope.cancel()
+                    await self._service_group.__aexit__(None, None, None)
+                    await self.outbox.aclose()  # a last sync: what is still unwritten stays spooled
+                if self._store is not None:
                     await self._store.aclose()
+        return suppress
 
     def actor(self, session_id: str) -> SessionActor:
         """The running actor of ``session_id``, started if it is not running (internal to handles)."""
@@ -131,8 +156,8 @@ class ActorSystem:
                 raise anyio.ClosedResourceError
             assert self._task_group is not None
             store = self.store
-            ops = SessionOps(session_id, self.config, lambda: store)
-            actor = self._actors[session_id] = SessionActor(ops, self._counters, self._forget)
+            ops = SessionOps(session_id, self.config, lambda: store, self._circuit)
+            actor = self._actors[session_id] = SessionActor(ops, self._counters, self._forget, self.outbox)
             self._counters.actors_started += 1
             self._task_group.start_soon(actor.run, name=f"session-actor:{session_id}")
         return actor

@@ -1,0 +1,229 @@
+"""The durable outbox (``SESSION_STATE_SPOOL``): accepted uploads survive a crash until the store has them.
+
+Every accepted upload is noted in memory at once and written to a sqlite file by a sync task every
+``spool_sync_interval`` (one transaction per sync, in a worker thread): a process killed with SIGKILL
+loses at most the uploads of the last interval. An upload the store confirmed, or one superseded by a
+newer state of its agent, is removed; the removal of a superseded upload lands in the same
+transaction as, or after, the insert of the state that supersedes it, so no state is ever left
+without a durable copy. Uploads that the store confirms before their first sync never touch the disk.
+
+On the next start of a system with the same spool, what is left is replayed to the store in the order
+it was accepted. Documents carry client-made ids, so a replayed write is not duplicated by a store that
+honours ids (the embedded stores and the reference server do).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from typing import Final
+
+import anyio
+import anyio.to_thread
+import orjson
+import structlog
+
+from ._document import EncodedDocument, StateUpload, encode_document
+from ._exceptions import StateEncodeError, StoreError
+from .stores import DocumentStore
+
+__all__ = ["Outbox"]
+
+logger = structlog.get_logger("wr124_session_actor")
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    session_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    document_type TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+_REPLAY_PAGE: Final = 500
+
+
+class Outbox:
+    """A sqlite spool of uploads accepted but not yet confirmed by the store.
+
+    Args:
+        path: the spool file (created with its folder).
+        sync_interval: seconds between syncs: the most a SIGKILL can lose.
+        max_documents: the most uploads kept; past it the oldest states of an agent that has newer
+            ones are dropped first, then the oldest overall (each drop is logged).
+    """
+
+    def __init__(self, path: str, sync_interval: float = 0.1, max_documents: int = 100_000) -> None:
+        self.path = path
+        self.sync_interval = sync_interval
+        self.max_documents = max_documents
+        self._conn: sqlite3.Connection | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self._unsynced: dict[str, StateUpload] = {}
+        self._syncing: set[str] = set()
+        self._synced: set[str] = set()
+        self._settled: set[str] = set()
+        #: Uploads written to the spool file so far, and syncs made (for tests and benchmarks).
+        self.spooled = 0
+        self.syncs = 0
+
+    # -- called by handles and actors (synchronous, cheap) -----------------------------------------
+
+    def add(self, upload: StateUpload) -> None:
+        """Note an accepted upload; the next sync makes it durable."""
+        self._unsynced[upload.doc_id] = upload
+
+    def settle(self, ids: Iterable[str]) -> None:
+        """These uploads need no durable copy any more (stored, superseded, or failed for good)."""
+        for doc_id in ids:
+            if self._unsynced.pop(doc_id, None) is None and (doc_id in self._synced or doc_id in self._syncing):
+                self._settled.add(doc_id)
+
+    @property
+    def pending(self) -> int:
+        """Uploads held (in memory or in the file) that the store has not confirmed."""
+        return len(self._unsynced) + len(self._syncing) + len(self._synced) - len(self._settled)
+
+    # -- the file ----------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _write(self, docs: list[tuple[EncodedDocument, str]], delete: list[str]) -> list[str]:
+        """One transaction: insert ``docs``, delete ``delete``, enforce the bound; return dropped ids."""
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox (id, session_id, agent, name, tags, document_type, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(d.id, d.session_id, agent, d.name, orjson.dumps(d.tags).decode(), d.document_type, d.body)
+                 for d, agent in docs],
+            )
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in delete])
+            dropped: list[str] = []
+            (count,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+            if count > self.max_documents:
+                excess = count - self.max_documents
+                # Oldest states of agents that have newer ones first, then the oldest overall.
+                dropped = [r[0] for r in conn.execute(
+                    "SELECT id FROM outbox o WHERE EXISTS (SELECT 1 FROM outbox n WHERE n.session_id ="
+                    " o.session_id AND n.agent = o.agent AND n.seq > o.seq) ORDER BY seq LIMIT ?", (excess,))]
+                if len(dropped) < excess:
+                    dropped += [r[0] for r in conn.execute(
+                        "SELECT id FROM outbox WHERE id NOT IN (SELECT value FROM json_each(?))"
+                        " ORDER BY seq LIMIT ?", (orjson.dumps(dropped).decode(), excess - len(dropped)))]
+                conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in dropped])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return dropped
+
+    async def sync(self) -> None:
+        """Make every upload noted so far durable, and forget the settled ones, in one transaction."""
+        batch, self._unsynced = self._unsynced, {}
+        settled, self._settled = self._settled, set()
+        if not batch and not settled:
+            return
+        self._syncing.update(batch)
+        try:
+            docs = await anyio.to_thread.run_sync(_encode_for_spool, list(batch.values()), limiter=self._limiter)
+            try:
+                dropped = await anyio.to_thread.run_sync(self._write, docs, list(settled), limiter=self._limiter)
+            except (sqlite3.Error, OSError) as exc:
+                # Keep everything in memory and try again next time; the store may still take it.
+                self._unsynced = {**batch, **self._unsynced}
+                self._settled |= settled
+                logger.warning("session_state.outbox", status="failed", op="sync", error=str(exc),
+                               batch_size=len(batch))
+                return
+        finally:
+            self._syncing.difference_update(batch)
+        self.syncs += 1
+        self.spooled += len(docs)
+        self._synced.difference_update(settled)
+        # An upload settled while it was being written is in ``_settled`` already: the next sync deletes it.
+        self._synced |= {d.id for d, _ in docs}
+        if dropped:
+            self._synced.difference_update(dropped)
+            logger.warning("session_state.outbox", status="failed", op="bound", dropped=len(dropped),
+                           error=f"outbox over SESSION_STATE_SPOOL_MAX_DOCUMENTS={self.max_documents}")
+
+    async def run(self) -> None:
+        """Sync every ``sync_interval`` until cancelled."""
+        while True:
+            await anyio.sleep(self.sync_interval)
+            await self.sync()
+
+    async def replay(self, store: DocumentStore, *, retry_backoff: float = 0.2, max_backoff: float = 5.0) -> int:
+        """Write what an earlier run left in the spool to ``store``, oldest first; return how many.
+
+        Retries while the store fails, until it takes everything or the caller is cancelled.
+        """
+        total = 0
+        backoff = retry_backoff
+        # Only what an earlier run left: this run's own uploads are its actors' to write.
+        last = await anyio.to_thread.run_sync(self._last_seq, limiter=self._limiter)
+        while True:
+            rows = await anyio.to_thread.run_sync(self._oldest, last, limiter=self._limiter)
+            if not rows:
+                return total
+            docs = [doc for doc, _ in rows]
+            try:
+                await store.insert_many(docs)
+            except StoreError as exc:
+                logger.warning("session_state.outbox", status="failed", op="replay", batch_size=len(docs),
+                               error=str(exc), retry_in_s=backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff)
+                continue
+            backoff = retry_backoff
+            ids = [d.id for d in docs]
+            await anyio.to_thread.run_sync(self._write, [], ids, limiter=self._limiter)
+            total += len(ids)
+            logger.info("session_state.outbox", status="success", op="replay", batch_size=len(ids))
+
+    def _last_seq(self) -> int:
+        return int(self._connect().execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
+
+    def _oldest(self, last: int) -> list[tuple[EncodedDocument, str]]:
+        rows = self._connect().execute(
+            "SELECT id, session_id, agent, name, tags, document_type, body FROM outbox WHERE seq <= ?"
+            " ORDER BY seq LIMIT ?",
+            (last, _REPLAY_PAGE),
+        ).fetchall()
+        return [(EncodedDocument(r[0], r[1], r[3], tuple(orjson.loads(r[4])), bytes(r[6]), r[5]), r[2])
+                for r in rows]
+
+    def count(self) -> int:
+        """Rows in the spool file (blocking; for tests and tools)."""
+        return int(self._connect().execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    async def aclose(self) -> None:
+        """A last sync, then close the file."""
+        await self.sync()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+
+def _encode_for_spool(uploads: list[StateUpload]) -> list[tuple[EncodedDocument, str]]:
+    out = []
+    for upload in uploads:
+        try:
+            out.append((encode_document(upload), upload.agent_name))
+        except StateEncodeError:
+            continue  # fails in the actor too, with its message; nothing to make durable
+    return out
