@@ -138,14 +138,16 @@ class ActorSystem:
             suppress = await self._task_group.__aexit__(exc_type, exc, tb)
         finally:
             self._actors.clear()
-            with anyio.CancelScope(shield=True):
+            try:
                 if self._service_group is not None:
-                    assert self.outbox is not None
                     self._service_group.cancel_scope.cancel()
                     await self._service_group.__aexit__(None, None, None)
-                    await self.outbox.aclose()  # a last sync: what is still unwritten stays spooled
-                if self._store is not None:
-                    await self._store.aclose()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if self.outbox is not None:
+                        await self.outbox.aclose()  # a last sync: what is still unwritten stays spooled
+                    if self._store is not None:
+                        await self._store.aclose()
         return suppress
 
     def actor(self, session_id: str) -> SessionActor:

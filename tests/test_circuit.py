@@ -1,0 +1,67 @@
+"""The circuit breaker in front of a failing store."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from wr124_session_actor import CircuitOpen, Config, SessionStateManager, StoreUnavailable
+from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor._circuit import CircuitBreaker
+from wr124_session_actor.stores import MemoryStore
+
+from .faultserver import fault_server
+
+pytestmark = pytest.mark.anyio
+
+
+class FlakyHealth(MemoryStore):
+    """A memory store whose health() fails while ``down`` is set, counting probes."""
+
+    def __init__(self) -> None:
+        super().__init__("flaky")
+        self.down = True
+        self.probes = 0
+
+    async def health(self) -> None:
+        self.probes += 1
+        await anyio.lowlevel.checkpoint()
+        if self.down:
+            raise StoreUnavailable("still down")
+
+
+class TestCircuitBreaker:
+    async def test_opens_after_threshold_and_fails_fast(self) -> None:
+        """After ``threshold`` transient failures calls fail at once with CircuitOpen, without a probe."""
+        circuit, store = CircuitBreaker(threshold=3, cooldown=10), FlakyHealth()
+        for _ in range(3):
+            await circuit.before_call(store)
+            circuit.record_failure()
+        assert circuit.state == "open"
+        with pytest.raises(CircuitOpen):
+            await circuit.before_call(store)
+        assert store.probes == 0
+
+    async def test_half_open_probes_with_health(self) -> None:
+        """After the cooldown one health() probe decides: failure re-opens for longer, success closes."""
+        circuit, store = CircuitBreaker(threshold=1, cooldown=0.01), FlakyHealth()
+        circuit.record_failure()
+        await anyio.sleep(0.02)
+        assert circuit.state == "half-open"
+        with pytest.raises(CircuitOpen, match="health probe failed"):
+            await circuit.before_call(store)
+        assert (store.probes, circuit.state) == (1, "open")
+        store.down = False
+        await anyio.sleep(0.03)  # the second cooldown is twice the first
+        await circuit.before_call(store)
+        assert (store.probes, circuit.state) == (2, "closed")
+
+    async def test_stops_hammering_a_failing_server(self) -> None:
+        """A manager calling a store that answers 500 sends far fewer requests once the circuit is open."""
+        config = Config(retries=0, timeout=2, circuit_threshold=3, circuit_cooldown=30)
+        with fault_server("500") as (url, hits):
+            manager = SessionStateManager("s", config.replace(api_url=url))
+            statuses = [(await manager.upload_session_state({"n": n}))[0] for n in range(20)]
+            await manager.aclose()
+        assert set(statuses) == {S.FAILED}
+        assert len(hits) == 3

@@ -1,0 +1,112 @@
+"""The durable outbox: spooled before the store has it, settled after, replayed on the next start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from wr124_session_actor import ActorSystem, Config, Query
+from wr124_session_actor._document import StateUpload
+from wr124_session_actor._outbox import Outbox
+from wr124_session_actor.stores import MemoryStore
+
+from .faultserver import closed_port_url
+
+pytestmark = pytest.mark.anyio
+
+
+def uploads(n: int, agent: str = "a") -> list[StateUpload]:
+    return [StateUpload("s", {"n": i}, "t", agent) for i in range(n)]
+
+
+class TestOutbox:
+    async def test_sync_spools_and_settle_removes(self, tmp_path: Path) -> None:
+        """Noted uploads reach the file at the next sync; settled ones leave it at the one after."""
+        outbox = Outbox(str(tmp_path / "o.db"))
+        items = uploads(3)
+        for u in items:
+            outbox.add(u)
+        await outbox.sync()
+        assert outbox.count() == 3
+        outbox.settle([items[0].doc_id, items[1].doc_id])
+        await outbox.sync()
+        assert outbox.count() == 1
+        await outbox.aclose()
+
+    async def test_settled_before_sync_never_touches_the_disk(self, tmp_path: Path) -> None:
+        """An upload the store confirms before the next sync is never written to the spool."""
+        outbox = Outbox(str(tmp_path / "o.db"))
+        (u,) = uploads(1)
+        outbox.add(u)
+        outbox.settle([u.doc_id])
+        await outbox.sync()
+        assert (outbox.spooled, outbox.pending) == (0, 0)
+        await outbox.aclose()
+
+    async def test_bound_drops_older_states_of_an_agent_first(self, tmp_path: Path) -> None:
+        """Past max_documents the oldest states of an agent with newer ones go first."""
+        outbox = Outbox(str(tmp_path / "o.db"), max_documents=3)
+        a_states, b_state = uploads(4, "a"), uploads(1, "b")[0]
+        outbox.add(b_state)
+        for u in a_states:
+            outbox.add(u)
+        await outbox.sync()
+        store = MemoryStore("bound")
+        await outbox.replay(store)
+        stored = (await store.query(Query(limit=10))).data
+        assert sorted((d["content"]["agent_name"], d["content"]["state"]["n"]) for d in stored) == [
+            ("a", 2), ("a", 3), ("b", 0)]
+        await outbox.aclose()
+
+    async def test_replay_writes_in_order_and_empties(self, tmp_path: Path) -> None:
+        """What a previous run spooled is written on the next start, oldest first, once."""
+        path = str(tmp_path / "o.db")
+        first = Outbox(path)
+        for u in uploads(700):
+            first.add(u)
+        await first.aclose()
+        second = Outbox(path)
+        store = MemoryStore("replay")
+        assert await second.replay(store) == 700
+        assert second.count() == 0
+        result = await store.query(Query(limit=1000, sort_order=1))
+        assert [d["content"]["state"]["n"] for d in result.data] == list(range(700))
+        assert await second.replay(store) == 0
+        await second.aclose()
+
+
+class TestSystemWithSpool:
+    async def test_store_down_at_exit_then_replayed_on_next_start(self, tmp_path: Path, sqlite_url: str) -> None:
+        """Uploads that could not reach a down store are replayed by the next system with the same spool."""
+        spool = str(tmp_path / "outbox.db")
+        down = Config(api_url=closed_port_url(), spool=spool, keep="all", retries=0, timeout=0.5,
+                      shutdown_timeout=0.3, spool_sync_interval=0.01)
+        async with ActorSystem(down) as system:
+            for n in range(20):
+                system.handle(f"s{n % 4}").submit({"n": n}, "t", "a")
+        assert system.statistics().failed == 20
+        up = down.replace(api_url=sqlite_url)
+        async with ActorSystem(up) as system:
+            with anyio.fail_after(10):
+                while system.outbox is not None and system.outbox.count() > 0:
+                    await anyio.sleep(0.02)
+            stored = await system.store.query(Query(limit=100))
+        assert sorted(d["content"]["state"]["n"] for d in stored.data) == list(range(20))
+
+    async def test_healthy_store_leaves_the_spool_empty(self, tmp_path: Path, sqlite_config: Config) -> None:
+        """With the store up, everything is settled and the spool ends empty."""
+        config = sqlite_config.replace(spool=str(tmp_path / "outbox.db"), spool_sync_interval=0.01)
+        async with ActorSystem(config) as system:
+            handle = system.handle("s")
+            for n in range(100):
+                handle.submit({"n": n}, "t", "a")
+                if n % 10 == 0:
+                    await anyio.sleep(0.01)
+            await handle.flush()
+            outbox = system.outbox
+        assert outbox is not None
+        reopened = Outbox(outbox.path)
+        assert reopened.count() == 0
+        await reopened.aclose()
