@@ -94,3 +94,45 @@ class TestTimestamps:
         """Text that is not ISO-8601 is a ValueError."""
         with pytest.raises(ValueError, match="Invalid isoformat"):
             normalize_timestamp("yesterday")
+
+
+class TestPieces:
+    @pytest.mark.parametrize(
+        "state",
+        [
+            {"messages": [{"role": "user", "content": "x" * 50, "i": i} for i in range(5000)]},
+            {f"k{i}": [i, {"v": i}] for i in range(2000)},
+            {1: "int key", "nested": {"deep": {"list": list(range(3000))}}, "s": {"a"}},
+            [[i, str(i)] for i in range(1000)],
+            {"small": 1},
+            "just a string",
+        ],
+    )
+    def test_pieces_join_to_the_same_json(self, state: object) -> None:
+        """Encoding in pieces gives exactly the bytes of one encode."""
+        from wr124_session_actor._document import encode, encode_state_pieces
+
+        pieces = list(encode_state_pieces(state))
+        assert b"".join(pieces) == encode(state)
+
+    @pytest.mark.anyio
+    async def test_large_state_document_matches_the_sync_encoding(self) -> None:
+        """The async, piecewise document has the same content as the one-call document."""
+        from wr124_session_actor._document import encode_documents
+
+        state = {"messages": [{"content": "y" * 100, "i": i} for i in range(20_000)]}
+        (async_doc,) = await encode_documents([StateUpload("s", state, "t", "a")])
+        assert not isinstance(async_doc, str)
+        doc = orjson.loads(async_doc.body)
+        assert doc["content"]["state"] == state
+        assert doc["metadata"]["state_size"] == len(orjson.dumps(state))
+
+    @pytest.mark.anyio
+    async def test_unencodable_among_others(self) -> None:
+        """A bad state becomes its message; the others encode."""
+        from wr124_session_actor._document import encode_documents
+
+        good, bad = StateUpload("s", {"a": 1}), StateUpload("s", {"a": object()})
+        results = await encode_documents([good, bad])
+        assert not isinstance(results[0], str)
+        assert isinstance(results[1], str) and "object" in results[1]

@@ -27,10 +27,10 @@ from ._document import (
     StateUpload,
     decode,
     encode,
-    encode_document,
+    encode_documents,
     normalize_timestamp,
 )
-from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StateEncodeError, StoreError, StoreTimeout
+from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreError, StoreTimeout
 from ._status import SessionStateStatus
 from .stores import Document, DocumentStore, Query
 
@@ -194,7 +194,7 @@ class SessionOps:
         """
         if self._disabled("upload"):
             return [UploadOutcome(Status.DISABLED, "session state upload is disabled")] * len(uploads)
-        encoded = await anyio.to_thread.run_sync(_encode_all, uploads)
+        encoded = await encode_documents(uploads)
         outcomes: list[UploadOutcome | None] = [None] * len(uploads)
         docs: list[EncodedDocument] = []
         for index, item in enumerate(encoded):
@@ -317,14 +317,3 @@ class SessionOps:
             {"id": doc.get("_id", doc.get("id")), **{k: doc.get(k) for k in _SUMMARY_FIELDS}} for doc in docs
         ]
         return status, summaries
-
-
-def _encode_all(uploads: Sequence[StateUpload]) -> list[EncodedDocument | str]:
-    """Encode each upload (in a worker thread); a failure becomes its error message."""
-    out: list[EncodedDocument | str] = []
-    for upload in uploads:
-        try:
-            out.append(encode_document(upload))
-        except StateEncodeError as exc:
-            out.append(str(exc))
-    return out

@@ -24,8 +24,8 @@ import anyio.to_thread
 import orjson
 import structlog
 
-from ._document import EncodedDocument, StateUpload, encode_document
-from ._exceptions import StateEncodeError, StoreError
+from ._document import EncodedDocument, StateUpload, encode_documents
+from ._exceptions import StoreError
 from .stores import DocumentStore
 
 __all__ = ["Outbox"]
@@ -139,7 +139,10 @@ class Outbox:
             return
         self._syncing.update(batch)
         try:
-            docs = await anyio.to_thread.run_sync(_encode_for_spool, list(batch.values()), limiter=self._limiter)
+            # Encoded on the loop in short pieces (a C encoder in a thread would hold the GIL as long);
+            # the store write reuses the same bytes.
+            encoded = await encode_documents(batch.values())
+            docs = [(d, batch[d.id].agent_name) for d in encoded if isinstance(d, EncodedDocument)]
             try:
                 dropped = await anyio.to_thread.run_sync(self._write, docs, list(settled), limiter=self._limiter)
             except (sqlite3.Error, OSError) as exc:
@@ -217,13 +220,3 @@ class Outbox:
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
-
-
-def _encode_for_spool(uploads: list[StateUpload]) -> list[tuple[EncodedDocument, str]]:
-    out = []
-    for upload in uploads:
-        try:
-            out.append((encode_document(upload), upload.agent_name))
-        except StateEncodeError:
-            continue  # fails in the actor too, with its message; nothing to make durable
-    return out

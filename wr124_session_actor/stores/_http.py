@@ -94,7 +94,7 @@ class HttpStore:
                     ids.extend(str(i) for i in got)
                     continue
             for doc in chunk:
-                resp = await self._request("POST", self._collection, content=doc.body)
+                resp = await self._request("POST", self._collection, content=bytes(doc.body))
                 ids.append(str(_expect(resp, "id", str)))
         return ids
 
