@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_by_session ON documents (project, session_id, created_at);
 """
 
+_BLOB_CHUNK: Final = 1024 * 1024
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": "name"}
 
 
@@ -93,12 +94,22 @@ class SqliteDocuments:
                             )
                         results.append((doc.id, False))
                         continue
-                    conn.execute(
+                    large = len(doc.body) > _BLOB_CHUNK
+                    cursor = conn.execute(
                         "INSERT INTO documents (project, id, session_id, document_type, name, tags,"
-                        " created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+                        + (" zeroblob(?))" if large else " ?)"),
                         (project, doc.id, doc.session_id, doc.document_type, doc.name,
-                         orjson.dumps(doc.tags).decode(), now, now, doc.body),
+                         orjson.dumps(doc.tags).decode(), now, now, len(doc.body) if large else doc.body),
                     )
+                    if large:
+                        # Binding a blob copies it while holding the GIL; written in chunks, the event
+                        # loop's thread gets the GIL back between them.
+                        assert cursor.lastrowid is not None
+                        view = memoryview(doc.body)
+                        with conn.blobopen("documents", "body", cursor.lastrowid) as blob:
+                            for start in range(0, len(view), _BLOB_CHUNK):
+                                blob.write(view[start : start + _BLOB_CHUNK])
                     results.append((doc.id, True))
             except BaseException:
                 conn.execute("ROLLBACK")
