@@ -247,6 +247,7 @@ class TestMailboxBound:
             for n in range(1000):  # no checkpoint: the actor cannot run, the mailbox fills
                 assert handle.submit({"n": n}, "t", f"a{n % 2}") == S.SUCCESS
             assert system.statistics().queued <= 8
+            assert system.statistics().pending == 0  # the actor has not run yet
             await handle.flush()
             stats = system.statistics()
         assert stats.documents + stats.coalesced == 1000

@@ -66,6 +66,11 @@ class SessionActor:
         self._retry_at = 0.0
         self._failures = 0
 
+    @property
+    def pending(self) -> int:
+        """Uploads waiting in the batch."""
+        return len(self._pending)
+
     async def run(self) -> None:
         """Serve the mailbox until it is closed or idle; always flush what is pending on the way out."""
         config = self.ops.config

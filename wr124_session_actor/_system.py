@@ -55,6 +55,7 @@ class SystemStatistics:
         store_writes: store write calls (batches).
         failed: uploads whose write failed.
         queued: messages waiting in all mailboxes.
+        pending: uploads waiting in actors' batches (the backlog behind the store write in flight).
     """
 
     live_actors: int
@@ -65,6 +66,7 @@ class SystemStatistics:
     store_writes: int
     failed: int
     queued: int
+    pending: int
 
 
 class ActorSystem:
@@ -192,6 +194,7 @@ class ActorSystem:
             store_writes=c.store_writes,
             failed=c.failed,
             queued=sum(len(a.mailbox) for a in self._actors.values()),
+            pending=sum(a.pending for a in self._actors.values()),
         )
 
     @property
