@@ -6,7 +6,6 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio import wait_all_tasks_blocked
 from anyio.lowlevel import checkpoint
 from structlog.testing import capture_logs
 
@@ -68,22 +67,28 @@ class TestCoalescing:
         assert sorted(map(str, await stored_states(memory_config, "s"))) == ["{'m': 9}", "{'n': 9}"]
 
     async def test_superseded_caller_gets_the_newer_document(self, memory_config: Config) -> None:
-        """Awaited uploads coalesced in one batch all reply with the id of the document holding the newest state."""
-        async with ActorSystem(memory_config.replace(debounce=0.5)) as system:
-            manager = system.manager("s")
-            results: list[tuple[S, str]] = []
+        """Awaited uploads queued together coalesce: every caller gets the id of the newest state's document."""
+        from wr124_session_actor._document import StateUpload
+        from wr124_session_actor._mailbox import Reply, Upload
 
-            async def upload(n: int) -> None:
-                results.append(await manager.upload_session_state({"n": n}, "t", "a"))
-
-            async with anyio.create_task_group() as tg:
-                for n in range(5):
-                    tg.start_soon(upload, n)
-                    await wait_all_tasks_blocked()  # in order, so n=4 is the newest
+        async with ActorSystem(memory_config) as system:
+            mailbox = system.actor("s").mailbox
+            replies = [Reply() for _ in range(5)]
+            for n, reply in enumerate(replies):  # queued in order, before the actor runs
+                assert mailbox.put_nowait(Upload(StateUpload("s", {"n": n}, "t", "a"), reply))
+            results = [await reply.wait() for reply in replies]
             assert {r[0] for r in results} == {S.SUCCESS}
             assert len({r[1] for r in results}) == 1
-            status, data = await manager.restore_session_state(results[0][1])
+            assert system.statistics().documents == 1
+            status, data = await system.manager("s").restore_session_state(results[0][1])
             assert status == S.SUCCESS and data is not None and data["state"] == {"n": 4}
+
+    async def test_awaited_upload_does_not_wait_for_debounce(self, memory_config: Config) -> None:
+        """An awaited upload is written as soon as the mailbox is empty, not after the debounce."""
+        async with ActorSystem(memory_config.replace(debounce=30, max_delay=60)) as system:
+            with anyio.fail_after(5):
+                status, _ = await system.manager("s").upload_session_state({"n": 1}, "t", "a")
+            assert status == S.SUCCESS
 
     async def test_unencodable_state_fails_alone(self, memory_config: Config) -> None:
         """One state that cannot be encoded fails; the rest of the batch is written."""
@@ -134,6 +139,21 @@ class TestFlushTriggers:
             with anyio.fail_after(2):
                 while system.statistics().documents < 10:
                     await checkpoint()
+
+
+class TestCachedReads:
+    async def test_actor_mode_cache_hit_skips_the_mailbox_only_when_idle(self, memory_config: Config) -> None:
+        """A cached restore is answered by the handle when the actor is idle; a pending write goes first."""
+        async with ActorSystem(memory_config.replace(debounce=30, max_delay=60)) as system:
+            manager = system.manager("s")
+            _, doc_id = await manager.upload_session_state({"n": 1}, "t", "a")
+            await manager.restore_session_state(doc_id)  # fills the cache
+            assert system.idle_actor("s") is not None
+            assert (await manager.restore_session_state(doc_id))[1]["state"] == {"n": 1}  # type: ignore[index]
+            manager.submit_session_state({"n": 2}, "t", "a")
+            assert system.idle_actor("s") is None  # something is queued: go through the mailbox
+            assert (await manager.delete_session_state(doc_id))[0] == S.SUCCESS
+            assert await manager.restore_session_state(doc_id) == (S.FAILED, None)
 
 
 class TestReadYourWrites:

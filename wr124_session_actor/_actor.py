@@ -50,8 +50,8 @@ class SessionActor:
     times out first).
     """
 
-    __slots__ = ("_failures", "_first_at", "_last_at", "_on_exit", "_pending", "_retry_at", "counters",
-                 "mailbox", "ops", "outbox")
+    __slots__ = ("_awaited", "_failures", "_first_at", "_last_at", "_on_exit", "_pending", "_retry_at", "busy",
+                 "counters", "mailbox", "ops", "outbox")
 
     def __init__(self, ops: SessionOps, counters: SystemCounters, on_exit: Callable[[SessionActor], None],
                  outbox: Outbox | None = None) -> None:
@@ -65,6 +65,9 @@ class SessionActor:
         self._last_at = 0.0
         self._retry_at = 0.0
         self._failures = 0
+        self._awaited = False  # a caller awaits a pending upload: no reason to wait for quiet
+        #: True while the actor handles a message or writes (read by handles serving cache hits).
+        self.busy = False
 
     @property
     def pending(self) -> int:
@@ -82,16 +85,22 @@ class SessionActor:
                     if mailbox.closed:
                         break
                     if self._pending:
+                        # Debounce coalesces fire-and-forget snapshots; an awaited upload's caller is
+                        # blocked, so once the mailbox is empty its batch goes at once.
                         now = anyio.current_time()
-                        due = max(self._retry_at,
-                                  min(self._last_at + config.debounce, self._first_at + config.max_delay))
+                        due = self._retry_at if self._awaited else max(
+                            self._retry_at, min(self._last_at + config.debounce, self._first_at + config.max_delay))
                         if due <= now or not await mailbox.wait(due - now):
                             await self._flush()
                         continue
                     if not await mailbox.wait(config.idle_timeout) and not mailbox.closed:
                         break  # idle: the next message starts a fresh actor
                     continue
-                await self._handle(message)
+                self.busy = True
+                try:
+                    await self._handle(message)
+                finally:
+                    self.busy = False
         finally:
             # Leave nothing behind, even when cancelled: take what is queued, write it under a shield
             # within shutdown_timeout, and answer every waiting caller.
@@ -135,6 +144,7 @@ class SessionActor:
                 self.outbox.settle((older.upload.doc_id,))
         if message.reply is not None:
             pending.replies.append(message.reply)
+            self._awaited = True
         self._pending[key] = pending
 
     def _oldest_of(self, agent_name: str) -> _Pending | None:
@@ -146,7 +156,15 @@ class SessionActor:
     async def _flush(self) -> None:
         if not self._pending:
             return
+        self.busy = True
+        try:
+            await self._write()
+        finally:
+            self.busy = False
+
+    async def _write(self) -> None:
         batch = list(self._pending.items())
+        self._awaited = False
         coalesced = sum(p.coalesced for _, p in batch)
         writes_before = self.ops.store_writes
         outcomes = await self.ops.write([p.upload for _, p in batch], coalesced=coalesced)
@@ -155,6 +173,7 @@ class SessionActor:
         # idempotent), and uploads that failed for a transient reason stay for the next try.
         self._pending = {key: p for (key, p), o in zip(batch, outcomes, strict=True)
                          if o.status is not Status.SUCCESS and o.transient}
+        self._awaited = any(p.replies for p in self._pending.values())
         self._answer([(p, o) for (_, p), o in zip(batch, outcomes, strict=True)
                       if o.status is Status.SUCCESS or not o.transient])
         if self._pending:

@@ -70,7 +70,7 @@ class Mailbox:
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._items: deque[Message] = deque()
+        self._items: deque[Message] | None = None  # made on first use: idle sessions stay small
         # The newest queued fire-and-forget upload of each agent: what an overflow coalesces into.
         self._by_agent: dict[str, Upload] = {}
         self._readable: anyio.Event | None = None
@@ -78,9 +78,11 @@ class Mailbox:
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return 0 if self._items is None else len(self._items)
 
     def _append(self, message: Message) -> None:
+        if self._items is None:
+            self._items = deque()
         self._items.append(message)
         if isinstance(message, Upload) and message.reply is None:
             self._by_agent[message.upload.agent_name] = message
@@ -92,7 +94,7 @@ class Mailbox:
         """Queue ``message`` if there is room; return whether it was queued."""
         if self.closed:
             raise anyio.ClosedResourceError
-        if len(self._items) >= self.max_size:
+        if len(self) >= self.max_size:
             return False
         self._append(message)
         return True
@@ -101,7 +103,7 @@ class Mailbox:
         """Queue a fire-and-forget upload, coalescing when full; return the upload it replaced, if any."""
         if self.closed:
             raise anyio.ClosedResourceError
-        if len(self._items) >= self.max_size:
+        if len(self) >= self.max_size:
             queued = self._by_agent.get(upload.agent_name)
             if queued is not None:
                 replaced, queued.upload = queued.upload, upload

@@ -80,6 +80,8 @@ class SessionOps:
         store: returns the store to use (opened lazily by the caller's mode).
     """
 
+    __slots__ = ("_cache", "_disabled_logged", "_store", "circuit", "config", "session_id", "store_writes")
+
     def __init__(self, session_id: str, config: Config, store: Callable[[], DocumentStore],
                  circuit: CircuitBreaker | None = None) -> None:
         self.session_id = session_id
@@ -271,6 +273,11 @@ class SessionOps:
             return result.status, []
         self._cache_put(key, result.value)
         return result.status, result.value
+
+    def cached_restore(self, doc_id: str) -> dict[str, Any] | None:
+        """The cached content of ``doc_id`` (a copy), or ``None`` when it is not cached."""
+        cached: dict[str, Any] | None = self._cache_get(("restore", doc_id))
+        return cached
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of one of this session's state documents."""

@@ -166,6 +166,13 @@ class ActorSystem:
             self._task_group.start_soon(actor.run, name=f"session-actor:{session_id}")
         return actor
 
+    def idle_actor(self, session_id: str) -> SessionActor | None:
+        """The actor of ``session_id`` if it runs and has nothing queued, pending or in progress."""
+        actor = self._actors.get(session_id)
+        if actor is None or actor.busy or actor.pending or len(actor.mailbox):
+            return None
+        return actor
+
     def _forget(self, actor: SessionActor) -> None:
         if self._actors.get(actor.ops.session_id) is actor:
             del self._actors[actor.ops.session_id]

@@ -128,8 +128,34 @@ def _dumps(value: object, *, sort_keys: bool = False) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
     except orjson.JSONEncodeError:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
-        return text.encode("utf-8")
+        return _stdlib_dumps(value, sort_keys=sort_keys)
+
+
+def _stdlib_dumps(value: object, *, sort_keys: bool = False) -> bytes:
+    """:func:`_dumps`'s fallback for what orjson refuses."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+    return text.encode("utf-8")
+
+
+def _orjson_max_depth() -> int:
+    """The deepest nesting orjson encodes (254), or 0 if it turns out to encode 255 levels.
+
+    A document orjson encodes is then known to be at most this deep, so :func:`_prepare_document`
+    skips its depth walk when ``max_depth`` is at least this. Should a newer orjson encode deeper
+    documents, 0 keeps the walk for every document (slower, still correct).
+    """
+    probe: list[object] = []
+    for _ in range(254):
+        probe = [probe]
+    try:
+        orjson.dumps(probe)  # 255 levels
+    except orjson.JSONEncodeError:
+        return 254
+    return 0
+
+
+#: Documents orjson encodes are nested at most this deep (0: no such bound is known).
+_ORJSON_MAX_DEPTH: Final = _orjson_max_depth()
 
 
 def _json_response(
@@ -189,8 +215,46 @@ def _prepare_document(raw: object, max_depth: int, where: str = "") -> EncodedDo
     """
     if not isinstance(raw, dict):
         raise _field_error(where, f"a document must be a JSON object, got {_json_type(raw)}")
-    if _depth_exceeds(raw, max_depth):
-        raise ApiError(400, f"{where}the document is nested deeper than {max_depth} levels")
+    try:
+        doc_id, canonical = _canonical(raw, where)
+    except ApiError:
+        # Nesting is checked first: a document both too deep and invalid answers 400.
+        if _depth_exceeds(raw, max_depth):
+            raise _too_deep(where, max_depth) from None
+        raise
+    # Walking every document for its depth is costly, and orjson refuses to encode more than
+    # _ORJSON_MAX_DEPTH levels: when it encodes the body, the walk is needed only for a lower
+    # max_depth. The canonical body nests as deep as the document: each container of the document
+    # is in it at the same level, and its defaults ([] and {}) are no deeper than the content object.
+    try:
+        body = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+        walk = max_depth < _ORJSON_MAX_DEPTH
+    except orjson.JSONEncodeError:
+        body, walk = None, True
+    if walk and _depth_exceeds(raw, max_depth):
+        raise _too_deep(where, max_depth)
+    if body is None:
+        body = _stdlib_dumps(canonical, sort_keys=True)
+    return EncodedDocument(
+        id=doc_id,
+        session_id=canonical["session_id"] or "",
+        name=canonical["name"],
+        tags=tuple(canonical["tags"]),
+        body=body,
+        document_type=canonical["document_type"],
+    )
+
+
+def _too_deep(where: str, max_depth: int) -> ApiError:
+    return ApiError(400, f"{where}the document is nested deeper than {max_depth} levels")
+
+
+def _canonical(raw: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """Validate the fields of the document ``raw``; return its id and canonical body (unencoded).
+
+    Raises:
+        ApiError: 422 when a field is missing, unknown or of the wrong type.
+    """
     unknown = raw.keys() - _FIELDS
     if unknown:
         raise _field_error(where, f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -239,14 +303,7 @@ def _prepare_document(raw: object, max_depth: int, where: str = "") -> EncodedDo
         "metadata": metadata,
         "is_public": is_public,
     }
-    return EncodedDocument(
-        id=doc_id,
-        session_id=session_id or "",
-        name=name,
-        tags=tuple(tags),
-        body=_dumps(canonical, sort_keys=True),
-        document_type=document_type,
-    )
+    return doc_id, canonical
 
 
 def _json_type(value: object) -> str:

@@ -78,39 +78,19 @@ class SqliteDocuments:
             DocumentConflict: an id exists with a different body; nothing is inserted.
         """
         now = utc_now_iso()
-        results: list[tuple[str, bool]] = []
         with self._lock:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for doc in docs:
-                    row = conn.execute(
-                        "SELECT body FROM documents WHERE project = ? AND id = ?", (project, doc.id)
-                    ).fetchone()
-                    if row is not None:
-                        if bytes(row[0]) != doc.body:
-                            raise DocumentConflict(
-                                f"document {doc.id!r} exists with a different body", status_code=409
-                            )
-                        results.append((doc.id, False))
-                        continue
-                    large = len(doc.body) > _BLOB_CHUNK
-                    cursor = conn.execute(
-                        "INSERT INTO documents (project, id, session_id, document_type, name, tags,"
-                        " created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
-                        + (" zeroblob(?))" if large else " ?)"),
-                        (project, doc.id, doc.session_id, doc.document_type, doc.name,
-                         orjson.dumps(doc.tags).decode(), now, now, len(doc.body) if large else doc.body),
-                    )
-                    if large:
-                        # Binding a blob copies it while holding the GIL; written in chunks, the event
-                        # loop's thread gets the GIL back between them.
-                        assert cursor.lastrowid is not None
-                        view = memoryview(doc.body)
-                        with conn.blobopen("documents", "body", cursor.lastrowid) as blob:
-                            for start in range(0, len(view), _BLOB_CHUNK):
-                                blob.write(view[start : start + _BLOB_CHUNK])
-                    results.append((doc.id, True))
+                # The common case: every id is new. Insert them all, ignoring ids that exist; if any
+                # was ignored, undo and go through the batch again, checking each id.
+                conn.execute("SAVEPOINT insert_new")
+                if _insert_new(conn, project, docs, now):
+                    results = [(doc.id, True) for doc in docs]
+                else:
+                    conn.execute("ROLLBACK TO insert_new")
+                    results = _insert_checked(conn, project, docs, now)
+                conn.execute("RELEASE insert_new")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -180,6 +160,80 @@ class SqliteDocuments:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+_COLUMNS: Final = "(project, id, session_id, document_type, name, tags, created_at, updated_at, body)"
+_INSERT: Final = f"INSERT INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_OR_IGNORE: Final = f"INSERT OR IGNORE INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# The same for a body over _BLOB_CHUNK: bound is its size, its bytes are written after (_write_blob).
+_INSERT_LARGE: Final = f"INSERT INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))"
+_INSERT_OR_IGNORE_LARGE: Final = (
+    f"INSERT OR IGNORE INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))"
+)
+
+def _row(project: str, doc: EncodedDocument, now: str, body: object) -> tuple[object, ...]:
+    return (project, doc.id, doc.session_id, doc.document_type, doc.name, orjson.dumps(doc.tags).decode(),
+            now, now, body)
+
+
+def _write_blob(conn: sqlite3.Connection, rowid: int | None, body: bytes | bytearray) -> None:
+    """Fill the ``zeroblob`` body of row ``rowid`` with ``body``, ``_BLOB_CHUNK`` bytes at a time.
+
+    Binding a blob copies it while holding the GIL; written in chunks, the event loop's thread
+    gets the GIL back between them.
+    """
+    assert rowid is not None
+    view = memoryview(body)
+    with conn.blobopen("documents", "body", rowid) as blob:
+        for start in range(0, len(view), _BLOB_CHUNK):
+            blob.write(view[start : start + _BLOB_CHUNK])
+
+
+def _insert_new(conn: sqlite3.Connection, project: str, docs: Sequence[EncodedDocument], now: str) -> bool:
+    """Insert ``docs`` in order with ``INSERT OR IGNORE``; return whether every one was inserted.
+
+    Runs of small bodies go in one ``executemany``; a large body is inserted alone and written in
+    chunks. Stops at the first large document that was ignored (its row is not the new one).
+    """
+    before = conn.total_changes
+    small: list[tuple[object, ...]] = []
+    for doc in docs:
+        if len(doc.body) <= _BLOB_CHUNK:
+            small.append(_row(project, doc, now, doc.body))
+            continue
+        if small:
+            conn.executemany(_INSERT_OR_IGNORE, small)
+            small = []
+        changes = conn.total_changes
+        cursor = conn.execute(_INSERT_OR_IGNORE_LARGE, _row(project, doc, now, len(doc.body)))
+        if conn.total_changes == changes:
+            return False
+        _write_blob(conn, cursor.lastrowid, doc.body)
+    if small:
+        conn.executemany(_INSERT_OR_IGNORE, small)
+    return conn.total_changes - before == len(docs)
+
+
+def _insert_checked(
+    conn: sqlite3.Connection, project: str, docs: Sequence[EncodedDocument], now: str
+) -> list[tuple[str, bool]]:
+    """Insert ``docs`` one by one, each id checked first: an existing one with the same body is
+    skipped (``created`` false), with another body it raises :class:`DocumentConflict`."""
+    results: list[tuple[str, bool]] = []
+    for doc in docs:
+        row = conn.execute("SELECT body FROM documents WHERE project = ? AND id = ?", (project, doc.id)).fetchone()
+        if row is not None:
+            if bytes(row[0]) != doc.body:
+                raise DocumentConflict(f"document {doc.id!r} exists with a different body", status_code=409)
+            results.append((doc.id, False))
+            continue
+        if len(doc.body) > _BLOB_CHUNK:
+            cursor = conn.execute(_INSERT_LARGE, _row(project, doc, now, len(doc.body)))
+            _write_blob(conn, cursor.lastrowid, doc.body)
+        else:
+            conn.execute(_INSERT, _row(project, doc, now, doc.body))
+        results.append((doc.id, True))
+    return results
 
 
 def _document(doc_id: str, created_at: str, updated_at: str, body: bytes) -> Document:
