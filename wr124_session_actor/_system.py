@@ -88,6 +88,8 @@ class ActorSystem:
         self.config = Config.from_env() if config is None else config
         self._store = store
         self._actors: dict[str, SessionActor] = {}
+        self._to_start: list[SessionActor] = []
+        self._spawn_wakeup: anyio.Event | None = None
         self._task_group: anyio.abc.TaskGroup | None = None  # the actors
         self._service_group: anyio.abc.TaskGroup | None = None  # outbox sync and replay, around the actors
         #: The durable outbox when ``SESSION_STATE_SPOOL`` is set.
@@ -122,6 +124,7 @@ class ActorSystem:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._state = _State.OPEN
+        self._task_group.start_soon(self._spawn_actors, name="session-actor-spawner")
         return self
 
     async def _replay(self) -> None:
@@ -136,6 +139,8 @@ class ActorSystem:
         self._state = _State.CLOSED
         for actor in list(self._actors.values()):
             actor.mailbox.close()  # each actor drains, flushes within shutdown_timeout and exits
+        if self._spawn_wakeup is not None:
+            self._spawn_wakeup.set()
         try:
             suppress = await self._task_group.__aexit__(exc_type, exc, tb)
         finally:
@@ -163,8 +168,30 @@ class ActorSystem:
             ops = SessionOps(session_id, self.config, lambda: store, self._circuit)
             actor = self._actors[session_id] = SessionActor(ops, self._counters, self._forget, self.outbox)
             self._counters.actors_started += 1
-            self._task_group.start_soon(actor.run, name=f"session-actor:{session_id}")
+            # Started by the spawner task, off the caller's path: a first submit stays as cheap as any.
+            self._to_start.append(actor)
+            if self._spawn_wakeup is not None:
+                self._spawn_wakeup.set()
+                self._spawn_wakeup = None
         return actor
+
+    async def _spawn_actors(self) -> None:
+        """Start the actors that handles created, until the system closes (then start the last ones)."""
+        assert self._task_group is not None
+        try:
+            while self._state is _State.OPEN:
+                if not self._to_start:
+                    self._spawn_wakeup = anyio.Event()
+                    await self._spawn_wakeup.wait()
+                self._start_waiting()
+        finally:
+            self._start_waiting()  # even when cancelled: an actor started cancelled still drains its mailbox
+
+    def _start_waiting(self) -> None:
+        assert self._task_group is not None
+        to_start, self._to_start = self._to_start, []
+        for actor in to_start:
+            self._task_group.start_soon(actor.run, name=f"session-actor:{actor.ops.session_id}")
 
     def idle_actor(self, session_id: str) -> SessionActor | None:
         """The actor of ``session_id`` if it runs and has nothing queued, pending or in progress."""
