@@ -52,6 +52,18 @@ class TestDisabled:
         assert [(e["event"], e["log_level"]) for e in logs] == [("session_state.disabled", "info")]
 
 
+    async def test_actor_mode_is_disabled_too_and_logs_once(self) -> None:
+        """In actor mode every call and submit is DISABLED as well, with one info event."""
+        config = Config.from_env({"SESSION_API_URL": "memory://"})
+        with capture_logs() as logs:
+            async with SessionStateManager("s", config) as manager:
+                results = await every_call(manager)
+                assert manager.submit_session_state({"a": 1}) == S.DISABLED
+                assert (await manager.flush())[0] == S.DISABLED
+        assert {r[0] for r in results.values()} == {S.DISABLED}
+        assert [(e["event"], e["log_level"]) for e in logs] == [("session_state.disabled", "info")]
+
+
 class TestNoClient:
     @pytest.mark.parametrize("anyio_backend", ["trio"])
     async def test_aiohttp_only_under_trio(self) -> None:

@@ -59,6 +59,12 @@ class SessionStateManager:
             self._store = open_store(self.config)
         return self._store
 
+    def _actor_handle(self, op: str) -> SessionHandle | None:
+        """The handle when calls go through the mailbox; ``None`` for direct mode or when disabled."""
+        if self._handle is None or self._ops.disabled(op):
+            return None
+        return self._handle
+
     @property
     def enabled(self) -> bool:
         """Whether uploads are enabled (``ENABLE_SESSION_STATE_UPLOAD``)."""
@@ -123,8 +129,8 @@ class SessionStateManager:
         """
         details: dict[str, Any] = {"agent_description": agent_description, "agent_color": agent_color,
                                    "tools_count": tools_count, "description": description}
-        if self._handle is not None:
-            return await self._handle.upload(state, task, agent_name, **details)
+        if (handle := self._actor_handle("upload")) is not None:
+            return await handle.upload(state, task, agent_name, **details)
         return await self._ops.upload(StateUpload(self.session_id, state, task, agent_name, **details))
 
     def submit_session_state(
@@ -143,7 +149,7 @@ class SessionStateManager:
         Returns ``SUCCESS`` when accepted (actor mode), ``DISABLED`` when disabled, and ``FAILED`` in
         direct mode, which has no actor to accept it.
         """
-        if not self.config.enabled:
+        if self._ops.disabled("submit"):
             return Status.DISABLED
         if self._handle is None:
             logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
@@ -155,8 +161,8 @@ class SessionStateManager:
 
     async def flush(self) -> tuple[Status, str]:
         """Write every pending upload now (actor mode); direct mode has nothing pending."""
-        if self._handle is not None:
-            return await self._handle.flush()
+        if (handle := self._actor_handle("flush")) is not None:
+            return await handle.flush()
         await anyio.lowlevel.checkpoint()
         return (Status.SUCCESS, "nothing pending") if self.config.enabled else (Status.DISABLED, "disabled")
 
@@ -168,8 +174,8 @@ class SessionStateManager:
         end_date: str | datetime | None = None,
     ) -> tuple[Status, list[dict[str, Any]]]:
         """This session's state documents, newest first, each with ``_id``, ``content``, ``created_at``."""
-        if self._handle is not None:
-            return await self._handle.download(limit, agent_name, start_date, end_date)
+        if (handle := self._actor_handle("download")) is not None:
+            return await handle.download(limit, agent_name, start_date, end_date)
         return await self._ops.download(limit, agent_name, start_date, end_date)
 
     async def restore_session_state(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
@@ -177,32 +183,32 @@ class SessionStateManager:
 
         A document of another session, or one that is not a state document, does not restore.
         """
-        if self._handle is not None:
-            return await self._handle.restore(doc_id)
+        if (handle := self._actor_handle("restore")) is not None:
+            return await handle.restore(doc_id)
         return await self._ops.restore(doc_id)
 
     async def restore_latest_session_state(self) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of this session's newest state."""
-        if self._handle is not None:
-            return await self._handle.restore_latest()
+        if (handle := self._actor_handle("restore")) is not None:
+            return await handle.restore_latest()
         return await self._ops.restore_latest()
 
     async def restore_agent_session_state(self, agent_name: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of this session's newest state of ``agent_name``."""
-        if self._handle is not None:
-            return await self._handle.restore_latest(agent_name)
+        if (handle := self._actor_handle("restore")) is not None:
+            return await handle.restore_latest(agent_name)
         return await self._ops.restore_latest(agent_name)
 
     async def list_available_session_states(
         self, limit: int = 10, agent_name: str | None = None
     ) -> tuple[Status, list[dict[str, Any]]]:
         """Summaries ``{id, name, description, created_at, updated_at, tags}`` of this session's states."""
-        if self._handle is not None:
-            return await self._handle.list_available(limit, agent_name)
+        if (handle := self._actor_handle("download")) is not None:
+            return await handle.list_available(limit, agent_name)
         return await self._ops.list_available(limit, agent_name)
 
     async def delete_session_state(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents; return a message."""
-        if self._handle is not None:
-            return await self._handle.delete(doc_id)
+        if (handle := self._actor_handle("delete")) is not None:
+            return await handle.delete(doc_id)
         return await self._ops.delete(doc_id)

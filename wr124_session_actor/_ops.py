@@ -95,7 +95,8 @@ class SessionOps:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _disabled(self, op: str) -> bool:
+    def disabled(self, op: str) -> bool:
+        """Whether uploads are disabled; logs that once (info) per session ops."""
         if self.config.enabled:
             return False
         if not self._disabled_logged:
@@ -194,7 +195,7 @@ class SessionOps:
 
         A state that cannot be encoded fails alone (``FAILED`` naming the type); the rest are written.
         """
-        if self._disabled("upload"):
+        if self.disabled("upload"):
             return [UploadOutcome(Status.DISABLED, "session state upload is disabled")] * len(uploads)
         encoded = await encode_documents(uploads)
         outcomes: list[UploadOutcome | None] = [None] * len(uploads)
@@ -231,7 +232,7 @@ class SessionOps:
 
     async def delete(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents."""
-        if self._disabled("delete"):
+        if self.disabled("delete"):
             return Status.DISABLED, "session state upload is disabled"
 
         async def delete() -> str:
@@ -252,7 +253,7 @@ class SessionOps:
                        start_date: str | datetime | None = None,
                        end_date: str | datetime | None = None) -> tuple[Status, list[Document]]:
         """This session's state documents, newest first (whole documents)."""
-        if self._disabled("download"):
+        if self.disabled("download"):
             return Status.DISABLED, []
         try:
             query = self._state_query(limit, agent_name, start_date, end_date)
@@ -281,7 +282,7 @@ class SessionOps:
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of one of this session's state documents."""
-        if self._disabled("restore"):
+        if self.disabled("restore"):
             return Status.DISABLED, None
         key = ("restore", doc_id)
         cached = self._cache_get(key)
