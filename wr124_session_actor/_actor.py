@@ -50,8 +50,21 @@ class SessionActor:
     times out first).
     """
 
-    __slots__ = ("_awaited", "_failures", "_first_at", "_last_at", "_on_exit", "_pending", "_retry_at", "busy",
-                 "counters", "mailbox", "ops", "outbox")
+    __slots__ = (
+        "_awaited",
+        "_failures",
+        "_first_at",
+        "_last_at",
+        "_on_exit",
+        "_pending",
+        "_pending_bound",
+        "_retry_at",
+        "busy",
+        "counters",
+        "mailbox",
+        "ops",
+        "outbox",
+    )
 
     def __init__(self, ops: SessionOps, counters: SystemCounters, on_exit: Callable[[SessionActor], None],
                  outbox: Outbox | None = None) -> None:
@@ -66,6 +79,10 @@ class SessionActor:
         self._retry_at = 0.0
         self._failures = 0
         self._awaited = False  # a caller awaits a pending upload: no reason to wait for quiet
+        # While the store fails the batch is bounded; with an outbox the bound is the outbox's, so an
+        # accepted keep="all" state is never coalesced away before the outbox itself is full.
+        config = ops.config
+        self._pending_bound = config.spool_max_documents if outbox is not None else config.max_batch
         #: True while the actor handles a message or writes (read by handles serving cache hits).
         self.busy = False
 
@@ -116,6 +133,8 @@ class SessionActor:
             if len(self._pending) >= self.ops.config.max_batch and anyio.current_time() >= self._retry_at:
                 await self._flush()
             return
+        if message.reply.abandoned:
+            return  # its caller gave up (timed out or cancelled): do not keep the session busy for nobody
         await self._flush()
         if message.func is None:
             message.reply.set((Status.SUCCESS, "flushed") if not self._pending else
@@ -133,7 +152,7 @@ class SessionActor:
         keep_latest = self.ops.config.keep == "latest"
         key = upload.agent_name if keep_latest else upload.doc_id
         older = self._pending.pop(key, None) if keep_latest else None
-        if older is None and len(self._pending) >= self.ops.config.max_batch:
+        if older is None and len(self._pending) >= self._pending_bound:
             older = self._oldest_of(upload.agent_name)  # the store is failing: bound the batch
         pending = _Pending(upload, coalesced=message.coalesced)
         if older is not None:  # the newer state takes the older one's place
@@ -167,7 +186,7 @@ class SessionActor:
         self._awaited = False
         coalesced = sum(p.coalesced for _, p in batch)
         writes_before = self.ops.store_writes
-        outcomes = await self.ops.write([p.upload for _, p in batch], coalesced=coalesced)
+        outcomes = await self.ops.write([p.upload for _, p in batch], coalesced=coalesced, final=False)
         self.counters.store_writes += self.ops.store_writes - writes_before
         # Pending is cleared only once written: a flush cancelled mid-write is redone (ids make that
         # idempotent), and uploads that failed for a transient reason stay for the next try.

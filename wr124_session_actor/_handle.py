@@ -73,16 +73,19 @@ class SessionHandle:
         system = self._system
         reply = Reply()
         timeout = system.config.timeout
-        with anyio.move_on_after(timeout):
-            try:
-                await system.actor(self.session_id).mailbox.put(make(reply))
-            except anyio.ClosedResourceError:
-                await anyio.lowlevel.checkpoint()
-                return Status.FAILED, fallback
-            if accepted is not None:
-                accepted()
-            result: tuple[Status, T] = await reply.wait()
-            return result
+        try:
+            with anyio.move_on_after(timeout):
+                try:
+                    await system.actor(self.session_id).mailbox.put(make(reply))
+                except anyio.ClosedResourceError:
+                    await anyio.lowlevel.checkpoint()
+                    return Status.FAILED, fallback
+                if accepted is not None:
+                    accepted()
+                result: tuple[Status, T] = await reply.wait()
+                return result
+        finally:
+            reply.abandoned = not reply.is_set()
         logger.warning("session_state.call", status=Status.TIMEOUT.value, session_id=self.session_id,
                        op="call", error=f"no reply within {timeout:g}s (SESSION_STATE_TIMEOUT)")
         return Status.TIMEOUT, fallback

@@ -25,17 +25,23 @@ __all__ = ["Call", "Mailbox", "Message", "Reply", "Upload"]
 class Reply:
     """A one-shot slot a caller awaits and the actor fills."""
 
-    __slots__ = ("_event", "value")
+    __slots__ = ("_event", "abandoned", "value")
 
     def __init__(self) -> None:
         self._event = anyio.Event()
         self.value: Any = None
+        #: The caller stopped waiting (timed out or cancelled): a read or delete need not run any more.
+        self.abandoned = False
 
     def set(self, value: object) -> None:
         """Fill the slot and wake the caller (a second call is ignored)."""
         if not self._event.is_set():
             self.value = value
             self._event.set()
+
+    def is_set(self) -> bool:
+        """Whether the value has been given."""
+        return self._event.is_set()
 
     async def wait(self) -> Any:
         """Wait for the value."""

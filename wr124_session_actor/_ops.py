@@ -105,8 +105,13 @@ class SessionOps:
                         status=Status.DISABLED.value, hint="set ENABLE_SESSION_STATE_UPLOAD=true")
         return True
 
-    async def _call(self, op: str, func: Callable[[], Awaitable[T]], **fields: Any) -> _Outcome:
-        """Run ``func`` under the call deadline with retries and the circuit breaker; log the outcome once."""
+    async def _call(self, op: str, func: Callable[[], Awaitable[T]], *, final: bool = True,
+                    **fields: Any) -> _Outcome:
+        """Run ``func`` under the call deadline with retries and the circuit breaker; log the outcome once.
+
+        With ``final`` false the caller tries again later after a transient failure, so that failure is
+        logged as a retry (debug) and the caller logs the final outcome.
+        """
         config = self.config
         circuit = self.circuit
         started = time.perf_counter()
@@ -145,7 +150,11 @@ class SessionOps:
         else:
             assert error is not None
             status, message, transient = status_of(error), str(error), error.transient
-        self._log(op, status, duration, attempt, message, fields)
+        if transient and not final:
+            logger.debug("session_state.retry", op=op, session_id=self.session_id, attempt=attempt,
+                         status=status.value, error=message, **fields)
+        else:
+            self._log(op, status, duration, attempt, message, fields)
         return _Outcome(status, message, transient)
 
     def _log(self, op: str, status: Status, duration: float, attempt: int, error: str | None,
@@ -190,10 +199,12 @@ class SessionOps:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    async def write(self, uploads: Sequence[StateUpload], *, coalesced: int = 0) -> list[UploadOutcome]:
+    async def write(self, uploads: Sequence[StateUpload], *, coalesced: int = 0,
+                    final: bool = True) -> list[UploadOutcome]:
         """Encode ``uploads`` and store them in one write; return one outcome per upload, in order.
 
         A state that cannot be encoded fails alone (``FAILED`` naming the type); the rest are written.
+        ``final`` false: the caller keeps transient failures for a later try (logged as retries).
         """
         if self.disabled("upload"):
             return [UploadOutcome(Status.DISABLED, "session state upload is disabled")] * len(uploads)
@@ -210,7 +221,7 @@ class SessionOps:
         if docs:
             self.store_writes += 1
             result = await self._call(
-                "upload", lambda: self._store().insert_many(docs),
+                "upload", lambda: self._store().insert_many(docs), final=final,
                 ids=[d.id for d in docs], batch_size=len(docs), coalesced=coalesced,
             )
             if result.status is Status.SUCCESS:

@@ -83,14 +83,18 @@ class SqliteDocuments:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # The common case: every id is new. Insert them all, ignoring ids that exist; if any
-                # was ignored, undo and go through the batch again, checking each id.
-                conn.execute("SAVEPOINT insert_new")
-                if _insert_new(conn, project, docs, now):
-                    results = [(doc.id, True) for doc in docs]
-                else:
-                    conn.execute("ROLLBACK TO insert_new")
+                # was ignored, undo and go through the batch again, checking each id. A batch sent
+                # again (its first id exists) goes straight to the check.
+                if docs and _exists(conn, project, docs[0].id):
                     results = _insert_checked(conn, project, docs, now)
-                conn.execute("RELEASE insert_new")
+                else:
+                    conn.execute("SAVEPOINT insert_new")
+                    if _insert_new(conn, project, docs, now):
+                        results = [(doc.id, True) for doc in docs]
+                    else:
+                        conn.execute("ROLLBACK TO insert_new")
+                        results = _insert_checked(conn, project, docs, now)
+                    conn.execute("RELEASE insert_new")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -187,6 +191,11 @@ def _write_blob(conn: sqlite3.Connection, rowid: int | None, body: bytes | bytea
     with conn.blobopen("documents", "body", rowid) as blob:
         for start in range(0, len(view), _BLOB_CHUNK):
             blob.write(view[start : start + _BLOB_CHUNK])
+
+
+def _exists(conn: sqlite3.Connection, project: str, doc_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM documents WHERE project = ? AND id = ?", (project, doc_id)).fetchone()
+    return row is not None
 
 
 def _insert_new(conn: sqlite3.Connection, project: str, docs: Sequence[EncodedDocument], now: str) -> bool:
