@@ -152,7 +152,7 @@ class SessionOps:
             status, message, transient = status_of(error), str(error), error.transient
         if transient and not final:
             logger.debug("session_state.retry", op=op, session_id=self.session_id, attempt=attempt,
-                         status=status.value, error=message, **fields)
+                         error=message, **fields)
         else:
             self._log(op, status, duration, attempt, message, fields)
         return _Outcome(status, message, transient)
