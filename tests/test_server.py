@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import wr124_session_actor.server as server_pkg
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor.server import ServerLimits, ServerThread, create_app
+from wr124_session_actor.server._app import ApiError, _prepare_document
 from wr124_session_actor.stores._base import Query
 from wr124_session_actor.stores._engine import SqliteDocuments
 from wr124_session_actor.stores._http import HttpStore
@@ -548,6 +549,41 @@ class TestLimits:
             assert client.post(COLLECTION, json=make_doc(content={"a": {}})).status_code == 201
             error_of(client.post(COLLECTION, json=make_doc(content={"a": [[]]})), 400)
             error_of(client.post(COLLECTION, json=make_doc(metadata={"a": {"b": 1}})), 400)
+
+    def test_too_deep_wins_over_invalid_fields(self, make_server: Any) -> None:
+        """A document both nested too deep and invalid answers 400 (nesting is checked first)."""
+        srv = make_server(limits=ServerLimits(max_depth=3))
+        with client_for(srv) as client:
+            assert "bogus" in error_of(client.post(COLLECTION, json=make_doc(content={}, bogus=1)), 422)
+            assert "tags" in error_of(client.post(COLLECTION, json=make_doc(content={}, tags=[[]])), 422)
+            error_of(client.post(COLLECTION, json=make_doc(content={"a": [[]]}, bogus=1)), 400)
+            error_of(client.post(COLLECTION, json=make_doc(content={}, tags=[[[]]])), 400)
+            error_of(client.post(COLLECTION, json={"content": {"a": [[]]}}), 400)
+            message = error_of(client.post(f"{COLLECTION}/batch", json={"documents": [
+                make_doc(content={}), make_doc(content={"a": [[]]}, name=7)]}), 400)
+            assert message == "documents[1]: the document is nested deeper than 3 levels"
+            assert client.get(COLLECTION).json()["total"] == 0
+
+    @pytest.mark.parametrize("max_depth", [3, 253, 254, 255, 256, 300])
+    @pytest.mark.parametrize("depth", [3, 4, 253, 254, 255, 256, 257])
+    def test_depth_around_orjson_limit(self, max_depth: int, depth: int) -> None:
+        """Depth ``> max_depth`` is refused however deep orjson can encode; the body is canonical JSON."""
+        content: Any = []
+        for _ in range(depth - 3):
+            content = [content]
+        raw = {"id": "d", "name": "n", "content": {"a": content}}  # document 1, content 2, lists 3..depth
+        if depth > max_depth:
+            with pytest.raises(ApiError) as caught:
+                _prepare_document(raw, max_depth, "here: ")
+            assert (caught.value.status, caught.value.message) == (
+                400, f"here: the document is nested deeper than {max_depth} levels"
+            )
+            return
+        encoded = _prepare_document(raw, max_depth)
+        canonical = {k: v for k, v in make_doc(**raw, description=None, session_id=None, tags=[], metadata={}).items()
+                     if k != "id"}
+        assert encoded.body == json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+        assert (encoded.id, encoded.session_id, encoded.tags) == ("d", "", ())
 
 
 class TestErrors:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from wr124_session_actor import DocumentNotFound, DocumentStore, Query, StoreClosed, StoreRejected
 from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
 from wr124_session_actor.stores import MemoryStore, SqliteStore
+from wr124_session_actor.stores._engine import DocumentConflict, SqliteDocuments
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +125,71 @@ class TestLargeDocuments:
         assert (await store.get(d.id))["content"]["state"]["blob"] == "z" * (3 * 1024 * 1024 + 7)
         await store.insert_many([d])  # the same again: recognised, not duplicated
         assert (await store.query(Query())).total == 1
+
+
+class TestEngineBatches:
+    """``SqliteDocuments.insert_many``: all-new batches in one go, others checked id by id."""
+
+    @pytest.fixture
+    def engine(self, tmp_path: Path) -> Iterator[SqliteDocuments]:
+        made = SqliteDocuments(tmp_path / "e.db")
+        yield made
+        made.close()
+
+    @staticmethod
+    def ids_in_order(engine: SqliteDocuments) -> list[str]:
+        data, _ = engine.query("p", Query(sort_order=1, limit=1000))
+        return [d["id"] for d in data]
+
+    @staticmethod
+    def other_body(d: EncodedDocument) -> EncodedDocument:
+        return EncodedDocument(d.id, d.session_id, d.name, d.tags, bytes(d.body).replace(b'"i":', b'"i":-', 1))
+
+    async def test_all_new(self, engine: SqliteDocuments) -> None:
+        """Every document is created, stored in the batch's order."""
+        docs = [doc(i=i) for i in range(5)]
+        assert engine.insert_many("p", docs) == [(d.id, True) for d in docs]
+        assert self.ids_in_order(engine) == [d.id for d in docs]
+        assert engine.insert_many("p", []) == []
+
+    async def test_some_exist(self, engine: SqliteDocuments) -> None:
+        """Existing ids (anywhere in the batch) are reported not created; the rest are stored in order."""
+        docs = [doc(i=i) for i in range(6)]
+        engine.insert_many("p", [docs[2], docs[5]])
+        assert engine.insert_many("p", docs) == [(d.id, d not in (docs[2], docs[5])) for d in docs]
+        assert self.ids_in_order(engine) == [d.id for d in (docs[2], docs[5], docs[0], docs[1], docs[3], docs[4])]
+        assert engine.insert_many("p", docs[::-1]) == [(d.id, False) for d in docs[::-1]]
+
+    async def test_repeat_within_a_batch(self, engine: SqliteDocuments) -> None:
+        """An id twice in one batch: created once, then recognised; with another body, a conflict."""
+        a, b = doc(i=1), doc(i=2)
+        assert engine.insert_many("p", [a, b, a]) == [(a.id, True), (b.id, True), (a.id, False)]
+        c = doc(i=3)
+        with pytest.raises(DocumentConflict):
+            engine.insert_many("p", [c, self.other_body(c)])
+        assert self.ids_in_order(engine) == [a.id, b.id]
+
+    async def test_conflict_keeps_nothing(self, engine: SqliteDocuments) -> None:
+        """A conflict anywhere in the batch, large bodies included, stores none of it."""
+        old = doc(i=0)
+        engine.insert_many("p", [old])
+        big = doc(i=1, blob="z" * (2 * 1024 * 1024))
+        for batch in ([doc(i=2), big, self.other_body(old)], [self.other_body(old), big], [big, doc(i=3), old,
+                                                                                          self.other_body(old)]):
+            with pytest.raises(DocumentConflict):
+                engine.insert_many("p", batch)
+            assert self.ids_in_order(engine) == [old.id]
+
+    async def test_large_bodies_in_a_batch(self, engine: SqliteDocuments) -> None:
+        """Large and small bodies mixed keep their order and bytes, new or repeated."""
+        docs = [doc(i=0), doc(i=1, blob="x" * (1024 * 1024 + 1)), doc(i=2), doc(i=3, blob="y" * (3 * 1024 * 1024))]
+        assert engine.insert_many("p", docs) == [(d.id, True) for d in docs]
+        extra = doc(i=4, blob="w" * (1024 * 1024 + 5))
+        assert engine.insert_many("p", [extra, *docs, extra]) == [
+            (extra.id, True), *[(d.id, False) for d in docs], (extra.id, False)
+        ]
+        assert self.ids_in_order(engine) == [d.id for d in (*docs, extra)]
+        for d in (*docs, extra):
+            got = engine.get("p", d.id)
+            assert got is not None
+            assert got["content"]["state"] == orjson.loads(d.body)["content"]["state"]

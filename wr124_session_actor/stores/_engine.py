@@ -175,6 +175,7 @@ _INSERT_OR_IGNORE_LARGE: Final = (
     f"INSERT OR IGNORE INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))"
 )
 
+
 def _row(project: str, doc: EncodedDocument, now: str, body: object) -> tuple[object, ...]:
     return (project, doc.id, doc.session_id, doc.document_type, doc.name, orjson.dumps(doc.tags).decode(),
             now, now, body)
