@@ -1,0 +1,200 @@
+"""An in-memory json-documents server on loopback that fails on purpose, and counts what it received.
+
+Unlike ``tests/faultserver.py`` (which only misbehaves), this one also works: it stores documents by
+their client-made ids, so a fault test can tell exactly what arrived after retries. Faults:
+
+- ``"ok"``: no fault.
+- ``"flaky-500"``: a seeded ``rate`` of write requests answer 500; half of them *after* storing the
+  documents (the answer is lost, the write is not: the client's retry must not duplicate it).
+- ``"flaky-reset"``: the same, but the connection is reset (RST) instead of answered.
+- ``"status"``: the first ``fail_first`` write requests answer ``status`` (with ``Retry-After`` when
+  ``retry_after`` is set); later ones work. ``fail_first=None`` fails every write.
+
+``/health`` always answers 200 so that the client's circuit-breaker probes do not add faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+Mode = Literal["ok", "flaky-500", "flaky-reset", "status"]
+_LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends RST
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One request the server saw: when (``time.monotonic()``), what, and how it was answered."""
+
+    at: float
+    method: str
+    path: str
+    outcome: str  # "ok", "500", "500-after-store", "reset", "reset-after-store", "<status>"
+    ids: tuple[str, ...] = ()
+
+
+class DocServer:
+    """The server's state; read it from the test thread once the client is done.
+
+    Args:
+        mode: the fault (see the module docstring).
+        rate: share of write requests that fail in the flaky modes.
+        seed: seed of the fault dice.
+        status: the HTTP status of ``"status"`` mode.
+        retry_after: the ``Retry-After`` header of ``"status"`` mode, in seconds.
+        fail_first: how many write requests fail in ``"status"`` mode (``None``: all).
+    """
+
+    def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
+                 retry_after: float | None = None, fail_first: int | None = None) -> None:
+        self.mode = mode
+        self.rate = rate
+        self.status = status
+        self.retry_after = retry_after
+        self.fail_first = fail_first
+        self._dice = random.Random(seed)
+        self._lock = threading.Lock()
+        self.url = ""
+        #: Stored documents by id (each id at most once, by construction).
+        self.docs: dict[str, dict[str, Any]] = {}
+        #: How many times each document id was received in a write request.
+        self.received: Counter[str] = Counter()
+        #: Every request, in arrival order.
+        self.hits: list[Hit] = []
+        self._writes = 0
+
+    # -- what a test reads -------------------------------------------------------------------------
+
+    def writes(self) -> list[Hit]:
+        """The write requests (POST), in arrival order."""
+        with self._lock:
+            return [h for h in self.hits if h.method == "POST"]
+
+    def injected(self) -> int:
+        """Write requests that were failed on purpose."""
+        return sum(1 for h in self.writes() if h.outcome != "ok")
+
+    def stored_states(self) -> list[Any]:
+        """The ``state`` of every stored document."""
+        with self._lock:
+            return [doc["content"]["state"] for doc in self.docs.values()]
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    def _decide(self) -> str:
+        """The fate of the next write request: "ok", or a fault, possibly after storing."""
+        with self._lock:
+            self._writes += 1
+            if self.mode == "status":
+                if self.fail_first is None or self._writes <= self.fail_first:
+                    return str(self.status)
+                return "ok"
+            if self.mode in ("flaky-500", "flaky-reset") and self._dice.random() < self.rate:
+                fault = "500" if self.mode == "flaky-500" else "reset"
+                return fault + ("-after-store" if self._dice.random() < 0.5 else "")
+            return "ok"
+
+    def _store(self, docs: list[dict[str, Any]]) -> list[str]:
+        ids = []
+        with self._lock:
+            for doc in docs:
+                doc_id = str(doc["id"])
+                if doc_id not in self.docs:
+                    self.docs[doc_id] = {**doc, "_id": doc_id, "created_at": time.time(), "updated_at": time.time()}
+                ids.append(doc_id)
+        return ids
+
+    def _record(self, request: web.Request, outcome: str, ids: tuple[str, ...] = ()) -> None:
+        with self._lock:
+            self.hits.append(Hit(time.monotonic(), request.method, request.path, outcome, ids))
+            self.received.update(ids)
+
+    async def _write(self, request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        batch = request.path.endswith("/batch")
+        docs = body["documents"] if batch else [body]
+        ids = tuple(str(d["id"]) for d in docs)
+        fate = self._decide()
+        self._record(request, fate, ids)
+        if fate.endswith("-after-store") or fate == "ok":
+            stored = self._store(docs)
+        if fate == "ok":
+            return web.json_response({"ids": stored} if batch else {"id": stored[0]}, status=201)
+        if fate.startswith("reset"):
+            transport = request.transport
+            assert transport is not None
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            transport.abort()
+            return web.Response()
+        status = int(fate.split("-")[0])
+        headers = {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
+        return web.json_response({"error": f"injected {status}"}, status=status, headers=headers)
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        self._record(request, "ok")
+        session_id = request.query.get("session_id")
+        limit = int(request.query.get("limit", "10"))
+        skip = int(request.query.get("skip", "0"))
+        with self._lock:
+            docs = [d for d in self.docs.values() if session_id is None or d.get("session_id") == session_id]
+        docs.reverse()  # newest first
+        return web.json_response({"data": docs[skip:skip + limit], "total": len(docs)})
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        self._record(request, "ok")
+        return web.json_response({"status": "ok"})
+
+    def app(self) -> web.Application:
+        """The aiohttp application."""
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/{project}/json-documents", self._write)
+        app.router.add_post("/{project}/json-documents/batch", self._write)
+        app.router.add_get("/{project}/json-documents", self._list)
+        return app
+
+
+@contextmanager
+def doc_server(mode: Mode = "ok", **options: Any) -> Iterator[DocServer]:
+    """Serve a :class:`DocServer` on 127.0.0.1 in a background thread for the ``with`` block."""
+    server = DocServer(mode, **options)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=0.1)
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+
+        async def start() -> None:
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            server.url = f"http://127.0.0.1:{port}"
+            ready.set()
+
+        loop.run_until_complete(start())
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name=f"docserver-{mode}", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the fault server did not start")
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
