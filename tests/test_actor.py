@@ -274,3 +274,15 @@ class TestMailboxBound:
         assert stats.documents <= 8
         states = await stored_states(config, "s")
         assert {s["n"] for s in states} >= {998, 999}
+
+
+class TestFlushStatus:
+    async def test_flush_reports_a_batch_refused_for_good(self, memory_config: Config) -> None:
+        """flush() says FAILED when what it wrote was refused (here: a state that cannot be encoded)."""
+        async with ActorSystem(memory_config.replace(debounce=30, max_delay=60)) as system:
+            handle = system.handle("s")
+            handle.submit({"bad": object()}, "t", "a")
+            status, message = await handle.flush()
+            assert status == S.FAILED and "refused" in message
+            handle.submit({"good": 1}, "t", "a")
+            assert await handle.flush() == (S.SUCCESS, "flushed")

@@ -135,10 +135,16 @@ class SessionActor:
             return
         if message.reply.abandoned:
             return  # its caller gave up (timed out or cancelled): do not keep the session busy for nobody
+        failed_before = self.counters.failed
         await self._flush()
         if message.func is None:
-            message.reply.set((Status.SUCCESS, "flushed") if not self._pending else
-                              (Status.FAILED, f"{len(self._pending)} uploads wait for the store to recover"))
+            failed = self.counters.failed - failed_before
+            if self._pending:
+                message.reply.set((Status.FAILED, f"{len(self._pending)} uploads wait for the store to recover"))
+            elif failed:
+                message.reply.set((Status.FAILED, f"{failed} uploads were refused for good (see the log)"))
+            else:
+                message.reply.set((Status.SUCCESS, "flushed"))
         else:
             message.reply.set(await message.func(self.ops))
 

@@ -522,6 +522,10 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _error_response(exc.status, _http_exception_message(exc), headers)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
+    except ConnectionError as exc:
+        # The client went away mid-request: nobody reads the answer, and it is no server fault.
+        logger.debug("server_client_disconnected", method=request.method, path=request.path, error=str(exc))
+        return _error_response(400, "the client closed the connection")
     except Exception as exc:
         # A request that reaches this point is one we did not foresee; it is still the request's
         # fault as far as the client can tell, and the API promises no 500s.
