@@ -70,7 +70,7 @@ class ServerThread:
         self.startup_timeout = startup_timeout
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None  # asyncio-only: aiohttp.web
         self._startup_error: BaseException | None = None
 
     @property
@@ -151,7 +151,7 @@ class ServerThread:
 
     def _run(self, ready: threading.Event) -> None:
         try:
-            asyncio.run(self._serve(ready))
+            asyncio.run(self._serve(ready))  # asyncio-only: aiohttp.web
         except BaseException as exc:
             if ready.is_set():
                 raise
@@ -159,7 +159,7 @@ class ServerThread:
             ready.set()
 
     async def _serve(self, ready: threading.Event) -> None:
-        stopping = asyncio.Event()
+        stopping = asyncio.Event()  # asyncio-only: aiohttp.web
         app = create_app(
             self.db_path,
             api_key=self.api_key,
@@ -181,7 +181,7 @@ class ServerThread:
             stopping.set()  # wake delayed requests so that cleanup does not wait for them
             await runner.cleanup()
 
-    def _delay_middleware(self, stopping: asyncio.Event) -> Middleware:
+    def _delay_middleware(self, stopping: asyncio.Event) -> Middleware:  # asyncio-only: aiohttp.web
         @web.middleware
         async def delay(request: web.Request, handler: Handler) -> web.StreamResponse:
             seconds = self.delay
@@ -222,7 +222,7 @@ def run_server(
     """
     app = create_app(db_path, api_key=api_key, limits=limits, enable_batch=enable_batch)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(app, host, port, os.fspath(db_path), announce or _print_flushed))
+        asyncio.run(_serve_forever(app, host, port, os.fspath(db_path), announce or _print_flushed))  # asyncio-only: aiohttp.web
 
 
 def _print_flushed(line: str) -> None:
