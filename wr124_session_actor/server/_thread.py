@@ -222,7 +222,8 @@ def run_server(
     """
     app = create_app(db_path, api_key=api_key, limits=limits, enable_batch=enable_batch)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(app, host, port, os.fspath(db_path), announce or _print_flushed))  # asyncio-only: aiohttp.web
+        serve = _serve_forever(app, host, port, os.fspath(db_path), announce or _print_flushed)
+        asyncio.run(serve)  # asyncio-only: aiohttp.web
 
 
 def _print_flushed(line: str) -> None:
