@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
 
@@ -76,37 +76,32 @@ async def _one_run(kind: str, server: ServerProcess, project: str, sessions: int
     checkpoint = anyio.lowlevel.checkpoint
     config = Config(api_url=server.url, project_id=project, timeout=60.0)
     coalesced = float("nan")
+    async def timed(index: int, upload: Callable[..., Awaitable[tuple[str, object]]]) -> None:
+        """One agent loop of an awaited contender: every call timed, failures counted."""
+        nonlocal failures
+        for step in range(snapshots):
+            state = agent_state(index, step)
+            t0 = clock()
+            status, _ = await upload(state, TASK, AGENT)
+            latencies.append(clock() - t0)
+            if step == 0:
+                firsts.append(latencies[-1])
+            failures += status != "success"
+            await checkpoint()
+
     async with lag_ticker() as ticker:
         started = time.perf_counter()
         if kind == "a":
             async def original(index: int) -> None:
-                nonlocal failures
                 manager = OriginalSessionStateManager(f"s{index}", server.url, project, timeout=60.0)
-                for step in range(snapshots):
-                    state = agent_state(index, step)
-                    t0 = clock()
-                    status, _ = await manager.upload_session_state(state, TASK, AGENT)
-                    latencies.append(clock() - t0)
-                    if step == 0:
-                        firsts.append(latencies[-1])
-                    failures += status != "success"
-                    await checkpoint()
+                await timed(index, manager.upload_session_state)
 
             await _agents(sessions, original)
         elif kind == "b":
             async def direct(index: int) -> None:
-                nonlocal failures
                 manager = SessionStateManager(f"s{index}", config)
                 try:
-                    for step in range(snapshots):
-                        state = agent_state(index, step)
-                        t0 = clock()
-                        status, _ = await manager.upload_session_state(state, TASK, AGENT)
-                        latencies.append(clock() - t0)
-                        if step == 0:
-                            firsts.append(latencies[-1])
-                        failures += status is not SessionStateStatus.SUCCESS
-                        await checkpoint()
+                    await timed(index, manager.upload_session_state)
                 finally:
                     await manager.aclose()
 
@@ -115,17 +110,7 @@ async def _one_run(kind: str, server: ServerProcess, project: str, sessions: int
             async with ActorSystem(config) as system:
                 if kind == "c":
                     async def awaited(index: int) -> None:
-                        nonlocal failures
-                        handle = system.handle(f"s{index}")
-                        for step in range(snapshots):
-                            state = agent_state(index, step)
-                            t0 = clock()
-                            status, _ = await handle.upload(state, TASK, AGENT)
-                            latencies.append(clock() - t0)
-                            if step == 0:
-                                firsts.append(latencies[-1])
-                            failures += status is not SessionStateStatus.SUCCESS
-                            await checkpoint()
+                        await timed(index, system.handle(f"s{index}").upload)
 
                     await _agents(sessions, awaited)
                 else:

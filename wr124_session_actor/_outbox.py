@@ -14,7 +14,6 @@ honours ids (the embedded stores and the reference server do).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable
 from typing import Final
@@ -27,6 +26,7 @@ import structlog
 from ._document import EncodedDocument, StateUpload, encode_documents
 from ._exceptions import StoreError
 from .stores import DocumentStore
+from .stores._engine import open_sqlite
 
 __all__ = ["Outbox"]
 
@@ -92,12 +92,7 @@ class Outbox:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(_SCHEMA)
-            self._conn = conn
+            self._conn = open_sqlite(self.path, _SCHEMA, synchronous="FULL")
         return self._conn
 
     def _write(self, docs: list[tuple[EncodedDocument, str]], delete: list[str]) -> list[str]:

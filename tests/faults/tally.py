@@ -108,6 +108,18 @@ class PublicCalls:
         return result
 
 
+def stored_seqs(db_path: str) -> list[int]:
+    """The ``seq`` of every document in the reference server's database file."""
+    from wr124_session_actor.stores import Query, SqliteDocuments
+
+    engine = SqliteDocuments(db_path)
+    try:
+        docs, _ = engine.query("default", Query(limit=1_000_000))
+    finally:
+        engine.close()
+    return [d["content"]["state"]["seq"] for d in docs]
+
+
 def spool_rows(path: str) -> int:
     """Rows left in an outbox file, read on a connection of our own (blocking; run it in a thread)."""
     if not os.path.exists(path):

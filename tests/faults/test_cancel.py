@@ -12,9 +12,9 @@ import pytest
 from wr124_session_actor import ActorSystem, Config
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._document import EncodedDocument
-from wr124_session_actor.stores import DocumentStore, Query, SqliteDocuments, open_store
+from wr124_session_actor.stores import DocumentStore, open_store
 
-from .tally import PublicCalls, report, tally
+from .tally import PublicCalls, report, stored_seqs, tally
 
 pytestmark = pytest.mark.anyio
 
@@ -41,15 +41,6 @@ class WatchedStore:
         self.finished += 1
         return ids
 
-
-def stored_seqs(db_path: str) -> list[int]:
-    """The ``seq`` of every document in the reference server's database file."""
-    engine = SqliteDocuments(db_path)
-    try:
-        docs, _ = engine.query("default", Query(limit=1_000_000))
-    finally:
-        engine.close()
-    return [d["content"]["state"]["seq"] for d in docs]
 
 
 @pytest.mark.parametrize("when", ["while-writing", "during-shutdown-flush"])

@@ -16,10 +16,8 @@ from typing import IO, Any
 import orjson
 import pytest
 
-from wr124_session_actor.stores import Query, SqliteDocuments
-
 from .spool_client import SYNC_INTERVAL
-from .tally import report, tally
+from .tally import report, stored_seqs, tally
 
 CLIENT = str(Path(__file__).with_name("spool_client.py"))
 RATE = 2_000  # submits per second
@@ -49,14 +47,6 @@ class Lines:
     def join(self) -> None:
         self._thread.join(10)
 
-
-def stored_seqs(db_path: str) -> list[int]:
-    engine = SqliteDocuments(db_path)
-    try:
-        docs, _ = engine.query("default", Query(limit=1_000_000))
-    finally:
-        engine.close()
-    return [d["content"]["state"]["seq"] for d in docs]
 
 
 def spool_seqs(path: str) -> set[int]:

@@ -233,7 +233,7 @@ def _print_flushed(line: str) -> None:
 async def _serve_forever(
     app: web.Application, host: str, port: int, db_path: str, announce: Callable[[str], None]
 ) -> None:
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # asyncio-only: aiohttp.web
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         # Not on Windows or outside the main thread; Ctrl+C then ends asyncio.run instead.

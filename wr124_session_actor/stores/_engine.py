@@ -41,6 +41,17 @@ _BLOB_CHUNK: Final = 1024 * 1024
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": "name"}
 
 
+def open_sqlite(path: str, schema: str, *, synchronous: str) -> sqlite3.Connection:
+    """Open (creating its folder) a sqlite file in WAL mode, autocommit, usable from worker threads."""
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.executescript(schema)
+    return conn
+
+
 class DocumentConflict(StoreRejected):
     """A document with this id exists with a different body (HTTP 409)."""
 
@@ -59,14 +70,7 @@ class SqliteDocuments:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            if self.path != ":memory:":
-                parent = os.path.dirname(os.path.abspath(self.path))
-                os.makedirs(parent, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            self._conn = conn
+            self._conn = open_sqlite(self.path, _SCHEMA, synchronous="NORMAL")
         return self._conn
 
     def insert_many(self, project: str, docs: Sequence[EncodedDocument]) -> list[tuple[str, bool]]:
