@@ -22,6 +22,7 @@ from ._manager import SessionStateManager as SessionStateManager
 from ._status import SessionStateStatus as SessionStateStatus
 from ._system import ActorSystem as ActorSystem
 from ._system import SystemStatistics as SystemStatistics
+from ._system import WriteObservation as WriteObservation
 from ._team import Team as Team
 from .stores import DocumentStore as DocumentStore
 from .stores import Query as Query
@@ -51,4 +52,5 @@ __all__ = [
     "StoreUnavailable",
     "SystemStatistics",
     "Team",
+    "WriteObservation",
 ]

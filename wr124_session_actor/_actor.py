@@ -192,8 +192,12 @@ class SessionActor:
         self._awaited = False
         coalesced = sum(p.coalesced for _, p in batch)
         writes_before = self.ops.store_writes
+        started = anyio.current_time()
         outcomes = await self.ops.write([p.upload for _, p in batch], coalesced=coalesced, final=False)
-        self.counters.store_writes += self.ops.store_writes - writes_before
+        if self.ops.store_writes != writes_before:
+            written = [o for o in outcomes if o.status is Status.SUCCESS]
+            status = Status.SUCCESS if written else next(o.status for o in outcomes)
+            self.counters.observe_write(anyio.current_time() - started, len(batch), status)
         # Pending is cleared only once written: a flush cancelled mid-write is redone (ids make that
         # idempotent), and uploads that failed for a transient reason stay for the next try.
         self._pending = {key: p for (key, p), o in zip(batch, outcomes, strict=True)
@@ -215,7 +219,7 @@ class SessionActor:
             if outcome.status is Status.SUCCESS:
                 counters.documents += 1
             else:
-                counters.failed += 1
+                counters.fail(outcome.status)
             for reply in pending.replies:
                 reply.set((outcome.status, outcome.value))
         if self.outbox is not None:
@@ -242,7 +246,7 @@ class SessionActor:
             return
         batch = list(self._pending.values())
         self._pending.clear()
-        self.counters.failed += len(batch)
+        self.counters.fail(Status.FAILED, len(batch))
         if self.outbox is not None:
             reason = "not written before shutdown_timeout; kept in the outbox for the next start"
         else:

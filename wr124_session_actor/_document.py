@@ -8,7 +8,7 @@ body travels as bytes from here to the store (HTTP body, sqlite column) untouche
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -177,7 +177,7 @@ async def encode_documents(uploads: Iterable[StateUpload]) -> list[EncodedDocume
                     produced = 0
                     await anyio.lowlevel.checkpoint()
             body += tail
-            upload.encoded = EncodedDocument(upload.doc_id, upload.session_id, name, tags, body)
+            upload.encoded = _encoded(upload, name, tags, body)
             out.append(upload.encoded)
         except StateEncodeError as exc:
             out.append(str(exc))
@@ -220,6 +220,8 @@ class StateUpload:
     agent_color: str = ""
     tools_count: int = 0
     description: str | None = None
+    #: The ``seq`` of this agent's state the upload continues (optimistic concurrency), if any.
+    parent_seq: int | None = None
     doc_id: str = field(default_factory=new_document_id)
     created: str = field(default_factory=utc_now_iso)
     #: The encoded document, once made (the outbox and the store write share one encoding).
@@ -236,6 +238,10 @@ class EncodedDocument:
     tags: tuple[str, ...]
     body: bytes | bytearray
     document_type: str = DOCUMENT_TYPE
+    #: The agent whose state this is (``content.agent_name``), for per-agent order and retention.
+    agent: str | None = None
+    #: The ``seq`` of the agent's state this one continues: a newer one stored makes it a conflict.
+    parent_seq: int | None = None
 
 
 def _frame(upload: StateUpload, state_size: int) -> tuple[str, tuple[str, ...], bytes, bytes]:
@@ -245,7 +251,7 @@ def _frame(upload: StateUpload, state_size: int) -> tuple[str, tuple[str, ...], 
     stamp = timestamp[:26].replace("-", "").replace(":", "").replace("T", "_").replace(".", "_")
     name = f"session_state_{upload.session_id}_{stamp}"
     tags = (STATE_TAG, AGENT_TAG, upload.agent_name)
-    doc: Mapping[str, object] = {
+    doc: dict[str, object] = {
         "id": upload.doc_id,
         "name": name,
         "description": upload.description
@@ -271,6 +277,8 @@ def _frame(upload: StateUpload, state_size: int) -> tuple[str, tuple[str, ...], 
         },
         "is_public": False,
     }
+    if upload.parent_seq is not None:
+        doc["parent_seq"] = upload.parent_seq
     # orjson escapes every control character inside strings, so a raw NUL byte marks the state's place.
     head, tail = orjson.dumps(doc).split(b"\0")
     return name, tags, head, tail
@@ -289,5 +297,10 @@ def encode_document(upload: StateUpload, state_bytes: bytes | None = None) -> En
     if state_bytes is None:
         state_bytes = encode_state(upload.state)
     name, tags, head, tail = _frame(upload, len(state_bytes))
-    upload.encoded = EncodedDocument(upload.doc_id, upload.session_id, name, tags, head + state_bytes + tail)
+    upload.encoded = _encoded(upload, name, tags, head + state_bytes + tail)
     return upload.encoded
+
+
+def _encoded(upload: StateUpload, name: str, tags: tuple[str, ...], body: bytes | bytearray) -> EncodedDocument:
+    return EncodedDocument(upload.doc_id, upload.session_id, name, tags, body, agent=upload.agent_name,
+                           parent_seq=upload.parent_seq)

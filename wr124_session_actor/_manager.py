@@ -121,14 +121,20 @@ class SessionStateManager:
         agent_color: str = "",
         tools_count: int = 0,
         description: str | None = None,
+        parent_seq: int | None = None,
     ) -> tuple[Status, str]:
         """Store a state; return ``(status, document id)`` or ``(status, error message)``.
 
         In actor mode the upload joins the session's batch and the id may name the document that
         holds a newer state of the same agent (``keep="latest"``).
+
+        ``parent_seq`` is the ``seq`` of this agent's state the new one continues (the one it was
+        restored from): when a newer state of the agent is stored already, the store refuses the
+        upload and the reply is ``FAILED`` with a message that says "conflict".
         """
         details: dict[str, Any] = {"agent_description": agent_description, "agent_color": agent_color,
-                                   "tools_count": tools_count, "description": description}
+                                   "tools_count": tools_count, "description": description,
+                                   "parent_seq": parent_seq}
         if (handle := self._actor_handle("upload")) is not None:
             return await handle.upload(state, task, agent_name, **details)
         return await self._ops.upload(StateUpload(self.session_id, state, task, agent_name, **details))
@@ -143,6 +149,7 @@ class SessionStateManager:
         agent_color: str = "",
         tools_count: int = 0,
         description: str | None = None,
+        parent_seq: int | None = None,
     ) -> Status:
         """Fire-and-forget upload: synchronous, never blocks, never raises; the outcome is logged.
 
@@ -157,7 +164,8 @@ class SessionStateManager:
                            " or ActorSystem.manager()")
             return Status.FAILED
         return self._handle.submit(state, task, agent_name, agent_description=agent_description,
-                                   agent_color=agent_color, tools_count=tools_count, description=description)
+                                   agent_color=agent_color, tools_count=tools_count, description=description,
+                                   parent_seq=parent_seq)
 
     async def flush(self) -> tuple[Status, str]:
         """Write every pending upload now (actor mode); direct mode has nothing pending."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -15,13 +16,14 @@ from ._circuit import CircuitBreaker
 from ._config import Config
 from ._ops import SessionOps
 from ._outbox import Outbox
+from ._status import SessionStateStatus
 from .stores import DocumentStore, open_store
 
 if TYPE_CHECKING:
     from ._handle import SessionHandle
     from ._manager import SessionStateManager
 
-__all__ = ["ActorSystem", "SystemStatistics"]
+__all__ = ["ActorSystem", "SystemStatistics", "WriteObservation"]
 
 
 class _State(enum.Enum):
@@ -30,16 +32,47 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+@dataclass(frozen=True, slots=True)
+class WriteObservation:
+    """One store write, as observers registered with :meth:`ActorSystem.add_write_observer` see it.
+
+    Attributes:
+        duration_s: seconds the write took (retries included, queueing before it excluded).
+        documents: documents in the write.
+        status: its outcome.
+    """
+
+    duration_s: float
+    documents: int
+    status: SessionStateStatus
+
+
 @dataclass(slots=True)
 class SystemCounters:
     """Running totals the actors update (internal; read them through :meth:`ActorSystem.statistics`)."""
 
     submitted: int = 0
     coalesced: int = 0
+    unchanged: int = 0
     documents: int = 0
     store_writes: int = 0
     failed: int = 0
     actors_started: int = 0
+    failed_by_status: dict[str, int] = field(default_factory=dict)
+    write_observers: list[Callable[[WriteObservation], None]] = field(default_factory=list)
+
+    def fail(self, status: SessionStateStatus, count: int = 1) -> None:
+        """Count ``count`` uploads that ended with ``status`` (not ``SUCCESS``)."""
+        self.failed += count
+        self.failed_by_status[status.value] = self.failed_by_status.get(status.value, 0) + count
+
+    def observe_write(self, duration_s: float, documents: int, status: SessionStateStatus) -> None:
+        """Count one store write and tell the observers."""
+        self.store_writes += 1
+        if self.write_observers:
+            observation = WriteObservation(duration_s, documents, status)
+            for observer in self.write_observers:
+                observer(observation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +84,15 @@ class SystemStatistics:
         actors_started: actors started so far (an idle actor that comes back counts again).
         submitted: uploads accepted (``submit`` and awaited ``upload``).
         coalesced: uploads replaced by a newer state of the same agent before being written.
+        unchanged: uploads not written because they equal the agent's last stored state.
         documents: documents written.
         store_writes: store write calls (batches).
         failed: uploads whose write failed.
         queued: messages waiting in all mailboxes.
         pending: uploads waiting in actors' batches (the backlog behind the store write in flight).
+        failed_by_status: ``failed`` split by status value (``"failed"``, ``"timeout"``, ...).
+        outbox_depth: uploads held by the durable outbox, not yet confirmed by the store (0 without one).
+        circuit_state: the store's circuit breaker: ``"closed"``, ``"open"`` or ``"half-open"``.
     """
 
     live_actors: int
@@ -67,6 +104,10 @@ class SystemStatistics:
     failed: int
     queued: int
     pending: int
+    unchanged: int = 0
+    failed_by_status: dict[str, int] = field(default_factory=dict)
+    outbox_depth: int = 0
+    circuit_state: str = "closed"
 
 
 class ActorSystem:
@@ -229,7 +270,15 @@ class ActorSystem:
             failed=c.failed,
             queued=sum(len(a.mailbox) for a in self._actors.values()),
             pending=sum(a.pending for a in self._actors.values()),
+            unchanged=c.unchanged,
+            failed_by_status=dict(c.failed_by_status),
+            outbox_depth=0 if self.outbox is None else self.outbox.pending,
+            circuit_state=self._circuit.state,
         )
+
+    def add_write_observer(self, observer: Callable[[WriteObservation], None]) -> None:
+        """Call ``observer`` after every store write (synchronously: keep it cheap, it must not raise)."""
+        self._counters.write_observers.append(observer)
 
     @property
     def counters(self) -> SystemCounters:
