@@ -55,6 +55,8 @@ class Config:
     spool_max_documents: int = 100_000  # SESSION_STATE_SPOOL_MAX_DOCUMENTS: outbox bound
     circuit_threshold: int = 5  # SESSION_STATE_CIRCUIT_THRESHOLD: transient failures in a row that open it
     circuit_cooldown: float = 0.5  # SESSION_STATE_CIRCUIT_COOLDOWN: first open period, doubled up to 30 s
+    write_concurrency: int = 0  # SESSION_STATE_WRITE_CONCURRENCY: store writes in flight; 0 = by store kind
+    skip_unchanged: bool = True  # SESSION_STATE_SKIP_UNCHANGED: no write for a state equal to the last stored
 
     def __post_init__(self) -> None:
         _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
@@ -80,6 +82,7 @@ class Config:
         ):
             _check(count >= 1, name, "a whole number >= 1")
         _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
+        _check(self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY", "a whole number >= 0")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
         _check(bool(self.project_id) and "/" not in self.project_id, "DEFAULT_PROJECT_ID",
                "a non-empty name without '/'")
@@ -116,6 +119,7 @@ class Config:
         read("SESSION_STATE_SPOOL", "spool", _parse_optional)
         read("SESSION_STATE_KEEP", "keep", _parse_str)
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
+        read("SESSION_STATE_SKIP_UNCHANGED", "skip_unchanged", _parse_bool)
         for field in dataclasses.fields(cls):
             if field.name in values or field.name in ("enabled", "api_url", "project_id", "timeout"):
                 continue
@@ -135,6 +139,14 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """Return a copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def store_write_concurrency(self) -> int:
+        """Store writes in flight at once: ``write_concurrency``, or by store kind (one for a file or memory,
+        a few for a server or a database pool)."""
+        if self.write_concurrency:
+            return self.write_concurrency
+        return 1 if self.store_kind in ("sqlite", "memory") else 4
 
     @property
     def store_kind(self) -> Literal["http", "sqlite", "memory"]:
