@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache"]
+SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "activation"]
 
 
 @pytest.fixture(scope="module")
