@@ -28,7 +28,7 @@ from ._base import (
 from ._engine import SqliteDocuments
 from ._http import HttpStore
 from ._memory import MemoryStore, reset_memory_stores
-from ._postgres import PostgresDocuments
+from ._postgres import PostgresDocuments, close_shared_postgres, shared_postgres
 from ._sqlite import SqliteStore, sqlite_path_from_url
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "SortField",
     "SqliteDocuments",
     "SqliteStore",
+    "close_shared_postgres",
     "is_postgres_url",
     "open_engine",
     "open_store",
@@ -84,7 +85,7 @@ def open_store(config: Config) -> DocumentStore:
     if kind == "sqlite":
         return SqliteStore(sqlite_path_from_url(config.api_url), config.project_id)
     if kind == "postgresql":
-        return EngineStore(PostgresDocuments.from_config(config), config.project_id)
+        return EngineStore(shared_postgres(config), config.project_id, owns_engine=False)
     return HttpStore(
         config.api_url,
         config.project_id,

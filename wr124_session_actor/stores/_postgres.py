@@ -15,6 +15,7 @@ other.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import threading
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["PostgresDocuments"]
+__all__ = ["PostgresDocuments", "close_shared_postgres", "shared_postgres"]
 
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": 'name COLLATE "C"', "seq": "seq"}
 #: Attempts of a batch that raced another writer inserting the same id (the retry sees it stored).
@@ -251,6 +252,38 @@ class PostgresDocuments:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# One pool per database and settings in a process
+
+_SHARED: Final[dict[tuple[object, ...], PostgresDocuments]] = {}
+_SHARED_LOCK: Final = threading.Lock()
+
+
+def shared_postgres(config: Config) -> PostgresDocuments:
+    """The process's engine for ``config.api_url`` and its pool settings, made on first use.
+
+    Stores share it, as an application shares one connection pool: a bare manager per session (the
+    original usage, never closed) costs no connections of its own. Closed at interpreter exit.
+    """
+    key = (config.api_url, config.pg_pool_size, config.pg_max_lifetime, config.pg_prepare_threshold,
+           config.timeout, config.migrate)
+    with _SHARED_LOCK:
+        engine = _SHARED.get(key)
+        if engine is None:
+            engine = _SHARED[key] = PostgresDocuments.from_config(config)
+        return engine
+
+
+@atexit.register
+def close_shared_postgres() -> None:
+    """Close every shared engine's pool (at exit; tests call it between tests)."""
+    with _SHARED_LOCK:
+        engines = list(_SHARED.values())
+        _SHARED.clear()
+    for engine in engines:
+        engine.close()
 
 
 # --------------------------------------------------------------------------------------------------
