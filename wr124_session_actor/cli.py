@@ -28,7 +28,12 @@ DEFAULT_CLI_URL: Final = "sqlite:///wr124_sessions.db"
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Console logs on stderr: warnings (failed outcomes) by default, everything with ``-v``."""
+    """Console logs on stderr: warnings (failed outcomes) by default, everything with ``-v``.
+
+    The PostgreSQL pool's own retries (stdlib logging) are shown only with ``-v``: the command
+    reports the outcome itself.
+    """
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["PostgresDocuments", "close_shared_postgres", "shared_postgres"]
 
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": 'name COLLATE "C"', "seq": "seq"}
+#: Seconds the pool keeps retrying a failed connection attempt (backoff 1 s, 2 s, ...) before it gives
+#: up; the next call then starts a new attempt at once. Short, so that a database back from a restart
+#: is used within seconds rather than after a long backoff.
+_RECONNECT_TIMEOUT: Final = 5.0
 #: Attempts of a batch that raced another writer inserting the same id (the retry sees it stored).
 _INSERT_ATTEMPTS: Final = 3
 
@@ -131,6 +135,7 @@ class PostgresDocuments:
                     check=ConnectionPool.check_connection,
                     max_lifetime=self.max_lifetime,
                     timeout=self.timeout,
+                    reconnect_timeout=_RECONNECT_TIMEOUT,
                     name="wr124-session-actor",
                 )
                 made.open(wait=False)
