@@ -71,6 +71,16 @@ def postgres_url() -> Iterator[str]:
         cluster.destroy()
 
 
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster of the test module's own (a ``tests.pgcluster.PgCluster``), which its tests
+    may stop and start again; needs the PostgreSQL binaries (CI has them)."""
+    from .pgcluster import PgCluster
+
+    with PgCluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
 def postgres_db(postgres_url: str) -> Iterator[str]:
     """The URL of a fresh, empty PostgreSQL database, dropped after the test."""

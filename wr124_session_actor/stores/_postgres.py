@@ -216,7 +216,7 @@ class PostgresDocuments:
             args.append(query.created_before)
         clause = " AND ".join(where)
         direction = "DESC" if query.sort_order < 0 else "ASC"
-        order = f"{_ORDER[query.sort_by]} {direction}, seq {direction}, id {direction}"
+        order = f"{_ORDER[query.sort_by]} {direction}, pos {direction}"
         with self._connection() as conn:
             rows = conn.execute(
                 f"SELECT id, seq, created_at, updated_at, body::text, count(*) OVER ()"
@@ -296,12 +296,21 @@ def close_shared_postgres() -> None:
 
 _UPSERT_COUNTERS: Final = """
 INSERT INTO wr124_session_seqs AS c (project, session_id, last_seq, last_created)
-SELECT %s, s.session_id, s.n, clock_timestamp()
+SELECT %s, s.session_id, s.n, '-infinity'
 FROM unnest(%s::text[], %s::bigint[]) AS s(session_id, n)
 ORDER BY s.session_id
-ON CONFLICT (project, session_id) DO UPDATE
-SET last_seq = c.last_seq + excluded.last_seq, last_created = greatest(c.last_created, clock_timestamp())
-RETURNING session_id, last_seq, last_created
+ON CONFLICT (project, session_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
+RETURNING session_id, last_seq
+"""
+
+# Run once every counter row of the batch is locked: one created_at for the whole batch (as sqlite
+# has), never earlier than any of its sessions' last one. The scalar subquery reads the clock once.
+_STAMP_COUNTERS: Final = """
+UPDATE wr124_session_seqs AS c SET last_created = b.ts
+FROM (SELECT greatest((SELECT clock_timestamp()), max(last_created)) AS ts
+      FROM wr124_session_seqs WHERE project = %s AND session_id = ANY(%s)) AS b
+WHERE c.project = %s AND c.session_id = ANY(%s)
+RETURNING b.ts
 """
 
 _INSERT_ROWS: Final = """
@@ -352,11 +361,10 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
         counts[doc.session_id] = counts.get(doc.session_id, 0) + 1
     sessions = sorted(counts)
     # Locks each session's counter row (in one order: no deadlock between batches) until commit.
-    top: dict[str, tuple[int, datetime]] = {
-        session: (last, when) for session, last, when in conn.execute(
-            _UPSERT_COUNTERS, (project, sessions, [counts[s] for s in sessions])
-        )
-    }
+    top: dict[str, int] = dict(conn.execute(_UPSERT_COUNTERS, (project, sessions, [counts[s] for s in sessions])))
+    stamp = conn.execute(_STAMP_COUNTERS, (project, sessions, project, sessions)).fetchone()
+    assert stamp is not None
+    created_at: datetime = stamp[0]
     for doc in new:
         if doc.parent_seq is not None:
             row = conn.execute(
@@ -366,13 +374,13 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
             ).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
                 raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
-    next_seq = {session: last - counts[session] + 1 for session, (last, _) in top.items()}
+    next_seq = {session: last - counts[session] + 1 for session, last in top.items()}
     columns: list[list[Any]] = [[] for _ in range(9)]
     for doc in new:
         seq = next_seq[doc.session_id]
         next_seq[doc.session_id] = seq + 1
         row = (doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name,
-               orjson.dumps(doc.tags).decode(), top[doc.session_id][1], bytes(doc.body).decode())
+               orjson.dumps(doc.tags).decode(), created_at, bytes(doc.body).decode())
         for column, value in zip(columns, row, strict=True):
             column.append(value)
     cursor = conn.execute(_INSERT_ROWS, (project, *columns))
