@@ -313,14 +313,11 @@ WHERE c.project = %s AND c.session_id = ANY(%s)
 RETURNING b.ts
 """
 
-_INSERT_ROWS: Final = """
+# executemany: psycopg sends the rows in one pipeline (no round trip per row); ``rowcount`` is their sum.
+_INSERT_ROW: Final = """
 INSERT INTO wr124_documents
     (project, id, session_id, seq, agent, document_type, name, tags, created_at, updated_at, body)
-SELECT %s, r.id, r.session_id, r.seq, r.agent, r.document_type, r.name,
-       ARRAY(SELECT jsonb_array_elements_text(r.tags::jsonb)), r.created_at, r.created_at, r.body::jsonb
-FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::timestamptz[], %s::text[])
-    AS r(id, session_id, seq, agent, document_type, name, tags, created_at, body)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
 ON CONFLICT (project, id) DO NOTHING
 """
 
@@ -375,17 +372,16 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
             if row and row[0] is not None and row[0] > doc.parent_seq:
                 raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
     next_seq = {session: last - counts[session] + 1 for session, last in top.items()}
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    rows: list[tuple[object, ...]] = []
     for doc in new:
         seq = next_seq[doc.session_id]
         next_seq[doc.session_id] = seq + 1
-        row = (doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name,
-               orjson.dumps(doc.tags).decode(), created_at, bytes(doc.body).decode())
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    cursor = conn.execute(_INSERT_ROWS, (project, *columns))
-    if cursor.rowcount != len(new):
-        raise _Raced
+        rows.append((project, doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name, list(doc.tags),
+                     created_at, created_at, bytes(doc.body).decode()))
+    with conn.cursor() as cursor:
+        cursor.executemany(_INSERT_ROW, rows)
+        if cursor.rowcount != len(new):
+            raise _Raced
 
 
 # --------------------------------------------------------------------------------------------------
