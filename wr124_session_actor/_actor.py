@@ -115,7 +115,8 @@ class SessionActor:
                 if not batch:
                     return
                 now = monotonic()
-                due = batch.due_at()
+                # A full store write's worth pending across the system: waiting for quiet gains nothing.
+                due = batch.retry_at if self.counters.pending >= self.ops.config.max_batch else batch.due_at()
                 if due <= now or not await mailbox.wait(due - now):
                     await self._flush()
         finally:
@@ -150,8 +151,10 @@ class SessionActor:
             message.reply.set((Status.SUCCESS, "flushed"))
 
     def _add(self, message: Upload) -> None:
-        replaced, coalesced = self._batch.add(message.upload, message.reply, message.coalesced,
-                                              monotonic())
+        batch = self._batch
+        before = len(batch)
+        replaced, coalesced = batch.add(message.upload, message.reply, message.coalesced, monotonic())
+        self.counters.pending += len(batch) - before
         self.counters.coalesced += coalesced
         if replaced is not None and self.outbox is not None:
             self.outbox.settle((replaced.doc_id,))
@@ -163,7 +166,9 @@ class SessionActor:
         items = batch.take()
         outcomes = await self.ops.write([p.upload for p in items], self._stage.write,
                                         coalesced=sum(p.coalesced for p in items), final=False)
-        self._answer(batch.settle(items, outcomes, monotonic()))
+        done = batch.settle(items, outcomes, monotonic())
+        self.counters.pending -= len(done)
+        self._answer(done)
 
     def _answer(self, done: list[tuple[PendingUpload[Reply], UploadOutcome]]) -> None:
         counters = self.counters
@@ -197,6 +202,7 @@ class SessionActor:
         left = self._batch.clear()
         if not left:
             return
+        self.counters.pending -= len(left)
         self.counters.fail(Status.FAILED, len(left))
         if self.outbox is not None:
             reason = "not written before shutdown_timeout; kept in the outbox for the next start"

@@ -261,7 +261,7 @@ class ActorRuntime:
             store_writes=c.store_writes,
             failed=c.failed,
             queued=sum(len(a.mailbox) for a in actors),
-            pending=sum(a.pending for a in actors),
+            pending=c.pending,
             unchanged=c.unchanged,
             failed_by_status=dict(c.failed_by_status),
             outbox_depth=0 if self.outbox is None else self.outbox.pending,
