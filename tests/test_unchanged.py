@@ -37,8 +37,8 @@ class TestUnchanged:
         """Fire-and-forget submits of an unchanged state are counted in statistics().unchanged."""
         async with ActorSystem(sqlite_config.replace(keep="all")) as system:
             handle = system.handle("s")
-            for _ in range(3):
-                for n in range(50):
+            for _round in range(3):
+                for _ in range(50):
                     handle.submit({"same": True}, "t", "a")
                 await handle.flush()
         assert system.statistics().unchanged == 149

@@ -82,7 +82,7 @@ class TestRefusals:
         sessions' uploads in the same merged write are stored."""
         direct = SessionStateManager("shared", sqlite_config)
         _, first = await direct.upload_session_state({"v": 1}, "t", "a")
-        _, second = await direct.upload_session_state({"v": 2}, "t", "a")
+        await direct.upload_session_state({"v": 2}, "t", "a")
         status, content = await direct.restore_session_state(first)
         assert status is S.SUCCESS and content is not None
         stale_seq = content["seq"]
