@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from ._exceptions import ConfigError
+from ._retention import RetentionPolicy, parse_duration
 
 __all__ = ["HTTP_CLIENTS", "Config"]
 
@@ -55,6 +56,10 @@ class Config:
     spool_max_documents: int = 100_000  # SESSION_STATE_SPOOL_MAX_DOCUMENTS: outbox bound
     circuit_threshold: int = 5  # SESSION_STATE_CIRCUIT_THRESHOLD: transient failures in a row that open it
     circuit_cooldown: float = 0.5  # SESSION_STATE_CIRCUIT_COOLDOWN: first open period, doubled up to 30 s
+    keep_last: int = 0  # SESSION_STATE_KEEP_LAST: newest states kept per (session, agent); 0 = unlimited
+    max_age: float | None = None  # SESSION_STATE_MAX_AGE: seconds (or 90s/15m/12h/7d); older states go
+    idle_ttl: float | None = None  # SESSION_STATE_IDLE_TTL: a session with no write for this long goes whole
+    sweep_interval: float = 60.0  # SESSION_STATE_SWEEP_INTERVAL: seconds between the store's periodic sweeps
 
     def __post_init__(self) -> None:
         _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
@@ -68,6 +73,9 @@ class Config:
             ("SESSION_STATE_RETRY_BACKOFF_MAX", self.retry_backoff_max),
             ("SESSION_STATE_SPOOL_SYNC_INTERVAL", self.spool_sync_interval),
             ("SESSION_STATE_CIRCUIT_COOLDOWN", self.circuit_cooldown),
+            ("SESSION_STATE_SWEEP_INTERVAL", self.sweep_interval),
+            ("SESSION_STATE_MAX_AGE", 0.0 if self.max_age is None else self.max_age),
+            ("SESSION_STATE_IDLE_TTL", 0.0 if self.idle_ttl is None else self.idle_ttl),
         ):
             _check(value >= 0 and math.isfinite(value), name, "a number >= 0")
         for name, count in (
@@ -80,6 +88,7 @@ class Config:
         ):
             _check(count >= 1, name, "a whole number >= 1")
         _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
+        _check(self.keep_last >= 0, "SESSION_STATE_KEEP_LAST", "a whole number >= 0 (0 = unlimited)")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
         _check(bool(self.project_id) and "/" not in self.project_id, "DEFAULT_PROJECT_ID",
                "a non-empty name without '/'")
@@ -116,6 +125,8 @@ class Config:
         read("SESSION_STATE_SPOOL", "spool", _parse_optional)
         read("SESSION_STATE_KEEP", "keep", _parse_str)
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
+        read("SESSION_STATE_MAX_AGE", "max_age", _parse_duration)
+        read("SESSION_STATE_IDLE_TTL", "idle_ttl", _parse_duration)
         for field in dataclasses.fields(cls):
             if field.name in values or field.name in ("enabled", "api_url", "project_id", "timeout"):
                 continue
@@ -135,6 +146,11 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """Return a copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        """The retention policy the settings ``keep_last``, ``max_age`` and ``idle_ttl`` make."""
+        return RetentionPolicy(self.keep_last, self.max_age or None, self.idle_ttl or None)
 
     @property
     def store_kind(self) -> Literal["http", "sqlite", "memory"]:
@@ -174,6 +190,13 @@ def _parse_int(var: str, raw: str) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+
+
+def _parse_duration(var: str, raw: str) -> float | None:
+    try:
+        return parse_duration(raw) or None
+    except ValueError:
+        raise ConfigError(f"{var} must be a duration such as 90s, 15m, 12h, 7d or seconds, got {raw!r}") from None
 
 
 def _parse_str(var: str, raw: str) -> str:
