@@ -33,6 +33,7 @@ SCENARIOS: Final = {
     "sessions": "bench.sessions",
     "large_states": "bench.large_states",
     "cache": "bench.cache",
+    "growth": "bench.growth",
 }
 
 DEFAULT_JSON: Final = Path(__file__).resolve().parent / "results.json"

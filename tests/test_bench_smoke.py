@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache"]
+SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "growth"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ class TestBenchSmoke:
         assert "### Targets" in proc.stdout
         assert "| target | goal |" in proc.stdout
         for title in ("1. Chatty upload", "2. Keep-all", "3. Peer", "4. Many sessions", "5. Large states",
-                      "6. Cache"):
+                      "6. Cache", "7. Growth"):
             assert title in proc.stdout
 
     def test_writes_json_with_every_scenario(self, smoke_run: tuple[subprocess.CompletedProcess[str], Any]) -> None:

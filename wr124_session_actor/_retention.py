@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["PruneReport", "RetentionPolicy", "format_duration", "parse_duration"]
+__all__ = ["NO_RETENTION", "PruneReport", "RetentionPolicy", "format_duration", "parse_duration"]
 
 _UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)", re.IGNORECASE)
@@ -124,6 +124,10 @@ class RetentionPolicy:
         return " ".join(parts) or "off"
 
 
+#: The policy that removes nothing (the default everywhere).
+NO_RETENTION: Final = RetentionPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class PruneReport:
     """What a prune removed, or with ``dry_run`` would remove.
@@ -133,12 +137,14 @@ class PruneReport:
         documents: documents removed, those of whole sessions included.
         bytes: the size of the removed documents' stored bodies.
         dry_run: whether this only counted (nothing was removed).
+        complete: false when a time budget stopped the prune before it was done (not in the JSON).
     """
 
     sessions: int = 0
     documents: int = 0
     bytes: int = 0
     dry_run: bool = False
+    complete: bool = True
 
     def __add__(self, other: PruneReport) -> PruneReport:
         return PruneReport(
@@ -146,6 +152,7 @@ class PruneReport:
             self.documents + other.documents,
             self.bytes + other.bytes,
             self.dry_run and other.dry_run,
+            self.complete and other.complete,
         )
 
     def as_dict(self) -> dict[str, Any]:

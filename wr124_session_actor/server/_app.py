@@ -8,6 +8,7 @@ Routes::
     GET    /{project}/json-documents?filters     200 {"data": [...], "total": n, "limit": l, "skip": s}
     GET    /{project}/json-documents/{id}        200 the document, or 404
     DELETE /{project}/json-documents/{id}        200 {"deleted": id}, or 404
+    POST   /{project}/json-documents/prune       200 {"sessions", "documents", "bytes", "dry_run"} (_prune.py)
 
 Every error is a JSON body ``{"error": message, "status": code}``; no request is answered with a 500.
 """
@@ -32,8 +33,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
+from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores._base import SORT_FIELDS, Query
 from ..stores._engine import DocumentConflict, SqliteDocuments
+from ._prune import install_retention, sweep_after_write
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
 
@@ -461,6 +464,7 @@ async def _create(request: web.Request) -> web.Response:
     doc = await _cpu_call(len(body), _prepare_single, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     ((doc_id, created),) = await _engine_call(request.app, engine.insert_many, _project(request), [doc])
+    await sweep_after_write(request.app, _project(request), [doc])
     location = str(request.rel_url.with_query(None) / doc_id)
     return _json_response({"id": doc_id}, 201 if created else 200, {"Location": location})
 
@@ -470,6 +474,7 @@ async def _create_batch(request: web.Request) -> web.Response:
     docs = await _cpu_call(len(body), _prepare_batch, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     results = await _engine_call(request.app, engine.insert_many, _project(request), docs)
+    await sweep_after_write(request.app, _project(request), docs)
     created = any(was_created for _, was_created in results)
     return _json_response({"ids": [doc_id for doc_id, _ in results]}, 201 if created else 200)
 
@@ -583,6 +588,8 @@ def create_app(
     limits: ServerLimits = DEFAULT_LIMITS,
     enable_batch: bool = True,
     middlewares: Sequence[Middleware] = (),
+    retention: RetentionPolicy = NO_RETENTION,
+    sweep_interval: float = 60.0,
 ) -> web.Application:
     """Build the json-documents application over the sqlite file ``db_path``.
 
@@ -597,6 +604,9 @@ def create_app(
             as an older server would, and clients fall back to single POSTs.
         middlewares: extra middlewares, run inside the JSON-error middleware and before auth (the
             test server's delay is one).
+        retention: the retention policy the server enforces: keep-last after every write, the
+            whole policy in a periodic sweep; ``POST /{project}/json-documents/prune`` prunes on demand.
+        sweep_interval: seconds between periodic sweeps (0: none).
 
     Returns:
         The application, ready for ``web.run_app`` or an ``AppRunner``.
@@ -616,4 +626,6 @@ def create_app(
         app.router.add_post(collection + "/batch", _create_batch, name="batch")
     app.router.add_get(collection + "/{doc_id}", _get, name="get")
     app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
+    install_retention(app, engine=lambda a: a[_ENGINE], call=_engine_call, policy=retention,
+                      sweep_interval=sweep_interval)
     return app

@@ -10,6 +10,7 @@ from ._base import MAX_QUERY_LIMIT, Document, DocumentStore, Query, QueryResult
 from ._engine import DocumentConflict, SqliteDocuments
 from ._http import HttpStore
 from ._memory import MemoryStore, reset_memory_stores
+from ._retention import PruningEngine, RetentionSweeper
 from ._sqlite import SqliteStore, sqlite_path_from_url
 
 __all__ = [
@@ -19,8 +20,10 @@ __all__ = [
     "DocumentStore",
     "HttpStore",
     "MemoryStore",
+    "PruningEngine",
     "Query",
     "QueryResult",
+    "RetentionSweeper",
     "SqliteDocuments",
     "SqliteStore",
     "open_store",
