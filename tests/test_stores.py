@@ -10,8 +10,7 @@ import pytest
 
 from wr124_session_actor import DocumentNotFound, DocumentStore, Query, StoreClosed, StoreRejected
 from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
-from wr124_session_actor.stores import MemoryStore, SqliteStore
-from wr124_session_actor.stores._engine import DocumentConflict, SqliteDocuments
+from wr124_session_actor.stores import DocumentConflict, MemoryStore, SqliteDocuments, SqliteStore
 
 pytestmark = pytest.mark.anyio
 

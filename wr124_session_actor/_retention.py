@@ -21,7 +21,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["NO_RETENTION", "PruneReport", "RetentionPolicy", "format_duration", "parse_duration"]
+__all__ = ["NO_RETENTION", "PRUNE_BATCH", "PruneReport", "RetentionPolicy", "format_duration", "parse_duration"]
+
+#: The most rows one prune transaction deletes (writers wait at most one such batch).
+PRUNE_BATCH: Final = 1000
 
 _UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)", re.IGNORECASE)

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from .._document import EncodedDocument
 from .._retention import RetentionPolicy
-from ..stores import PruningEngine, RetentionSweeper
+from ..stores import DocumentEngine, RetentionSweeper
 
 __all__ = ["install_retention", "sweep_after_write"]
 
@@ -49,7 +49,7 @@ _MAX_BODY: Final = 64 * 1024
 @dataclass(frozen=True, slots=True)
 class _Retention:
     policy: RetentionPolicy
-    engine: Callable[[web.Application], PruningEngine]
+    engine: Callable[[web.Application], DocumentEngine]
     call: EngineCall
     sweep_interval: float
 
@@ -60,7 +60,7 @@ _RETENTION: Final = web.AppKey("retention", _Retention)
 def install_retention(
     app: web.Application,
     *,
-    engine: Callable[[web.Application], PruningEngine],
+    engine: Callable[[web.Application], DocumentEngine],
     call: EngineCall,
     policy: RetentionPolicy,
     sweep_interval: float = 60.0,

@@ -24,19 +24,18 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 import structlog
 
 from .._document import EncodedDocument
-from .._retention import PruneReport, RetentionPolicy
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
+from ._base import DocumentEngine
 
 __all__ = [
-    "DEFAULT_PRUNE_BATCH",
     "POSTGRES_DIALECT",
     "SQLITE_DIALECT",
     "Dialect",
-    "PruningEngine",
     "RetentionSweeper",
     "Transact",
     "prune_documents",
@@ -45,9 +44,6 @@ __all__ = [
 logger = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-#: Rows one sweep transaction deletes at most.
-DEFAULT_PRUNE_BATCH: Final = 1000
 
 #: Runs a function on the engine's connection inside one transaction and returns its result.
 Transact = Callable[[Callable[[Any], T]], T]
@@ -88,24 +84,6 @@ POSTGRES_DIALECT: Final = Dialect(
 )
 
 
-class PruningEngine(Protocol):
-    """The part of a document engine a :class:`RetentionSweeper` uses."""
-
-    def prune(
-        self,
-        project: str | None,
-        policy: RetentionPolicy,
-        *,
-        session_id: str | None = None,
-        dry_run: bool = False,
-        now: datetime | None = None,
-        batch_size: int = DEFAULT_PRUNE_BATCH,
-        time_budget: float | None = None,
-    ) -> PruneReport:
-        """Remove (or count) what ``policy`` removes; see :func:`prune_documents`."""
-        ...
-
-
 def prune_documents(
     transact: Transact[Any],
     dialect: Dialect,
@@ -115,7 +93,7 @@ def prune_documents(
     session_id: str | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
-    batch_size: int = DEFAULT_PRUNE_BATCH,
+    batch_size: int = PRUNE_BATCH,
     time_budget: float | None = None,
 ) -> PruneReport:
     """Apply ``policy`` to the ``documents`` table, in batches; return what was (or would be) removed.
@@ -276,7 +254,7 @@ class RetentionSweeper:
 
     def __init__(
         self,
-        engine: PruningEngine,
+        engine: DocumentEngine,
         policy: RetentionPolicy,
         *,
         interval: float = 60.0,
