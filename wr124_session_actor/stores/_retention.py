@@ -120,10 +120,15 @@ def prune_documents(
     moment = datetime.now(UTC) if now is None else now
     sweep = _Sweep(transact, dialect, policy, moment, batch_size, dry_run)
     started = time.monotonic()
-    for proj, sid, idle in transact(lambda conn: sweep.sessions(conn, project, session_id)):
-        if time_budget is not None and time.monotonic() - started > time_budget:
+    sessions = transact(lambda conn: sweep.sessions(conn, project, session_id))
+    for index, (proj, sid, idle) in enumerate(sessions):
+        done = sweep.remove_session(proj, sid) if idle else sweep.trim_session(proj, sid)
+        report += done
+        # The budget stops a sweep only right after a session that had something to remove: a sweep
+        # started again from the first session passes the ones already done quickly, so it advances.
+        if (time_budget is not None and done.documents and index + 1 < len(sessions)
+                and time.monotonic() - started > time_budget):
             return PruneReport(report.sessions, report.documents, report.bytes, dry_run, complete=False)
-        report += sweep.remove_session(proj, sid) if idle else sweep.trim_session(proj, sid)
     return report
 
 
