@@ -62,12 +62,6 @@ def between(engine: DocumentEngine, project: str, older: set[str]) -> datetime:
     return last + (first - last) / 2
 
 
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> str:
-    """The test PostgreSQL server (the shared ``postgres_url`` fixture)."""
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -76,7 +70,7 @@ def engine_kind(request: pytest.FixtureRequest) -> str:
 def open_engine(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> DocumentEngine:
     if kind == "sqlite":
         return SqliteDocuments(tmp_path / "retention.db")
-    return PostgresDocuments(request.getfixturevalue("pg_url"), pool_size=4)
+    return PostgresDocuments(request.getfixturevalue("postgres_url"), pool_size=4)
 
 
 @pytest.fixture
@@ -298,9 +292,9 @@ class TestKeepLastUnderLoad:
             await submit_all(config)
             await assert_newest_five(config)
 
-    async def test_postgresql(self, pg_url: str, project: str, anyio_backend: str) -> None:
+    async def test_postgresql(self, postgres_url: str, project: str, anyio_backend: str) -> None:
         """On PostgreSQL."""
-        config = Config(api_url=pg_url, project_id=project, keep="all", keep_last=5, mailbox_size=4096,
+        config = Config(api_url=postgres_url, project_id=project, keep="all", keep_last=5, mailbox_size=4096,
                         timeout=120)
         await submit_all(config)
         await assert_newest_five(config)
@@ -313,7 +307,7 @@ class TestSweepUnderLoad:
         """A sweep (another engine, as another replica or the CLI would) while 5 writers keep writing:
         no writer fails or waits a second, and every writer's 5 newest states survive."""
         sweeper = open_engine(engine_kind, tmp_path, request)
-        url = f"sqlite:///{tmp_path / 'retention.db'}" if engine_kind == "sqlite" else request.getfixturevalue("pg_url")
+        url = f"sqlite:///{tmp_path / 'retention.db'}" if engine_kind == "sqlite" else request.getfixturevalue("postgres_url")
         sweeper.ping()  # opens (and migrates) the database before the writers start
         backlog = [state(f"w{w}", "a", -1) for w in range(5) for _ in range(4000)]
         for start in range(0, len(backlog), 1000):

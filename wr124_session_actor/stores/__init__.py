@@ -28,7 +28,7 @@ from ._base import (
 from ._engine import SqliteDocuments
 from ._http import HttpStore
 from ._memory import MemoryStore, reset_memory_stores
-from ._postgres import PostgresDocuments
+from ._postgres import PostgresDocuments, close_shared_postgres, shared_postgres
 from ._retention import RetentionSweeper
 from ._sqlite import SqliteStore, sqlite_path_from_url
 
@@ -50,6 +50,7 @@ __all__ = [
     "SortField",
     "SqliteDocuments",
     "SqliteStore",
+    "close_shared_postgres",
     "is_postgres_url",
     "open_engine",
     "open_store",
@@ -90,8 +91,8 @@ def open_store(config: Config) -> DocumentStore:
         path = sqlite_path_from_url(config.api_url)
         return SqliteStore(path, config.project_id, retention=policy, sweep_interval=interval)
     if kind == "postgresql":
-        engine = PostgresDocuments.from_config(config)
-        return EngineStore(engine, config.project_id, retention=policy, sweep_interval=interval)
+        engine = shared_postgres(config)
+        return EngineStore(engine, config.project_id, owns_engine=False, retention=policy, sweep_interval=interval)
     return HttpStore(
         config.api_url,
         config.project_id,

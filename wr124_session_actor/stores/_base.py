@@ -120,6 +120,11 @@ class DocumentEngine(Protocol):
         """Return when the database is usable (opening and migrating it on first use); raise when not."""
         ...
 
+    def migrate(self) -> list[int]:
+        """Bring the database's schema up to date (safe with other processes at once); return the schema
+        versions this engine applied."""
+        ...
+
     def close(self) -> None:
         """Release connections (a later call opens them again)."""
         ...

@@ -15,6 +15,7 @@ other.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import threading
@@ -37,11 +38,15 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
-__all__ = ["PostgresDocuments"]
+__all__ = ["PostgresDocuments", "close_shared_postgres", "shared_postgres"]
 
 T = TypeVar("T")
 
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": 'name COLLATE "C"', "seq": "seq"}
+#: Seconds the pool keeps retrying a failed connection attempt (backoff 1 s, 2 s, ...) before it gives
+#: up; the next call then starts a new attempt at once. Short, so that a database back from a restart
+#: is used within seconds rather than after a long backoff.
+_RECONNECT_TIMEOUT: Final = 5.0
 #: Attempts of a batch that raced another writer inserting the same id (the retry sees it stored).
 _INSERT_ATTEMPTS: Final = 3
 
@@ -134,6 +139,7 @@ class PostgresDocuments:
                     check=ConnectionPool.check_connection,
                     max_lifetime=self.max_lifetime,
                     timeout=self.timeout,
+                    reconnect_timeout=_RECONNECT_TIMEOUT,
                     name="wr124-session-actor",
                 )
                 made.open(wait=False)
@@ -214,7 +220,7 @@ class PostgresDocuments:
             args.append(query.created_before)
         clause = " AND ".join(where)
         direction = "DESC" if query.sort_order < 0 else "ASC"
-        order = f"{_ORDER[query.sort_by]} {direction}, seq {direction}, id {direction}"
+        order = f"{_ORDER[query.sort_by]} {direction}, pos {direction}"
         with self._connection() as conn:
             rows = conn.execute(
                 f"SELECT id, seq, created_at, updated_at, body::text, count(*) OVER ()"
@@ -279,16 +285,57 @@ class PostgresDocuments:
 
 
 # --------------------------------------------------------------------------------------------------
+# One pool per database and settings in a process
+
+_SHARED: Final[dict[tuple[object, ...], PostgresDocuments]] = {}
+_SHARED_LOCK: Final = threading.Lock()
+
+
+def shared_postgres(config: Config) -> PostgresDocuments:
+    """The process's engine for ``config.api_url`` and its pool settings, made on first use.
+
+    Stores share it, as an application shares one connection pool: a bare manager per session (the
+    original usage, never closed) costs no connections of its own. Closed at interpreter exit.
+    """
+    key = (config.api_url, config.pg_pool_size, config.pg_max_lifetime, config.pg_prepare_threshold,
+           config.timeout, config.migrate)
+    with _SHARED_LOCK:
+        engine = _SHARED.get(key)
+        if engine is None:
+            engine = _SHARED[key] = PostgresDocuments.from_config(config)
+        return engine
+
+
+@atexit.register
+def close_shared_postgres() -> None:
+    """Close every shared engine's pool (at exit; tests call it between tests)."""
+    with _SHARED_LOCK:
+        engines = list(_SHARED.values())
+        _SHARED.clear()
+    for engine in engines:
+        engine.close()
+
+
+# --------------------------------------------------------------------------------------------------
 # The insert transaction
 
 _UPSERT_COUNTERS: Final = """
 INSERT INTO wr124_session_seqs AS c (project, session_id, last_seq, last_created)
-SELECT %s, s.session_id, s.n, clock_timestamp()
+SELECT %s, s.session_id, s.n, '-infinity'
 FROM unnest(%s::text[], %s::bigint[]) AS s(session_id, n)
 ORDER BY s.session_id
-ON CONFLICT (project, session_id) DO UPDATE
-SET last_seq = c.last_seq + excluded.last_seq, last_created = greatest(c.last_created, clock_timestamp())
-RETURNING session_id, last_seq, last_created
+ON CONFLICT (project, session_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
+RETURNING session_id, last_seq
+"""
+
+# Run once every counter row of the batch is locked: one created_at for the whole batch (as sqlite
+# has), never earlier than any of its sessions' last one. The scalar subquery reads the clock once.
+_STAMP_COUNTERS: Final = """
+UPDATE wr124_session_seqs AS c SET last_created = b.ts
+FROM (SELECT greatest((SELECT clock_timestamp()), max(last_created)) AS ts
+      FROM wr124_session_seqs WHERE project = %s AND session_id = ANY(%s)) AS b
+WHERE c.project = %s AND c.session_id = ANY(%s)
+RETURNING b.ts
 """
 
 _INSERT_ROWS: Final = """
@@ -339,11 +386,10 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
         counts[doc.session_id] = counts.get(doc.session_id, 0) + 1
     sessions = sorted(counts)
     # Locks each session's counter row (in one order: no deadlock between batches) until commit.
-    top: dict[str, tuple[int, datetime]] = {
-        session: (last, when) for session, last, when in conn.execute(
-            _UPSERT_COUNTERS, (project, sessions, [counts[s] for s in sessions])
-        )
-    }
+    top: dict[str, int] = dict(conn.execute(_UPSERT_COUNTERS, (project, sessions, [counts[s] for s in sessions])))
+    stamp = conn.execute(_STAMP_COUNTERS, (project, sessions, project, sessions)).fetchone()
+    assert stamp is not None
+    created_at: datetime = stamp[0]
     for doc in new:
         if doc.parent_seq is not None:
             row = conn.execute(
@@ -353,13 +399,13 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
             ).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
                 raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
-    next_seq = {session: last - counts[session] + 1 for session, (last, _) in top.items()}
+    next_seq = {session: last - counts[session] + 1 for session, last in top.items()}
     columns: list[list[Any]] = [[] for _ in range(9)]
     for doc in new:
         seq = next_seq[doc.session_id]
         next_seq[doc.session_id] = seq + 1
         row = (doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name,
-               orjson.dumps(doc.tags).decode(), top[doc.session_id][1], bytes(doc.body).decode())
+               orjson.dumps(doc.tags).decode(), created_at, bytes(doc.body).decode())
         for column, value in zip(columns, row, strict=True):
             column.append(value)
     cursor = conn.execute(_INSERT_ROWS, (project, *columns))
