@@ -35,6 +35,7 @@ SCENARIOS: Final = {
     "cache": "bench.cache",
     "activation": "bench.activation",
     "postgres": "bench.postgres",
+    "growth": "bench.growth",
 }
 
 DEFAULT_JSON: Final = Path(__file__).resolve().parent / "results.json"

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "activation", "postgres"]
+SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "activation", "postgres",
+             "growth"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ class TestBenchSmoke:
         assert "### Targets" in proc.stdout
         assert "| target | goal |" in proc.stdout
         for title in ("1. Chatty upload", "2. Keep-all", "3. Peer", "4. Many sessions", "5. Large states",
-                      "6. Cache", "7. PostgreSQL"):
+                      "6. Cache", "7. Activation", "8. PostgreSQL", "9. Growth"):
             assert title in proc.stdout
 
     def test_writes_json_with_every_scenario(self, smoke_run: tuple[subprocess.CompletedProcess[str], Any]) -> None:

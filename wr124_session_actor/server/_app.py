@@ -8,6 +8,7 @@ Routes::
     GET    /{project}/json-documents?filters     200 {"data": [...], "total": n, "limit": l, "skip": s}
     GET    /{project}/json-documents/{id}        200 the document, or 404
     DELETE /{project}/json-documents/{id}        200 {"deleted": id}, or 404
+    POST   /{project}/json-documents/prune       200 {"sessions", "documents", "bytes", "dry_run"} (_prune.py)
 
 Every error is a JSON body ``{"error": message, "status": code}``; no request is answered with a 500.
 A replica holds no state between requests: everything lives in the engine's database.
@@ -35,7 +36,9 @@ from multidict import MultiMapping
 from .._config import Config
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
 from .._exceptions import StoreError, StoreRejected
+from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
+from ._prune import install_retention, sweep_after_write
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
 
@@ -476,6 +479,7 @@ async def _create(request: web.Request) -> web.Response:
     doc = await _cpu_call(len(body), _prepare_single, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     ((doc_id, created),) = await _engine_call(request.app, engine.insert_many, _project(request), [doc])
+    await sweep_after_write(request.app, _project(request), [doc])
     location = str(request.rel_url.with_query(None) / doc_id)
     return _json_response({"id": doc_id}, 201 if created else 200, {"Location": location})
 
@@ -485,6 +489,7 @@ async def _create_batch(request: web.Request) -> web.Response:
     docs = await _cpu_call(len(body), _prepare_batch, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     results = await _engine_call(request.app, engine.insert_many, _project(request), docs)
+    await sweep_after_write(request.app, _project(request), docs)
     created = any(was_created for _, was_created in results)
     return _json_response({"ids": [doc_id for doc_id, _ in results]}, 201 if created else 200)
 
@@ -603,6 +608,8 @@ def create_app(
     enable_batch: bool = True,
     middlewares: Sequence[Middleware] = (),
     config: Config | None = None,
+    retention: RetentionPolicy = NO_RETENTION,
+    sweep_interval: float = 60.0,
 ) -> web.Application:
     """Build the json-documents application over a database: a sqlite file or a PostgreSQL URL.
 
@@ -619,6 +626,9 @@ def create_app(
         middlewares: extra middlewares, run inside the JSON-error middleware and before auth (the
             test server's delay is one).
         config: PostgreSQL pool settings, timeout and ``migrate`` (default: from the environment).
+        retention: the retention policy the server enforces: keep-last after every write, the
+            whole policy in a periodic sweep; ``POST /{project}/json-documents/prune`` prunes on demand.
+        sweep_interval: seconds between periodic sweeps (0: none).
 
     Returns:
         The application, ready for ``web.run_app`` or an ``AppRunner``.
@@ -638,4 +648,6 @@ def create_app(
         app.router.add_post(collection + "/batch", _create_batch, name="batch")
     app.router.add_get(collection + "/{doc_id}", _get, name="get")
     app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
+    install_retention(app, engine=lambda a: a[_ENGINE], call=_engine_call, policy=retention,
+                      sweep_interval=sweep_interval)
     return app
