@@ -110,7 +110,8 @@ async def _rm(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
-    run_server(args.host, args.port, args.db, api_key=args.api_key or os.environ.get("SESSION_API_KEY"))
+    api_key = args.api_key or os.environ.get("SESSION_API_KEY")
+    run_server(args.host, args.port, args.db, api_key=api_key, metrics_key=args.metrics_key)
     return 0
 
 
@@ -144,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--db", default="wr124_server.db", help="sqlite file (default: wr124_server.db)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SESSION_API_KEY)")
+    serve.add_argument("--metrics-key", help="require 'Authorization: Bearer KEY' for /metrics (default: open)")
 
     demo = sub.add_parser("demo", help="chatty teams on several sessions, then list and restore")
     demo.add_argument("--url", help=f"store URL (default: $SESSION_API_URL or {DEFAULT_CLI_URL})")

@@ -34,6 +34,7 @@ from aiohttp.typedefs import Handler, Middleware
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
 from ..stores._base import SORT_FIELDS, Query
 from ..stores._engine import DocumentConflict, SqliteDocuments
+from . import _metrics
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
 
@@ -112,6 +113,9 @@ _FIELDS: Final = frozenset(
     {"id", "name", "description", "document_type", "content", "session_id", "tags", "metadata", "is_public"}
 )
 _DEFAULT_DOCUMENT_TYPE: Final = "user_data"
+#: Paths served without the API key.
+_OPEN_PATHS: Final = frozenset({"/health", _metrics.METRICS_PATH})
+_OPEN_PREFIXES: Final = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,6 +429,7 @@ async def _engine_call(app: web.Application, func: Callable[..., T], *args: obje
     except DocumentConflict as exc:
         raise ApiError(409, str(exc)) from None
     except (sqlite3.Error, OSError) as exc:
+        _metrics.count_database_error(app, exc)
         logger.warning("server_store_error", error=f"{type(exc).__name__}: {exc}")
         raise ApiError(503, f"the document store is unavailable: {exc}") from None
 
@@ -461,6 +466,7 @@ async def _create(request: web.Request) -> web.Response:
     doc = await _cpu_call(len(body), _prepare_single, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     ((doc_id, created),) = await _engine_call(request.app, engine.insert_many, _project(request), [doc])
+    _metrics.count_stored(request.app, int(created))
     location = str(request.rel_url.with_query(None) / doc_id)
     return _json_response({"id": doc_id}, 201 if created else 200, {"Location": location})
 
@@ -470,7 +476,8 @@ async def _create_batch(request: web.Request) -> web.Response:
     docs = await _cpu_call(len(body), _prepare_batch, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     results = await _engine_call(request.app, engine.insert_many, _project(request), docs)
-    created = any(was_created for _, was_created in results)
+    created = sum(was_created for _, was_created in results)
+    _metrics.count_stored(request.app, created)
     return _json_response({"ids": [doc_id for doc_id, _ in results]}, 201 if created else 200)
 
 
@@ -533,11 +540,19 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _error_response(400, f"the request could not be processed ({type(exc).__name__})")
 
 
+def _is_open(path: str) -> bool:
+    return path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES)
+
+
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """When a key is set, require ``Authorization: Bearer <key>`` everywhere but ``/health``."""
+    """When a key is set, require ``Authorization: Bearer <key>`` everywhere but the open paths.
+
+    Open: ``/health``, ``/metrics`` (its own ``metrics_key``), ``/openapi.json`` and the ``/ui`` page and
+    assets (the page asks for the key and sends it with its API calls).
+    """
     expected = request.app[_API_KEY]
-    if expected and request.path != "/health":
+    if expected and not _is_open(request.path):
         scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
         given = token.strip().encode("utf-8", "surrogateescape")
         if not (scheme.lower() == "bearer" and hmac.compare_digest(given, expected)):
@@ -583,6 +598,7 @@ def create_app(
     limits: ServerLimits = DEFAULT_LIMITS,
     enable_batch: bool = True,
     middlewares: Sequence[Middleware] = (),
+    metrics_key: str | None = None,
 ) -> web.Application:
     """Build the json-documents application over the sqlite file ``db_path``.
 
@@ -597,13 +613,17 @@ def create_app(
             as an older server would, and clients fall back to single POSTs.
         middlewares: extra middlewares, run inside the JSON-error middleware and before auth (the
             test server's delay is one).
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``;
+            otherwise it is open like ``/health``.
 
     Returns:
         The application, ready for ``web.run_app`` or an ``AppRunner``.
     """
     app = web.Application(
         client_max_size=limits.max_body_bytes,
-        middlewares=[_errors_middleware, *middlewares, _auth_middleware, _project_middleware],
+        middlewares=[
+            *_metrics.middlewares(), _errors_middleware, *middlewares, _auth_middleware, _project_middleware
+        ],
     )
     app[_LIMITS] = limits
     app[_API_KEY] = api_key.encode("utf-8") if api_key else b""
@@ -616,4 +636,5 @@ def create_app(
         app.router.add_post(collection + "/batch", _create_batch, name="batch")
     app.router.add_get(collection + "/{doc_id}", _get, name="get")
     app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
+    _metrics.install_metrics(app, metrics_key)
     return app

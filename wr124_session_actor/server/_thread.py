@@ -44,6 +44,7 @@ class ServerThread:
         delay: seconds every request waits before it is handled (a slow server, for timeout tests);
             a plain attribute, change it at any time.
         startup_timeout: how long :meth:`start` waits for the server to listen.
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class ServerThread:
         enable_batch: bool = True,
         delay: float = 0.0,
         startup_timeout: float = 10.0,
+        metrics_key: str | None = None,
     ) -> None:
         self.db_path = os.fspath(db_path)
         self.host = host
@@ -68,6 +70,7 @@ class ServerThread:
         #: Seconds every request sleeps before it is handled.
         self.delay = delay
         self.startup_timeout = startup_timeout
+        self.metrics_key = metrics_key
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None  # asyncio-only: aiohttp.web
@@ -166,6 +169,7 @@ class ServerThread:
             limits=self.limits,
             enable_batch=self.enable_batch,
             middlewares=[self._delay_middleware(stopping)],
+            metrics_key=self.metrics_key,
         )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -207,6 +211,7 @@ def run_server(
     limits: ServerLimits = DEFAULT_LIMITS,
     enable_batch: bool = True,
     announce: Callable[[str], None] | None = None,
+    metrics_key: str | None = None,
 ) -> None:
     """Serve the json-documents API until SIGINT or SIGTERM (the CLI's ``serve``).
 
@@ -219,8 +224,9 @@ def run_server(
         enable_batch: serve the batch endpoint.
         announce: called once with a line naming the URL when the server listens (default: print
             it to stdout, flushed).
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``.
     """
-    app = create_app(db_path, api_key=api_key, limits=limits, enable_batch=enable_batch)
+    app = create_app(db_path, api_key=api_key, limits=limits, enable_batch=enable_batch, metrics_key=metrics_key)
     with contextlib.suppress(KeyboardInterrupt):
         serve = _serve_forever(app, host, port, os.fspath(db_path), announce or _print_flushed)
         asyncio.run(serve)  # asyncio-only: aiohttp.web
