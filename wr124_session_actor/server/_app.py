@@ -30,11 +30,12 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from multidict import MultiMapping
 
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
 from ..stores._base import SORT_FIELDS, Query
 from ..stores._engine import DocumentConflict, SqliteDocuments
-from . import _metrics
+from . import _metrics, _openapi, _ui
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
 
@@ -114,8 +115,8 @@ _FIELDS: Final = frozenset(
 )
 _DEFAULT_DOCUMENT_TYPE: Final = "user_data"
 #: Paths served without the API key.
-_OPEN_PATHS: Final = frozenset({"/health", _metrics.METRICS_PATH})
-_OPEN_PREFIXES: Final = ()
+_OPEN_PATHS: Final = frozenset({"/health", _metrics.METRICS_PATH, _openapi.OPENAPI_PATH, _ui.UI_PATH})
+_OPEN_PREFIXES: Final = (_ui.UI_PATH + "/",)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,8 +358,20 @@ def _get_body(engine: SqliteDocuments, project: str, doc_id: str) -> bytes | Non
 # Query parameters
 
 
-def _parse_int(params: Mapping[str, str], key: str, default: int) -> int:
-    raw = params.get(key)
+def _one(params: MultiMapping[str], key: str) -> str | None:
+    """The value of the single-valued parameter ``key``, or ``None``.
+
+    Raises:
+        ApiError: 400 when it is given more than once (only ``tags`` may repeat).
+    """
+    values = params.getall(key, ())
+    if len(values) > 1:
+        raise ApiError(400, f"{key!r} may be given once, got {len(values)} values")
+    return values[0] if values else None
+
+
+def _parse_int(params: MultiMapping[str], key: str, default: int) -> int:
+    raw = _one(params, key)
     if raw is None or raw == "":
         return default
     try:
@@ -372,8 +385,8 @@ def _parse_int(params: Mapping[str, str], key: str, default: int) -> int:
     return value
 
 
-def _parse_time(params: Mapping[str, str], key: str) -> str | None:
-    raw = params.get(key)
+def _parse_time(params: MultiMapping[str], key: str) -> str | None:
+    raw = _one(params, key)
     if not raw:
         return None
     try:
@@ -382,33 +395,44 @@ def _parse_time(params: Mapping[str, str], key: str) -> str | None:
         raise ApiError(400, f"{key!r} must be an ISO-8601 date or time, got {raw!r}") from None
 
 
-def _parse_query(params: Mapping[str, str], limits: ServerLimits) -> Query:
+def _parse_page(params: MultiMapping[str], default_limit: int, limits: ServerLimits) -> tuple[int, int]:
+    """``limit`` (``default_limit`` when absent, capped at ``limits.max_limit``) and ``skip``.
+
+    Raises:
+        ApiError: 400 for a malformed value, or a ``skip`` past the largest sqlite offset.
+    """
+    limit = min(_parse_int(params, "limit", default_limit), limits.max_limit)
+    skip = _parse_int(params, "skip", 0)
+    if skip > _MAX_SKIP:
+        raise ApiError(400, f"'skip' must be at most {_MAX_SKIP}")
+    return limit, skip
+
+
+def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
     """Turn the list endpoint's query parameters into a :class:`Query`.
 
-    Empty values count as absent. ``limit`` defaults to 10 and is capped at ``limits.max_limit``
+    Empty values count as absent. ``tags`` may repeat (``tags=a&tags=b``) and each may be comma-joined
+    (``tags=a,b``). ``limit`` defaults to 10 and is capped at ``limits.max_limit``
     (the answer's ``limit`` says what was used); a negative or non-integer ``limit``/``skip`` is 400.
 
     Raises:
         ApiError: 400 for a malformed parameter.
     """
-    limit = min(_parse_int(params, "limit", 10), limits.max_limit)
-    skip = _parse_int(params, "skip", 0)
-    if skip > _MAX_SKIP:
-        raise ApiError(400, f"'skip' must be at most {_MAX_SKIP}")
-    raw_sort = params.get("sort_by") or "created_at"
+    limit, skip = _parse_page(params, 10, limits)
+    raw_sort = _one(params, "sort_by") or "created_at"
     sort_by = _SORT_BY.get(raw_sort)
     if sort_by is None:
         raise ApiError(400, f"'sort_by' must be one of {', '.join(SORT_FIELDS)}, got {raw_sort!r}")
-    raw_order = params.get("sort_order") or "-1"
+    raw_order = _one(params, "sort_order") or "-1"
     sort_order = _SORT_ORDERS.get(raw_order.lower())
     if sort_order is None:
         raise ApiError(400, f"'sort_order' must be 1 or -1, got {raw_order!r}")
-    tags = tuple(tag.strip() for tag in params.get("tags", "").split(",") if tag.strip())
+    tags = tuple(tag.strip() for value in params.getall("tags", ()) for tag in value.split(",") if tag.strip())
     return Query(
-        session_id=params.get("session_id") or None,
-        document_type=params.get("document_type") or None,
+        session_id=_one(params, "session_id") or None,
+        document_type=_one(params, "document_type") or None,
         tags=tags,
-        name_pattern=params.get("name_pattern") or None,
+        name_pattern=_one(params, "name_pattern") or None,
         created_after=_parse_time(params, "created_after"),
         created_before=_parse_time(params, "created_before"),
         limit=limit,
@@ -484,6 +508,30 @@ async def _create_batch(request: web.Request) -> web.Response:
 async def _list(request: web.Request) -> web.Response:
     query = _parse_query(request.query, request.app[_LIMITS])
     body = await _engine_call(request.app, _query_body, request.app[_ENGINE], _project(request), query)
+    return _bytes_response(body)
+
+
+def _sessions_body(engine: SqliteDocuments, project: str, search: str | None, limit: int, skip: int) -> bytes:
+    data, total = engine.sessions(project, search, limit, skip)
+    return _dumps({"data": data, "total": total, "limit": limit, "skip": skip})
+
+
+def _parse_sessions(params: MultiMapping[str], limits: ServerLimits) -> tuple[str | None, int, int]:
+    """The sessions endpoint's ``search``, ``limit`` (default 20) and ``skip``.
+
+    Raises:
+        ApiError: 400 for a malformed parameter.
+    """
+    limit, skip = _parse_page(params, 20, limits)
+    return _one(params, "search") or None, limit, skip
+
+
+async def _sessions(request: web.Request) -> web.Response:
+    """The project's sessions, latest activity first (what the browser view lists)."""
+    search, limit, skip = _parse_sessions(request.query, request.app[_LIMITS])
+    body = await _engine_call(
+        request.app, _sessions_body, request.app[_ENGINE], _project(request), search, limit, skip
+    )
     return _bytes_response(body)
 
 
@@ -636,5 +684,11 @@ def create_app(
         app.router.add_post(collection + "/batch", _create_batch, name="batch")
     app.router.add_get(collection + "/{doc_id}", _get, name="get")
     app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
+    app.router.add_get("/{project}/sessions", _sessions, name="sessions")
     _metrics.install_metrics(app, metrics_key)
+    _ui.install_ui(app)
+    _openapi.install_openapi(app, _openapi.Validators(
+        document_fields=_FIELDS, sort_by=tuple(_SORT_BY), sort_orders=tuple(_SORT_ORDERS), limits=limits,
+        max_skip=_MAX_SKIP, id_pattern=_ID_RE.pattern,
+    ))
     return app

@@ -140,6 +140,30 @@ class SqliteDocuments:
             ).fetchall()
         return [_document(*row) for row in rows], int(total)
 
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Return one page of the project's sessions, latest activity first, and the count of all.
+
+        Each is ``{"session_id", "documents", "first_at", "last_at"}``; ``search`` keeps the sessions
+        whose id contains it.
+        """
+        where = "project = ? AND session_id IS NOT NULL"
+        args: list[Any] = [project]
+        if search:
+            where += " AND instr(session_id, ?) > 0"
+            args.append(search)
+        with self._lock:
+            conn = self._connect()
+            total = conn.execute(f"SELECT count(DISTINCT session_id) FROM documents WHERE {where}", args).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT session_id, count(*), min(created_at), max(created_at) FROM documents WHERE {where}"
+                " GROUP BY session_id ORDER BY max(created_at) DESC, session_id LIMIT ? OFFSET ?",
+                [*args, limit, skip],
+            ).fetchall()
+        keys = ("session_id", "documents", "first_at", "last_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows], int(total)
+
     def get(self, project: str, doc_id: str) -> Document | None:
         """Return the document with ``doc_id`` in ``project``, or ``None``."""
         with self._lock:
