@@ -16,10 +16,10 @@ SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cach
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """One ``--smoke`` run of every scenario: its process result and the JSON it wrote."""
+    """One ``--smoke --plot`` run of every scenario: its process result and the JSON it wrote (charts beside it)."""
     out = tmp_path_factory.mktemp("bench") / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out), "--plot", str(out.parent / "charts")],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -71,3 +71,12 @@ class TestBenchSmoke:
         with pytest.raises(SystemExit) as info:
             main(["--only", "nope"])
         assert info.value.code == 2
+
+    def test_plot_writes_a_png_per_scenario(self, smoke_run: tuple[subprocess.CompletedProcess[str], Any]) -> None:
+        """``--plot`` writes one PNG chart per scenario that ran."""
+        proc, _ = smoke_run
+        line = next(line for line in proc.stdout.splitlines() if line.startswith("_Charts: "))
+        paths = [Path(p.strip()) for p in line.removeprefix("_Charts: ").rstrip("._").split(",")]
+        assert len(paths) >= 5
+        for path in paths:
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
