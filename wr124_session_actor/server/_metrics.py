@@ -82,17 +82,17 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
     """Count and time every request (it sits outside the error middleware, so it sees final statuses)."""
     metrics = request.app[_METRICS]
     started = time.perf_counter()
-    status = 500
+    status = "cancelled"  # the client went away, or the server is stopping
     try:
         response = await handler(request)
-        status = response.status
+        status = str(response.status)
         return response
     except web.HTTPException as exc:
-        status = exc.status
+        status = str(exc.status)
         raise
     finally:
         route = _route_of(request)
-        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.requests.labels(route, request.method, status).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
 
 
