@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 import structlog
 
 from wr124_session_actor import Config
-from wr124_session_actor.stores import reset_memory_stores
+from wr124_session_actor.stores import close_shared_postgres, reset_memory_stores
 
 
 def _drop(_logger: Any, _name: str, _event: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +46,40 @@ def _fresh_memory_stores() -> Iterator[None]:
     reset_memory_stores()
     yield
     reset_memory_stores()
+    close_shared_postgres()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server's URL (its ``postgres`` database; superuser, so tests may create databases).
+
+    ``WR124_TEST_POSTGRES_URL`` when set (``.ci/run`` sets it); otherwise, outside CI, a throwaway
+    cluster started for the session. In CI a missing URL fails: a PostgreSQL test never skips there.
+    """
+    url = os.environ.get("WR124_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if os.environ.get("CI"):
+        pytest.fail("WR124_TEST_POSTGRES_URL is not set: CI must start PostgreSQL (.ci/run does)")
+    from .pgcluster import PgCluster
+
+    cluster = PgCluster().start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    from .pgcluster import create_database, drop_database
+
+    url = create_database(postgres_url)
+    yield url
+    close_shared_postgres()
+    drop_database(postgres_url, url)
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ import wr124_session_actor.server as server_pkg
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor.server import ServerLimits, ServerThread, create_app
 from wr124_session_actor.server._app import ApiError, _prepare_document
-from wr124_session_actor.stores._base import Query
-from wr124_session_actor.stores._engine import SqliteDocuments
+from wr124_session_actor.stores import Query, SqliteDocuments
 from wr124_session_actor.stores._http import HttpStore
 from wr124_session_actor.transports import open_transport
 
@@ -735,7 +734,7 @@ class TestWithTheHttpStore:
             assert result.data[0]["content"]["state"] == {"n": 1}
             got = await store.get(uploads[2].doc_id)
             assert orjson.loads(docs[2].body) | {"_id": got["_id"]} == {
-                k: v for k, v in got.items() if k not in ("created_at", "updated_at")
+                k: v for k, v in got.items() if k not in ("created_at", "updated_at", "seq")
             }
             await store.delete(uploads[2].doc_id)
             assert (await store.query(Query(limit=5000))).total == 2

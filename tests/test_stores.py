@@ -1,4 +1,5 @@
-"""The memory and sqlite stores behind the DocumentStore protocol (the HTTP store: test_http_store.py)."""
+"""The memory, sqlite and PostgreSQL stores behind the DocumentStore protocol (the HTTP store:
+test_http_store.py; PostgreSQL specifics: test_postgres.py)."""
 
 from __future__ import annotations
 
@@ -10,22 +11,34 @@ import pytest
 
 from wr124_session_actor import DocumentNotFound, DocumentStore, Query, StoreClosed, StoreRejected
 from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
-from wr124_session_actor.stores import MemoryStore, SqliteStore
-from wr124_session_actor.stores._engine import DocumentConflict, SqliteDocuments
+from wr124_session_actor.stores import (
+    DocumentConflict,
+    EngineStore,
+    MemoryStore,
+    PostgresDocuments,
+    SqliteDocuments,
+    SqliteStore,
+)
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DocumentStore]:
     """Each store kind, fresh."""
-    made: DocumentStore = MemoryStore("t") if request.param == "memory" else SqliteStore(tmp_path / "d.db")
+    made: DocumentStore
+    if request.param == "memory":
+        made = MemoryStore("t")
+    elif request.param == "sqlite":
+        made = SqliteStore(tmp_path / "d.db")
+    else:
+        made = EngineStore(PostgresDocuments(request.getfixturevalue("postgres_db"), pool_size=2))
     yield made
     await made.aclose()
 
 
-def doc(session: str = "s1", agent: str = "a", **state: object) -> EncodedDocument:
-    return encode_document(StateUpload(session, dict(state), "task", agent))
+def doc(session: str = "s1", agent: str = "a", parent_seq: int | None = None, **state: object) -> EncodedDocument:
+    return encode_document(StateUpload(session, dict(state), "task", agent, parent_seq=parent_seq))
 
 
 class TestStoreProtocol:
@@ -95,6 +108,43 @@ class TestStoreProtocol:
         await store.aclose()
         with pytest.raises(StoreClosed):
             await store.query(Query())
+
+
+class TestSeqAndParents:
+    """``seq`` and ``parent_seq`` behave the same on every store."""
+
+    async def test_seq_increases_per_session_in_write_order(self, store: DocumentStore) -> None:
+        """Each stored document carries a top-level seq, strictly increasing per session in write order;
+        sort_by=seq follows it and created_at agrees with it."""
+        written = [doc("s1", i=0), doc("s2", i=1)]
+        await store.insert_many(written)
+        written += [doc("s1", i=2), doc("s1", i=3)]
+        await store.insert_many(written[2:])
+        await store.insert_many([written[2]])  # a repeat keeps its seq
+        result = await store.query(Query(session_id="s1", sort_by="seq", sort_order=1))
+        seqs = [d["seq"] for d in result.data]
+        assert [d["content"]["state"]["i"] for d in result.data] == [0, 2, 3]
+        assert all(type(s) is int for s in seqs) and seqs == sorted(set(seqs))
+        assert [d["created_at"] for d in result.data] == sorted(d["created_at"] for d in result.data)
+        newest = await store.query(Query(session_id="s1", sort_by="seq", limit=1))
+        assert newest.data[0]["content"]["state"]["i"] == 3
+        assert (await store.get(written[3].id))["seq"] == seqs[-1]
+
+    async def test_parent_seq_conflict(self, store: DocumentStore) -> None:
+        """Continuing the newest state of an agent is stored; continuing an older one is a conflict and
+        stores nothing of the batch; other agents and a retried write are not affected."""
+        await store.insert_many([doc("s1", "a", i=0)])
+        first = (await store.query(Query(session_id="s1"))).data[0]["seq"]
+        await store.insert_many([doc("s1", "b", i=1)])  # another agent: not a newer state of "a"
+        ok = doc("s1", "a", parent_seq=first, i=2)
+        await store.insert_many([ok])
+        await store.insert_many([ok])  # the same write again (a retry) is not a conflict with itself
+        fresh, stale = doc("s1", "b", i=3), doc("s1", "a", parent_seq=first, i=4)
+        with pytest.raises(DocumentConflict, match="conflict"):
+            await store.insert_many([fresh, stale])
+        with pytest.raises(DocumentNotFound):
+            await store.get(fresh.id)
+        assert (await store.query(Query(session_id="s1"))).total == 3
 
 
 class TestSharing:

@@ -16,6 +16,7 @@ __all__ = ["HTTP_CLIENTS", "Config"]
 #: HTTP client libraries in the order the original module prefers them.
 HTTP_CLIENTS: Final = ("aiohttp", "httpx", "urllib")
 
+_SCHEMES: Final = frozenset({"http", "https", "sqlite", "memory", "postgresql", "postgres"})
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
@@ -32,7 +33,7 @@ class Config:
     """
 
     enabled: bool = True  # ENABLE_SESSION_STATE_UPLOAD
-    api_url: str = "http://localhost:8000"  # SESSION_API_URL (http(s)://, sqlite:///file.db, memory://)
+    api_url: str = "http://localhost:8000"  # SESSION_API_URL (http(s)://, sqlite:///, postgresql://, memory://)
     project_id: str = "default"  # DEFAULT_PROJECT_ID
     timeout: float = 10.0  # SESSION_STATE_TIMEOUT: bounds a whole public call, retries included
     api_key: str | None = None  # SESSION_API_KEY, sent as "Authorization: Bearer"
@@ -55,6 +56,12 @@ class Config:
     spool_max_documents: int = 100_000  # SESSION_STATE_SPOOL_MAX_DOCUMENTS: outbox bound
     circuit_threshold: int = 5  # SESSION_STATE_CIRCUIT_THRESHOLD: transient failures in a row that open it
     circuit_cooldown: float = 0.5  # SESSION_STATE_CIRCUIT_COOLDOWN: first open period, doubled up to 30 s
+    pg_pool_size: int = 10  # SESSION_STATE_PG_POOL_SIZE: most PostgreSQL connections per store
+    pg_max_lifetime: float = 3600.0  # SESSION_STATE_PG_MAX_LIFETIME: seconds before a connection is replaced
+    # SESSION_STATE_PG_PREPARE_THRESHOLD: executions before psycopg prepares a statement; "none" never
+    # prepares (needed behind PgBouncer in transaction mode)
+    pg_prepare_threshold: int | None = 5
+    migrate: bool = True  # SESSION_STATE_MIGRATE: bring the database schema up to date on first use
 
     def __post_init__(self) -> None:
         _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
@@ -80,14 +87,21 @@ class Config:
         ):
             _check(count >= 1, name, "a whole number >= 1")
         _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
+        _check(type(self.pg_pool_size) is int and self.pg_pool_size >= 1, "SESSION_STATE_PG_POOL_SIZE",
+               "a whole number >= 1")
+        _check(self.pg_max_lifetime > 0 and math.isfinite(self.pg_max_lifetime), "SESSION_STATE_PG_MAX_LIFETIME",
+               "a positive number of seconds")
+        _check(self.pg_prepare_threshold is None
+               or (type(self.pg_prepare_threshold) is int and self.pg_prepare_threshold >= 0),
+               "SESSION_STATE_PG_PREPARE_THRESHOLD", "a whole number >= 0, or 'none' to never prepare")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
         _check(bool(self.project_id) and "/" not in self.project_id, "DEFAULT_PROJECT_ID",
                "a non-empty name without '/'")
         _check(bool(self.http_clients) and all(c in HTTP_CLIENTS for c in self.http_clients),
                "SESSION_STATE_HTTP_CLIENTS", "a comma-separated subset of " + ",".join(HTTP_CLIENTS))
         scheme = self.api_url.partition(":")[0].lower()
-        _check(scheme in ("http", "https", "sqlite", "memory") and "://" in self.api_url,
-               "SESSION_API_URL", "an http(s)://, sqlite:///path or memory:// URL")
+        _check(scheme in _SCHEMES and "://" in self.api_url,
+               "SESSION_API_URL", "an http(s)://, sqlite:///path, postgresql://... or memory:// URL")
         if scheme == "sqlite":
             _check(self.api_url.startswith("sqlite:///") and len(self.api_url) > len("sqlite:///"),
                    "SESSION_API_URL", "sqlite:///relative.db or sqlite:////absolute/path.db")
@@ -116,6 +130,8 @@ class Config:
         read("SESSION_STATE_SPOOL", "spool", _parse_optional)
         read("SESSION_STATE_KEEP", "keep", _parse_str)
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
+        read("SESSION_STATE_PG_PREPARE_THRESHOLD", "pg_prepare_threshold", _parse_optional_int)
+        read("SESSION_STATE_MIGRATE", "migrate", _parse_bool)
         for field in dataclasses.fields(cls):
             if field.name in values or field.name in ("enabled", "api_url", "project_id", "timeout"):
                 continue
@@ -137,11 +153,13 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     @property
-    def store_kind(self) -> Literal["http", "sqlite", "memory"]:
+    def store_kind(self) -> Literal["http", "sqlite", "memory", "postgresql"]:
         """Which store the URL names."""
         scheme = self.api_url.partition(":")[0].lower()
         if scheme in ("http", "https"):
             return "http"
+        if scheme in ("postgresql", "postgres"):
+            return "postgresql"
         return "sqlite" if scheme == "sqlite" else "memory"
 
 
@@ -174,6 +192,12 @@ def _parse_int(var: str, raw: str) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+
+
+def _parse_optional_int(var: str, raw: str) -> int | None:
+    if raw.lower() in ("", "none", "off"):
+        return None
+    return _parse_int(var, raw)
 
 
 def _parse_str(var: str, raw: str) -> str:

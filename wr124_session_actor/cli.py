@@ -1,4 +1,4 @@
-"""The ``wr124-session`` command: serve | demo | ls | show | rm | bench."""
+"""The ``wr124-session`` command: serve | migrate | demo | ls | show | rm | bench."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ._exceptions import StoreError
 from ._manager import SessionStateManager
 from ._ops import status_of
 from ._status import SessionStateStatus
-from .stores import open_store
+from .stores import open_engine, open_store
 
 __all__ = ["main"]
 
@@ -28,7 +28,12 @@ DEFAULT_CLI_URL: Final = "sqlite:///wr124_sessions.db"
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Console logs on stderr: warnings (failed outcomes) by default, everything with ``-v``."""
+    """Console logs on stderr: warnings (failed outcomes) by default, everything with ``-v``.
+
+    The PostgreSQL pool's own retries (stdlib logging) are shown only with ``-v``: the command
+    reports the outcome itself.
+    """
+    logging.getLogger("psycopg.pool").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -115,6 +120,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    engine = open_engine(args.db, Config.from_env(migrate=True))
+    try:
+        applied = engine.migrate()
+    except StoreError as exc:
+        return _fail(f"{status_of(exc).value}: could not migrate: {exc}")
+    finally:
+        engine.close()
+    print(f"applied schema versions {', '.join(map(str, applied))}" if applied else "the schema is up to date")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -143,9 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the reference json-documents server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--db", default="wr124_server.db", help="sqlite file (default: wr124_server.db)")
+    serve.add_argument("--db", default="wr124_server.db",
+                       help="sqlite file, sqlite:/// or postgresql:// URL (default: wr124_server.db)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SESSION_API_KEY)")
     serve.add_argument("--metrics-key", help="require 'Authorization: Bearer KEY' for /metrics (default: open)")
+
+    migrate = sub.add_parser("migrate", help="bring a database's schema up to date (sqlite or PostgreSQL)")
+    migrate.add_argument("--db", required=True, help="postgresql://user:pass@host:port/db, sqlite:/// URL or file")
 
     demo = sub.add_parser("demo", help="chatty teams on several sessions, then list and restore")
     demo.add_argument("--url", help=f"store URL (default: $SESSION_API_URL or {DEFAULT_CLI_URL})")
@@ -179,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(anyio.run(commands[args.command], args))
         if args.command == "serve":
             return _serve(args)
+        if args.command == "migrate":
+            return _migrate(args)
         return _demo(args)
     except ValueError as exc:  # ConfigError: names the variable
         return _fail(str(exc))

@@ -1,8 +1,8 @@
-"""The json-documents REST API as an ``aiohttp.web`` application over the sqlite engine.
+"""The json-documents REST API as an ``aiohttp.web`` application over a document engine (sqlite, PostgreSQL).
 
 Routes::
 
-    GET    /health                               200 {"status": "ok"}   (no key needed)
+    GET    /health                               200 {"status": "ok"}   (no key needed; 503 when the database is not)
     POST   /{project}/json-documents             201 {"id": ...}        (200 when the id was stored before)
     POST   /{project}/json-documents/batch       201 {"ids": [...]}     (all or none; absent when disabled)
     GET    /{project}/json-documents?filters     200 {"data": [...], "total": n, "limit": l, "skip": s}
@@ -10,6 +10,7 @@ Routes::
     DELETE /{project}/json-documents/{id}        200 {"deleted": id}, or 404
 
 Every error is a JSON body ``{"error": message, "status": code}``; no request is answered with a 500.
+A replica holds no state between requests: everything lives in the engine's database.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import hmac
 import json
 import os
 import re
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
@@ -32,9 +32,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import MultiMapping
 
+from .._config import Config
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
-from ..stores._base import SORT_FIELDS, Query
-from ..stores._engine import DocumentConflict, SqliteDocuments
+from .._exceptions import StoreError, StoreRejected
+from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
 from . import _metrics, _openapi, _ui
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
@@ -91,7 +92,7 @@ class ApiError(Exception):
 
 
 # Typed application state.
-_ENGINE: Final = web.AppKey("engine", SqliteDocuments)
+_ENGINE: Final = web.AppKey[DocumentEngine]("engine")
 _LIMITER: Final = web.AppKey("engine_limiter", anyio.CapacityLimiter)
 _LIMITS: Final = web.AppKey("limits", ServerLimits)
 _API_KEY: Final = web.AppKey("api_key", bytes)  # empty: no key required
@@ -99,7 +100,7 @@ _API_KEY: Final = web.AppKey("api_key", bytes)  # empty: no key required
 _JSON: Final = "application/json"
 #: Bodies up to this size are decoded on the event loop; larger ones in a worker thread.
 _INLINE_BYTES: Final = 256 * 1024
-#: Worker threads that may wait on the engine at once (the engine itself serializes its work).
+#: Worker threads that may wait on the engine at once, at least (more when the engine has a larger pool).
 _ENGINE_THREADS: Final = 4
 #: The largest ``skip`` (sqlite's OFFSET is a signed 64-bit integer).
 _MAX_SKIP: Final = 2**62
@@ -107,11 +108,10 @@ _MAX_SKIP: Final = 2**62
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _INT_RE: Final = re.compile(r"[+-]?[0-9]+")
 _SORT_ORDERS: Final[Mapping[str, Literal[1, -1]]] = {"1": 1, "-1": -1, "asc": 1, "desc": -1}
-_SORT_BY: Final[Mapping[str, Literal["created_at", "updated_at", "name"]]] = {
-    "created_at": "created_at", "updated_at": "updated_at", "name": "name"
-}
+_SORT_BY: Final[Mapping[str, SortField]] = {field: field for field in SORT_FIELDS}
 _FIELDS: Final = frozenset(
-    {"id", "name", "description", "document_type", "content", "session_id", "tags", "metadata", "is_public"}
+    {"id", "name", "description", "document_type", "content", "session_id", "tags", "metadata", "is_public",
+     "parent_seq"}
 )
 _DEFAULT_DOCUMENT_TYPE: Final = "user_data"
 #: Paths served without the API key.
@@ -240,6 +240,7 @@ def _prepare_document(raw: object, max_depth: int, where: str = "") -> EncodedDo
         raise _too_deep(where, max_depth)
     if body is None:
         body = _stdlib_dumps(canonical, sort_keys=True)
+    agent = canonical["content"].get("agent_name")
     return EncodedDocument(
         id=doc_id,
         session_id=canonical["session_id"] or "",
@@ -247,6 +248,8 @@ def _prepare_document(raw: object, max_depth: int, where: str = "") -> EncodedDo
         tags=tuple(canonical["tags"]),
         body=body,
         document_type=canonical["document_type"],
+        agent=agent if isinstance(agent, str) else None,
+        parent_seq=canonical.get("parent_seq"),
     )
 
 
@@ -297,8 +300,13 @@ def _canonical(raw: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     is_public = raw.get("is_public", False)
     if not isinstance(is_public, bool):
         raise _field_error(where, f"'is_public' must be a boolean, got {_json_type(is_public)}")
+    parent_seq = raw.get("parent_seq")
+    if isinstance(parent_seq, float) and parent_seq.is_integer():
+        parent_seq = int(parent_seq)  # JSON has one number type: 7.0 is the whole number 7
+    if parent_seq is not None and (type(parent_seq) is not int or not 0 <= parent_seq < 2**63):
+        raise _field_error(where, "'parent_seq' must be a whole number >= 0 or null")
 
-    canonical = {
+    canonical: dict[str, Any] = {
         "name": name,
         "description": description,
         "document_type": document_type,
@@ -308,6 +316,8 @@ def _canonical(raw: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
         "metadata": metadata,
         "is_public": is_public,
     }
+    if parent_seq is not None:  # only when given: bodies without it stay as round 1 stored them
+        canonical["parent_seq"] = parent_seq
     return doc_id, canonical
 
 
@@ -344,12 +354,12 @@ def _prepare_batch(body: bytes, limits: ServerLimits) -> list[EncodedDocument]:
     return [_prepare_document(raw, limits.max_depth, f"documents[{i}]: ") for i, raw in enumerate(docs)]
 
 
-def _query_body(engine: SqliteDocuments, project: str, query: Query) -> bytes:
+def _query_body(engine: DocumentEngine, project: str, query: Query) -> bytes:
     data, total = engine.query(project, query)
     return _dumps({"data": data, "total": total, "limit": query.limit, "skip": query.skip})
 
 
-def _get_body(engine: SqliteDocuments, project: str, doc_id: str) -> bytes | None:
+def _get_body(engine: DocumentEngine, project: str, doc_id: str) -> bytes | None:
     doc = engine.get(project, doc_id)
     return None if doc is None else _dumps(doc)
 
@@ -447,12 +457,15 @@ def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
 
 
 async def _engine_call(app: web.Application, func: Callable[..., T], *args: object) -> T:
-    """Run an engine call in a worker thread; map its failures to API errors (409, 503)."""
+    """Run an engine call in a worker thread; map its failures to API errors (409, 4xx, 503)."""
     try:
         return await anyio.to_thread.run_sync(func, *args, limiter=app[_LIMITER])
     except DocumentConflict as exc:
         raise ApiError(409, str(exc)) from None
-    except (sqlite3.Error, OSError) as exc:
+    except StoreRejected as exc:  # the database refused this request's data for good
+        status = exc.status_code if exc.status_code is not None and 400 <= exc.status_code < 500 else 422
+        raise ApiError(status, str(exc)) from None
+    except StoreError as exc:
         _metrics.count_database_error(app, exc)
         logger.warning("server_store_error", error=f"{type(exc).__name__}: {exc}")
         raise ApiError(503, f"the document store is unavailable: {exc}") from None
@@ -511,7 +524,7 @@ async def _list(request: web.Request) -> web.Response:
     return _bytes_response(body)
 
 
-def _sessions_body(engine: SqliteDocuments, project: str, search: str | None, limit: int, skip: int) -> bytes:
+def _sessions_body(engine: DocumentEngine, project: str, search: str | None, limit: int, skip: int) -> bytes:
     data, total = engine.sessions(project, search, limit, skip)
     return _dumps({"data": data, "total": total, "limit": limit, "skip": skip})
 
@@ -625,42 +638,49 @@ async def _project_middleware(request: web.Request, handler: Handler) -> web.Str
 # The factory
 
 
-def _engine_context(db_path: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def _engine_context(
+    db: str | os.PathLike[str] | DocumentEngine, config: Config | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def engine_context(app: web.Application) -> AsyncIterator[None]:
-        engine = SqliteDocuments(db_path)
-        app[_LIMITER] = anyio.CapacityLimiter(_ENGINE_THREADS)
+        owned = isinstance(db, str | os.PathLike)
+        engine = open_engine(db, config) if isinstance(db, str | os.PathLike) else db
+        app[_LIMITER] = anyio.CapacityLimiter(max(_ENGINE_THREADS, engine.concurrency))
         app[_ENGINE] = engine
-        await anyio.to_thread.run_sync(engine.ping)  # a database that cannot open fails the startup
         try:
+            await anyio.to_thread.run_sync(engine.ping)  # a database that cannot open fails the startup
             yield
         finally:
-            await anyio.to_thread.run_sync(engine.close)
+            if owned:
+                await anyio.to_thread.run_sync(engine.close)
 
     return engine_context
 
 
 def create_app(
-    db_path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str] | DocumentEngine,
     *,
     api_key: str | None = None,
     limits: ServerLimits = DEFAULT_LIMITS,
     enable_batch: bool = True,
     middlewares: Sequence[Middleware] = (),
+    config: Config | None = None,
     metrics_key: str | None = None,
 ) -> web.Application:
-    """Build the json-documents application over the sqlite file ``db_path``.
+    """Build the json-documents application over a database: a sqlite file or a PostgreSQL URL.
 
-    The sqlite engine is opened on startup and closed on cleanup (``cleanup_ctx``); every engine
-    call runs in a worker thread.
+    The engine is opened on startup (its schema migrated unless turned off) and closed on cleanup
+    (``cleanup_ctx``); every engine call runs in a worker thread.
 
     Args:
-        db_path: the sqlite file (created with its folder when missing).
+        db_path: the sqlite file (created with its folder when missing), a ``sqlite:///`` or
+            ``postgresql://`` URL, or an engine (used as is; not closed on cleanup).
         api_key: when set (non-empty), every route but ``/health`` needs ``Authorization: Bearer <key>``.
         limits: body, batch, query and nesting limits.
         enable_batch: serve ``POST /{project}/json-documents/batch``; without it that POST answers 405,
             as an older server would, and clients fall back to single POSTs.
         middlewares: extra middlewares, run inside the JSON-error middleware and before auth (the
             test server's delay is one).
+        config: PostgreSQL pool settings, timeout and ``migrate`` (default: from the environment).
         metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``;
             otherwise it is open like ``/health``.
 
@@ -675,7 +695,7 @@ def create_app(
     )
     app[_LIMITS] = limits
     app[_API_KEY] = api_key.encode("utf-8") if api_key else b""
-    app.cleanup_ctx.append(_engine_context(os.fspath(db_path)))
+    app.cleanup_ctx.append(_engine_context(db_path, config))
     app.router.add_get("/health", _health, name="health")
     collection = "/{project}/json-documents"
     app.router.add_post(collection, _create, name="create")

@@ -139,7 +139,7 @@ def count_stored(app: web.Application, documents: int) -> None:
 
 
 def count_database_error(app: web.Application, error: BaseException) -> None:
-    """Count one database failure."""
+    """Count one database failure, labelled with the database's own error type when there is one."""
     metrics = app.get(_METRICS)
     if metrics is not None:
-        metrics.database_errors.labels(type(error).__name__).inc()
+        metrics.database_errors.labels(type(error.__cause__ or error).__name__).inc()

@@ -87,6 +87,10 @@ _DOCUMENT_FIELD_SCHEMAS: Final[Mapping[str, JSONSchema]] = {
     "tags": {"type": "array", "items": _STRING, "default": []},
     "metadata": {"type": "object", "default": {}},
     "is_public": {"type": "boolean", "default": False},
+    "parent_seq": {
+        "type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1,
+        "description": "The seq of the agent's state this one continues: 409 when a newer one is stored.",
+    },
 }
 _REQUIRED_FIELDS: Final = ("name", "content")
 
@@ -121,13 +125,13 @@ def _document_in(validators: Validators) -> JSONSchema:
 
 def _document_out() -> JSONSchema:
     time = {"type": "string", "description": "UTC ISO-8601"}
-    stored = {k: v for k, v in _DOCUMENT_FIELD_SCHEMAS.items() if k != "id"}
+    stored = {k: v for k, v in _DOCUMENT_FIELD_SCHEMAS.items() if k not in ("id", "parent_seq")}
     return {
         "type": "object",
-        "required": ["_id", "id", "created_at", "updated_at", "name", "content"],
+        "required": ["_id", "id", "seq", "created_at", "updated_at", "name", "content"],
         "properties": {
             "_id": _STRING, "id": _STRING, "created_at": time, "updated_at": time, **stored,
-            "seq": {"type": "integer", "description": "Per session, strictly increasing (when the store assigns it)."},
+            "seq": {"type": "integer", "description": "Per session, strictly increasing; the newest is the latest."},
             "parent_seq": {"type": ["integer", "null"]},
         },
     }
@@ -171,8 +175,9 @@ def _schemas(validators: Validators) -> dict[str, JSONSchema]:
                    "additionalProperties": False},
         "Session": {
             "type": "object",
-            "required": ["session_id", "documents", "first_at", "last_at"],
-            "properties": {"session_id": _STRING, "documents": count, "first_at": _STRING, "last_at": _STRING},
+            "required": ["session_id", "documents", "agents", "first_at", "last_at", "last_seq"],
+            "properties": {"session_id": _STRING, "documents": count, "agents": {"type": "array", "items": _STRING},
+                           "first_at": _STRING, "last_at": _STRING, "last_seq": {"type": "integer"}},
             "additionalProperties": False,
         },
         "SessionList": _page("Session"),

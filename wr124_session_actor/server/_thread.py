@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -22,6 +23,11 @@ __all__ = ["ServerThread", "run_server"]
 _SHUTDOWN_TIMEOUT: Final = 2.0
 
 
+def _shown(db: str) -> str:
+    """A database for the log: a URL's password hidden."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", db)
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -35,7 +41,7 @@ class ServerThread:
             httpx.get(f"{server.url}/health")
 
     Args:
-        db_path: the sqlite file the server keeps documents in.
+        db_path: the sqlite file the server keeps documents in, or a ``postgresql://`` URL.
         host: the address to listen on.
         port: the port; 0 picks a free one on the first start, and later starts reuse it.
         api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
@@ -218,7 +224,7 @@ def run_server(
     Args:
         host: the address to listen on.
         port: the port (0 picks a free one; the announced URL shows which).
-        db_path: the sqlite file the documents live in.
+        db_path: the sqlite file the documents live in, or a ``postgresql://`` URL.
         api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <key>``.
         limits: the server's limits.
         enable_batch: serve the batch endpoint.
@@ -251,7 +257,7 @@ async def _serve_forever(
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         bound_port = runner.addresses[0][1]
-        announce(f"json-documents server listening on {_url(host, bound_port)} (database: {db_path})")
+        announce(f"json-documents server listening on {_url(host, bound_port)} (database: {_shown(db_path)})")
         await stop.wait()
     finally:
         await runner.cleanup()

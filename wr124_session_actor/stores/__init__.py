@@ -1,31 +1,80 @@
-"""Document stores: ``memory://``, ``sqlite:///path`` and the json-documents HTTP API."""
+"""Document stores: ``memory://``, ``sqlite:///path``, ``postgresql://...`` and the json-documents HTTP API.
+
+The memory, sqlite and PostgreSQL stores are one async adapter (:class:`EngineStore`) over a
+synchronous :class:`DocumentEngine` (:class:`SqliteDocuments`, :class:`PostgresDocuments`); the
+reference server runs on the same engines.
+"""
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 from .._config import Config
 from ..transports import open_transport
-from ._base import MAX_QUERY_LIMIT, Document, DocumentStore, Query, QueryResult
-from ._engine import DocumentConflict, SqliteDocuments
+from ._adapter import EngineStore
+from ._base import (
+    MAX_QUERY_LIMIT,
+    SORT_FIELDS,
+    Document,
+    DocumentConflict,
+    DocumentEngine,
+    DocumentStore,
+    Inserted,
+    Query,
+    QueryResult,
+    SortField,
+)
+from ._engine import SqliteDocuments
 from ._http import HttpStore
 from ._memory import MemoryStore, reset_memory_stores
+from ._postgres import PostgresDocuments, close_shared_postgres, shared_postgres
 from ._sqlite import SqliteStore, sqlite_path_from_url
 
 __all__ = [
     "MAX_QUERY_LIMIT",
+    "SORT_FIELDS",
     "Document",
     "DocumentConflict",
+    "DocumentEngine",
     "DocumentStore",
+    "EngineStore",
     "HttpStore",
+    "Inserted",
     "MemoryStore",
+    "PostgresDocuments",
     "Query",
     "QueryResult",
+    "SortField",
     "SqliteDocuments",
     "SqliteStore",
+    "close_shared_postgres",
+    "is_postgres_url",
+    "open_engine",
     "open_store",
     "reset_memory_stores",
 ]
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return url.partition(":")[0].lower() in ("postgresql", "postgres") and "://" in url
+
+
+def open_engine(target: str | os.PathLike[str], config: Config | None = None) -> DocumentEngine:
+    """The engine for a database: a ``postgresql://``/``postgres://`` URL, a ``sqlite:///`` URL or a
+    sqlite file path. Does no I/O.
+
+    Args:
+        target: where the documents live.
+        config: PostgreSQL pool settings, timeout and ``migrate`` (default: read from the environment).
+    """
+    text = os.fspath(target)
+    if is_postgres_url(text):
+        return PostgresDocuments.from_config(config or Config.from_env(), text)
+    if text.startswith("sqlite:///"):
+        text = sqlite_path_from_url(text)
+    return SqliteDocuments(text)
 
 
 def open_store(config: Config) -> DocumentStore:
@@ -35,6 +84,8 @@ def open_store(config: Config) -> DocumentStore:
         return MemoryStore(config.api_url[len("memory://") :], config.project_id)
     if kind == "sqlite":
         return SqliteStore(sqlite_path_from_url(config.api_url), config.project_id)
+    if kind == "postgresql":
+        return EngineStore(shared_postgres(config), config.project_id, owns_engine=False)
     return HttpStore(
         config.api_url,
         config.project_id,

@@ -1,24 +1,30 @@
 """The synchronous sqlite document engine behind the embedded store, the memory store and the server.
 
-Blocking by nature: async callers run it in a worker thread (:mod:`._sqlite`). One connection per
-engine, serialized by a lock, WAL mode so readers in other processes (the CLI) are not blocked.
+Blocking by nature: async callers run it in a worker thread (:class:`~._adapter.EngineStore`). One
+connection per engine, serialized by a lock, WAL mode so readers in other processes (the CLI) are not
+blocked.
+
+``seq`` is the table's ``INTEGER PRIMARY KEY AUTOINCREMENT``: one counter for the whole file, so it is
+strictly increasing per session too (sqlite serializes writers), costs nothing on insert, and round 1's
+files already have it. The schema's version is sqlite's ``user_version``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import orjson
 
 from .._document import EncodedDocument, utc_now_iso
-from .._exceptions import StoreRejected
-from ._base import Document, Query
+from .._exceptions import StoreError, StoreUnavailable
+from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
 
-__all__ = ["DocumentConflict", "SqliteDocuments"]
+__all__ = ["SqliteDocuments", "open_sqlite"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -37,8 +43,21 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_by_session ON documents (project, session_id, created_at);
 """
 
+#: Schema versions after round 1's (version 1, :data:`_SCHEMA`), each a list of statements run in one
+#: transaction. Version 2: the agent column (parent_seq checks, keep-last), filled from the bodies.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        "ALTER TABLE documents ADD COLUMN agent TEXT",
+        "UPDATE documents SET agent = json_extract(CAST(body AS TEXT), '$.content.agent_name')"
+        " WHERE json_valid(CAST(body AS TEXT))",
+        "CREATE INDEX IF NOT EXISTS documents_by_agent ON documents (project, session_id, agent, seq)",
+    ),
+)
+#: The schema version this code writes.
+SQLITE_SCHEMA_VERSION: Final = 1 + len(_MIGRATIONS)
+
 _BLOB_CHUNK: Final = 1024 * 1024
-_ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": "name"}
+_ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": "name", "seq": "seq"}
 
 
 def open_sqlite(path: str, schema: str, *, synchronous: str) -> sqlite3.Connection:
@@ -52,12 +71,30 @@ def open_sqlite(path: str, schema: str, *, synchronous: str) -> sqlite3.Connecti
     return conn
 
 
-class DocumentConflict(StoreRejected):
-    """A document with this id exists with a different body (HTTP 409)."""
+def _migrate(conn: sqlite3.Connection) -> list[int]:
+    """Bring the schema to :data:`SQLITE_SCHEMA_VERSION` (under sqlite's write lock); return the
+    versions applied."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SQLITE_SCHEMA_VERSION:
+        return []
+    applied: list[int] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = max(1, conn.execute("PRAGMA user_version").fetchone()[0])
+        for number, statements in enumerate(_MIGRATIONS[version - 1 :], start=version + 1):
+            for statement in statements:
+                conn.execute(statement)
+            applied.append(number)
+        conn.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return applied
 
 
 class SqliteDocuments:
-    """Documents in one sqlite file (or ``":memory:"``), partitioned by project.
+    """Documents in one sqlite file (or ``":memory:"``), partitioned by project: a
+    :class:`~wr124_session_actor.stores.DocumentEngine`.
 
     Args:
         path: the database file; ``":memory:"`` for a private in-memory database.
@@ -67,25 +104,54 @@ class SqliteDocuments:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._applied: list[int] = []
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = open_sqlite(self.path, _SCHEMA, synchronous="NORMAL")
-        return self._conn
+    @property
+    def concurrency(self) -> int:
+        """One connection: one call at a time."""
+        return 1
 
-    def insert_many(self, project: str, docs: Sequence[EncodedDocument]) -> list[tuple[str, bool]]:
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, opened (and migrated) on first use, held under the lock; sqlite's and the
+        file system's errors become ``StoreUnavailable``."""
+        with self._lock:
+            try:
+                if self._conn is None:
+                    conn = open_sqlite(self.path, _SCHEMA, synchronous="NORMAL")
+                    try:
+                        self._applied = _migrate(conn)
+                    except BaseException:
+                        conn.close()
+                        raise
+                    self._conn = conn
+                yield self._conn
+            except StoreError:
+                raise
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    def migrate(self) -> list[int]:
+        """Open the database, bringing its schema up to date; return the versions this engine applied."""
+        with self._connection():
+            return list(self._applied)
+
+    def insert_many(self, project: str, docs: Sequence[EncodedDocument]) -> list[Inserted]:
         """Insert ``docs`` in one transaction; return ``(id, created)`` per document.
 
         A document whose id exists with the same body is not inserted again (``created`` false).
 
         Raises:
-            DocumentConflict: an id exists with a different body; nothing is inserted.
+            DocumentConflict: an id exists with a different body, or a new document's ``parent_seq``
+                is older than the newest state of its (session, agent) stored before this batch;
+                nothing is inserted.
         """
-        now = utc_now_iso()
-        with self._lock:
-            conn = self._connect()
+        with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Taken under the write lock, so that created_at follows seq order across processes.
+                now = utc_now_iso()
+                _check_parents(conn, project, docs)
                 # The common case: every id is new. Insert them all, ignoring ids that exist; if any
                 # was ignored, undo and go through the batch again, checking each id. A batch sent
                 # again (its first id exists) goes straight to the check.
@@ -130,11 +196,10 @@ class SqliteDocuments:
         clause = " AND ".join(where)
         direction = "DESC" if query.sort_order < 0 else "ASC"
         order = f"{_ORDER[query.sort_by]} {direction}, seq {direction}"
-        with self._lock:
-            conn = self._connect()
+        with self._connection() as conn:
             total = conn.execute(f"SELECT count(*) FROM documents WHERE {clause}", args).fetchone()[0]
             rows = conn.execute(
-                f"SELECT id, created_at, updated_at, body FROM documents WHERE {clause}"
+                f"SELECT id, seq, created_at, updated_at, body FROM documents WHERE {clause}"
                 f" ORDER BY {order} LIMIT ? OFFSET ?",
                 [*args, query.limit, query.skip],
             ).fetchall()
@@ -142,49 +207,43 @@ class SqliteDocuments:
 
     def sessions(
         self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Return one page of the project's sessions, latest activity first, and the count of all.
-
-        Each is ``{"session_id", "documents", "first_at", "last_at"}``; ``search`` keeps the sessions
-        whose id contains it.
-        """
-        where = "project = ? AND session_id IS NOT NULL"
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of the project's sessions, latest activity first, and the count of all (see the protocol)."""
+        where = "project = ? AND session_id IS NOT NULL AND session_id <> ''"
         args: list[Any] = [project]
         if search:
             where += " AND instr(session_id, ?) > 0"
             args.append(search)
-        with self._lock:
-            conn = self._connect()
+        with self._connection() as conn:
             total = conn.execute(f"SELECT count(DISTINCT session_id) FROM documents WHERE {where}", args).fetchone()[0]
             rows = conn.execute(
-                f"SELECT session_id, count(*), min(created_at), max(created_at) FROM documents WHERE {where}"
+                "SELECT session_id, count(*), json_group_array(DISTINCT agent) FILTER (WHERE agent IS NOT NULL),"
+                f" min(created_at), max(created_at), max(seq) FROM documents WHERE {where}"
                 " GROUP BY session_id ORDER BY max(created_at) DESC, session_id LIMIT ? OFFSET ?",
                 [*args, limit, skip],
             ).fetchall()
-        keys = ("session_id", "documents", "first_at", "last_at")
-        return [dict(zip(keys, row, strict=True)) for row in rows], int(total)
+        return [session_summary(sid, n, orjson.loads(agents), first, last, seq)
+                for sid, n, agents, first, last, seq in rows], int(total)
 
     def get(self, project: str, doc_id: str) -> Document | None:
         """Return the document with ``doc_id`` in ``project``, or ``None``."""
-        with self._lock:
-            row = self._connect().execute(
-                "SELECT id, created_at, updated_at, body FROM documents WHERE project = ? AND id = ?",
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT id, seq, created_at, updated_at, body FROM documents WHERE project = ? AND id = ?",
                 (project, doc_id),
             ).fetchone()
         return None if row is None else _document(*row)
 
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
-        with self._lock:
-            cursor = self._connect().execute(
-                "DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id)
-            )
+        with self._connection() as conn:
+            cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
         return cursor.rowcount > 0
 
     def ping(self) -> None:
         """Open the database if needed and run a trivial statement."""
-        with self._lock:
-            self._connect().execute("SELECT 1").fetchone()
+        with self._connection() as conn:
+            conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
         """Close the connection (a later call opens it again)."""
@@ -194,19 +253,42 @@ class SqliteDocuments:
                 self._conn = None
 
 
-_COLUMNS: Final = "(project, id, session_id, document_type, name, tags, created_at, updated_at, body)"
-_INSERT: Final = f"INSERT INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_OR_IGNORE: Final = f"INSERT OR IGNORE INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_COLUMNS: Final = "(project, id, session_id, document_type, name, tags, agent, created_at, updated_at, body)"
+_INSERT: Final = f"INSERT INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_OR_IGNORE: Final = f"INSERT OR IGNORE INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # The same for a body over _BLOB_CHUNK: bound is its size, its bytes are written after (_write_blob).
-_INSERT_LARGE: Final = f"INSERT INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))"
+_INSERT_LARGE: Final = f"INSERT INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))"
 _INSERT_OR_IGNORE_LARGE: Final = (
-    f"INSERT OR IGNORE INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))"
+    f"INSERT OR IGNORE INTO documents {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, zeroblob(?))"
 )
 
 
 def _row(project: str, doc: EncodedDocument, now: str, body: object) -> tuple[object, ...]:
     return (project, doc.id, doc.session_id, doc.document_type, doc.name, orjson.dumps(doc.tags).decode(),
-            now, now, body)
+            doc.agent, now, now, body)
+
+
+def conflict_message(doc: EncodedDocument, newest: int) -> str:
+    """The message of a ``parent_seq`` conflict (the same from every engine)."""
+    return (f"conflict: document {doc.id!r} continues seq {doc.parent_seq} of agent {doc.agent!r} in session"
+            f" {doc.session_id!r}, but seq {newest} is newer")
+
+
+def _check_parents(conn: sqlite3.Connection, project: str, docs: Sequence[EncodedDocument]) -> None:
+    """Raise :class:`DocumentConflict` when a new document's ``parent_seq`` is not its agent's newest state.
+
+    Checked against what was stored before this batch: a batch's own documents continue each other.
+    A document already stored (a retried write) is not checked again.
+    """
+    for doc in docs:
+        if doc.parent_seq is None or _exists(conn, project, doc.id):
+            continue
+        row = conn.execute(
+            "SELECT max(seq) FROM documents WHERE project = ? AND session_id = ? AND agent IS ?",
+            (project, doc.session_id, doc.agent),
+        ).fetchone()
+        if row[0] is not None and row[0] > doc.parent_seq:
+            raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
 
 
 def _write_blob(conn: sqlite3.Connection, rowid: int | None, body: bytes | bytearray) -> None:
@@ -262,7 +344,7 @@ def _insert_checked(
         row = conn.execute("SELECT body FROM documents WHERE project = ? AND id = ?", (project, doc.id)).fetchone()
         if row is not None:
             if bytes(row[0]) != doc.body:
-                raise DocumentConflict(f"document {doc.id!r} exists with a different body", status_code=409)
+                raise DocumentConflict(id_conflict_message(doc.id), status_code=409)
             results.append((doc.id, False))
             continue
         if len(doc.body) > _BLOB_CHUNK:
@@ -274,10 +356,16 @@ def _insert_checked(
     return results
 
 
-def _document(doc_id: str, created_at: str, updated_at: str, body: bytes) -> Document:
+def id_conflict_message(doc_id: str) -> str:
+    """The message of an id stored with another body (the same from every engine)."""
+    return f"conflict: document {doc_id!r} exists with a different body"
+
+
+def _document(doc_id: str, seq: int, created_at: str, updated_at: str, body: bytes) -> Document:
     doc: Document = orjson.loads(body)
     doc["_id"] = doc_id
     doc["id"] = doc_id
+    doc["seq"] = seq
     doc["created_at"] = created_at
     doc["updated_at"] = updated_at
     return doc

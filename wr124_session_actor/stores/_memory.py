@@ -8,17 +8,12 @@ database is in memory). Stores are shared per URL within the process, so indepen
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from typing import Final
 
-import anyio.lowlevel
-
-from .._document import EncodedDocument
-from .._exceptions import DocumentNotFound, StoreClosed
-from ._base import Document, Query, QueryResult
+from ._adapter import EngineStore
 from ._engine import SqliteDocuments
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "reset_memory_stores"]
 
 _ENGINES: Final[dict[str, SqliteDocuments]] = {}
 _ENGINES_LOCK: Final = threading.Lock()
@@ -32,7 +27,7 @@ def _engine_for(name: str) -> SqliteDocuments:
         return engine
 
 
-class MemoryStore:
+class MemoryStore(EngineStore):
     """A :class:`DocumentStore` kept in this process's memory, shared by every store of the same name.
 
     Args:
@@ -41,48 +36,7 @@ class MemoryStore:
     """
 
     def __init__(self, name: str = "", project: str = "default") -> None:
-        self.engine = _engine_for(name)
-        self.project = project
-        self._closed = False
-
-    async def _enter(self) -> None:
-        await anyio.lowlevel.checkpoint()
-        if self._closed:
-            raise StoreClosed("the memory store is closed")
-
-    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
-        """Insert all documents at once; return their ids."""
-        await self._enter()
-        return [doc_id for doc_id, _ in self.engine.insert_many(self.project, docs)]
-
-    async def query(self, query: Query) -> QueryResult:
-        """Return one page of matching documents."""
-        await self._enter()
-        data, total = self.engine.query(self.project, query)
-        return QueryResult(data, total)
-
-    async def get(self, doc_id: str) -> Document:
-        """Return one document; raises ``DocumentNotFound``."""
-        await self._enter()
-        doc = self.engine.get(self.project, doc_id)
-        if doc is None:
-            raise DocumentNotFound(f"no document {doc_id!r}", status_code=404)
-        return doc
-
-    async def delete(self, doc_id: str) -> None:
-        """Delete one document; raises ``DocumentNotFound``."""
-        await self._enter()
-        if not self.engine.delete(self.project, doc_id):
-            raise DocumentNotFound(f"no document {doc_id!r}", status_code=404)
-
-    async def health(self) -> None:
-        """Always healthy while open."""
-        await self._enter()
-
-    async def aclose(self) -> None:
-        """Mark this store closed (the shared data stays for other stores of the same name)."""
-        self._closed = True
-        await anyio.lowlevel.checkpoint()
+        super().__init__(_engine_for(name), project, inline=True, owns_engine=False)
 
 
 def reset_memory_stores() -> None:

@@ -1,0 +1,93 @@
+"""One async :class:`DocumentStore` over any synchronous :class:`DocumentEngine`.
+
+The memory store runs its engine's calls inline (an in-memory database never waits); the sqlite and
+PostgreSQL stores run them in worker threads, at most the engine's ``concurrency`` at once, so that
+the event loop never blocks, under asyncio and trio alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from .._document import EncodedDocument
+from .._exceptions import DocumentNotFound, StoreClosed
+from ._base import Document, DocumentEngine, Query, QueryResult
+
+__all__ = ["EngineStore"]
+
+T = TypeVar("T")
+
+
+class EngineStore:
+    """A :class:`DocumentStore` for one project over a :class:`DocumentEngine`.
+
+    Args:
+        engine: the engine the documents live in.
+        project: the project whose documents this store sees.
+        inline: run the engine's calls on the event loop (only for engines that never wait: memory).
+        owns_engine: close the engine on :meth:`aclose` (``False`` when it is shared).
+    """
+
+    def __init__(
+        self, engine: DocumentEngine, project: str = "default", *, inline: bool = False, owns_engine: bool = True
+    ) -> None:
+        self.engine = engine
+        self.project = project
+        self._inline = inline
+        self._owns_engine = owns_engine
+        self._limiter = anyio.CapacityLimiter(max(1, engine.concurrency))
+        self._closed = False
+
+    async def _run(self, func: Callable[..., T], *args: object) -> T:
+        if self._closed:
+            raise StoreClosed(f"the {type(self).__name__} is closed")
+        if self._inline:
+            await anyio.lowlevel.checkpoint()
+            return func(*args)
+        # Abandoned on cancel: the call's deadline returns TIMEOUT even while the database waits on a
+        # lock or a connection; the thread finishes on its own and a redone write is harmless (ids are
+        # idempotent).
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter, abandon_on_cancel=True)
+
+    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+        """Insert all documents in one transaction; return their ids."""
+        results = await self._run(self.engine.insert_many, self.project, docs)
+        return [doc_id for doc_id, _ in results]
+
+    async def query(self, query: Query) -> QueryResult:
+        """Return one page of matching documents."""
+        data, total = await self._run(self.engine.query, self.project, query)
+        return QueryResult(data, total)
+
+    async def get(self, doc_id: str) -> Document:
+        """Return one document; raises ``DocumentNotFound``."""
+        doc = await self._run(self.engine.get, self.project, doc_id)
+        if doc is None:
+            raise DocumentNotFound(f"no document {doc_id!r}", status_code=404)
+        return doc
+
+    async def delete(self, doc_id: str) -> None:
+        """Delete one document; raises ``DocumentNotFound``."""
+        if not await self._run(self.engine.delete, self.project, doc_id):
+            raise DocumentNotFound(f"no document {doc_id!r}", status_code=404)
+
+    async def health(self) -> None:
+        """Reach the database (opening it on first use) and run a trivial statement."""
+        await self._run(self.engine.ping)
+
+    async def aclose(self) -> None:
+        """Close the engine when this store owns it; later calls raise ``StoreClosed``."""
+        if self._closed:
+            await anyio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        if not self._owns_engine:
+            await anyio.lowlevel.checkpoint()
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.engine.close, limiter=self._limiter)
