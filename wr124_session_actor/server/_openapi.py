@@ -151,8 +151,13 @@ def _page(item: str) -> JSONSchema:
 def _schemas(validators: Validators) -> dict[str, JSONSchema]:
     count = {"type": "integer", "minimum": 0}
     duration = {
-        "type": ["string", "null"], "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[smhdw]?\s*$",
-        "description": "A duration: `90s`, `15m`, `12h`, `7d` or plain seconds; 0 or null is off.",
+        "anyOf": [
+            {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[smhdwSMHDW]?\s*$"},
+            {"type": "number", "minimum": 0},
+            {"type": "null"},
+        ],
+        "description": "A duration: `90s`, `15m`, `12h`, `7d`, `2w` or seconds; 0 or null turns the rule off;"
+                       " omitted: the server's own rule.",
     }
     return {
         "Error": _error_schema(),
@@ -184,11 +189,14 @@ def _schemas(validators: Validators) -> dict[str, JSONSchema]:
         "Prune": {
             "type": "object",
             "properties": {
-                "keep_last": {"type": ["integer", "null"], "minimum": 0,
-                              "description": "Keep this many newest states per (session, agent); 0 is unlimited."},
+                "keep_last": {
+                    "anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                              {"type": "string", "pattern": r"^\s*[0-9]{1,18}\s*$"}, {"type": "null"}],
+                    "description": "Keep this many newest states per (session, agent); 0 or null: no limit.",
+                },
                 "max_age": duration,
                 "idle_ttl": duration,
-                "session_id": _NULLABLE_STRING,
+                "session_id": {"type": ["string", "null"], "minLength": 1, "description": "Only this session."},
                 "dry_run": {"type": "boolean", "default": False},
             },
             "additionalProperties": False,
@@ -277,6 +285,7 @@ class Operation:
     ok: Mapping[int, tuple[str, str]]  # status -> (media type, schema name or "" for free text)
     errors: tuple[int, ...]
     body: str = ""  # the request body's schema name
+    body_required: bool = True
     project: bool = True  # a /{project}/... route: X-Project-ID, 401 with a key, 403
     open: bool = False  # served without the API key
 
@@ -305,7 +314,7 @@ OPERATIONS: Final[Mapping[tuple[str, str], Operation]] = {
     ),
     ("POST", "/{project}/json-documents/prune"): Operation(
         "pruneDocuments", "Delete old states by retention policy (or count them with dry_run).",
-        {200: (_JSON, "PruneReport")}, _BODY_ERRORS, body="Prune",
+        {200: (_JSON, "PruneReport")}, _BODY_ERRORS, body="Prune", body_required=False,
     ),
     ("GET", "/{project}/json-documents/{doc_id}"): Operation(
         "getDocument", "One document.", {200: (_JSON, "Document")}, _API_ERRORS,
@@ -377,7 +386,7 @@ def _operation(op: Operation, path: str, validators: Validators, queries: Mappin
         result["parameters"] = parameters
     if op.body:
         result["requestBody"] = {
-            "required": True,
+            "required": op.body_required,
             "content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{op.body}"}}},
             "description": f"At most {validators.limits.max_body_bytes} bytes.",
         }
