@@ -68,12 +68,13 @@ def write_charts(results: Sequence[ScenarioResult], folder: Path) -> list[Path]:
             ax.set_title(column.header, fontsize=9)
             ax.tick_params(axis="x", labelsize=7)
             ax.grid(axis="x", alpha=0.3)
-            positive = [m + hi for m, hi in zip(medians, highs, strict=True) if m > 0]
-            if positive and min(positive) > 0 and max(positive) / min(positive) > 50:
+            tops = [m + hi for m, hi in zip(medians, highs, strict=True) if m > 0]
+            bottoms = [m - lo if m - lo > 0 else m for m, lo in zip(medians, lows, strict=True) if m > 0]
+            if tops and max(tops) / min(bottoms) > 50:
                 ax.set_xscale("log")  # values orders of magnitude apart: all bars stay visible
-                ax.set_xlim(min(positive) / 3, max(positive) * 6)
-            elif positive:
-                ax.set_xlim(0, max(positive) * 1.3)
+                ax.set_xlim(min(bottoms) / 3, max(tops) * 6)
+            elif tops:
+                ax.set_xlim(0, max(tops) * 1.3)
             for pos, value, high in zip(positions, medians, highs, strict=True):
                 ax.annotate(_number(value, column.fmt), (value + high, pos), xytext=(5, 0), textcoords="offset points",
                             va="center", fontsize=7)

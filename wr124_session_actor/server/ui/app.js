@@ -134,6 +134,7 @@ function renderSessions() {
     },
     h("span", { class: "session-id" }, s.session_id),
     h("span", { class: "session-sub" }, `${s.documents} state${s.documents === 1 ? "" : "s"} · ${ago(s.last_at)}`),
+    (s.agents || []).length ? h("span", { class: "session-agents" }, s.agents.join(" · ")) : null,
     ))));
   if (!view.sessions.length) list.append(h("li", { class: "muted", style: "padding:10px" },
     view.search ? "No session matches." : `No sessions in project “${view.project}”.`));
@@ -197,12 +198,16 @@ function statesOfAgent(agent) {
   return view.docs.filter((d) => agentOf(d) === agent);
 }
 
-function baseOf(doc) {
-  if (!doc) return null;
-  if (view.base) return view.docs.find((d) => d.id === view.base) || null;
+function previousOf(doc) {
   const lane = statesOfAgent(agentOf(doc));
   const index = lane.indexOf(doc);
   return index > 0 ? lane[index - 1] : null;
+}
+
+function baseOf(doc) {
+  if (!doc) return null;
+  if (view.base) return view.docs.find((d) => d.id === view.base) || null;
+  return previousOf(doc);
 }
 
 function renderTimeline(first) {
@@ -407,7 +412,7 @@ function renderDiff(doc, base) {
     id: "compare", "aria-label": "Compare with",
     onchange: (event) => { view.base = event.target.value || null; renderSelection(); },
   },
-  h("option", { value: "" }, "the previous state"),
+  h("option", { value: "" }, previousOf(doc) ? `the previous state (${labelOf(previousOf(doc))})` : "the previous state"),
   lane.slice().reverse().map((d) => h("option", { value: d.id, selected: view.base === d.id },
     `${labelOf(d)} · ${formatTime(d.created_at)}`)));
   const header = [
