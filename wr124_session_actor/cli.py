@@ -151,7 +151,8 @@ async def _prune(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
-    run_server(args.host, args.port, args.db, api_key=args.api_key or os.environ.get("SESSION_API_KEY"),
+    api_key = args.api_key or os.environ.get("SESSION_API_KEY")
+    run_server(args.host, args.port, args.db, api_key=api_key, metrics_key=args.metrics_key,
                retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
     return 0
 
@@ -225,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     _retention_options(serve)
     serve.add_argument("--sweep-interval", type=_duration, default=60.0, metavar="SECONDS",
                        help="how often the server sweeps by its retention policy (default: 60s)")
+    serve.add_argument("--metrics-key", help="require 'Authorization: Bearer KEY' for /metrics (default: open)")
 
     migrate = sub.add_parser("migrate", help="bring a database's schema up to date (sqlite or PostgreSQL)")
     migrate.add_argument("--db", required=True, help="postgresql://user:pass@host:port/db, sqlite:/// URL or file")

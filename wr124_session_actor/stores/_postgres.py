@@ -29,7 +29,7 @@ from .._config import Config
 from .._document import EncodedDocument
 from .._exceptions import NoClientError, StoreError, StoreRejected, StoreTimeout, StoreUnavailable
 from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
-from ._base import Document, DocumentConflict, Inserted, Query
+from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
 from ._engine import conflict_message, id_conflict_message
 from ._pg_schema import migrate
 from ._retention import POSTGRES_DIALECT, prune_documents
@@ -243,6 +243,33 @@ class PostgresDocuments:
                 (project, doc_id),
             ).fetchone()
         return None if row is None else _document(*row)
+
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of the project's sessions, latest activity first, and the count of all (see the protocol)."""
+        where = "project = %s AND session_id <> ''"
+        args: list[Any] = [project]
+        if search:
+            where += " AND strpos(session_id, %s) > 0"
+            args.append(search)
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT session_id, count(*), coalesce(array_agg(DISTINCT agent) FILTER (WHERE agent IS NOT NULL),"
+                " '{}'), min(created_at), max(created_at), max(seq), count(*) OVER ()"
+                f" FROM wr124_documents WHERE {where} GROUP BY session_id"
+                " ORDER BY max(created_at) DESC, session_id LIMIT %s OFFSET %s",
+                [*args, limit, skip],
+            ).fetchall()
+            if rows:
+                total = int(rows[0][6])
+            else:
+                row = conn.execute(
+                    f"SELECT count(DISTINCT session_id) FROM wr124_documents WHERE {where}", args
+                ).fetchone()
+                total = int(row[0]) if row else 0
+        return [session_summary(sid, n, agents, _iso(first), _iso(last), seq)
+                for sid, n, agents, first, last, seq, _ in rows], total
 
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
