@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from time import monotonic
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import structlog
@@ -18,11 +17,23 @@ from ._statistics import SystemCounters
 from ._status import SessionStateStatus
 from ._write_stage import WriteStage
 
-__all__ = ["CLOSED_MESSAGE", "SessionActor"]
+__all__ = ["CLOSED_MESSAGE", "ActorHost", "SessionActor"]
 
 logger = structlog.get_logger("wr124_session_actor")
 CLOSED_MESSAGE: Final = "the actor system is closed"
 Status = SessionStateStatus
+
+
+class ActorHost(Protocol):
+    """Where actors run: the runtime that starts their tasks and forgets them when idle."""
+
+    def start(self, actor: SessionActor) -> None:
+        """Start ``actor.run()`` in a task (the actor has a message and no running task)."""
+        ...
+
+    def on_idle(self, actor: SessionActor) -> None:
+        """``actor.run()`` ended: nothing queued, nothing pending."""
+        ...
 
 
 class SessionActor:
@@ -42,16 +53,13 @@ class SessionActor:
         ops: the session's core operations.
         counters: the system's counters.
         stage: the write stage of the store.
-        start: starts :meth:`run` in the system's task group (called when a message arrives at an idle actor).
-        on_idle: called when :meth:`run` ends.
+        host: starts :meth:`run` when a message arrives at an idle actor, and hears when it ends.
         outbox: the durable outbox, if the system has one.
     """
 
-    __slots__ = ("_batch", "_on_idle", "_stage", "_start", "busy", "counters", "mailbox", "ops", "outbox",
-                 "running")
+    __slots__ = ("_batch", "_host", "_stage", "busy", "counters", "mailbox", "ops", "outbox", "running")
 
-    def __init__(self, ops: SessionOps, counters: SystemCounters, stage: WriteStage,
-                 start: Callable[[SessionActor], None], on_idle: Callable[[SessionActor], None],
+    def __init__(self, ops: SessionOps, counters: SystemCounters, stage: WriteStage, host: ActorHost,
                  outbox: Outbox | None = None) -> None:
         config = ops.config
         self.ops = ops
@@ -59,8 +67,7 @@ class SessionActor:
         self.outbox = outbox
         self.mailbox = Mailbox(config.mailbox_size)
         self._stage = stage
-        self._start = start
-        self._on_idle = on_idle
+        self._host = host
         # While the store fails the batch is bounded; with an outbox the bound is the outbox's, so an
         # accepted keep="all" state is never coalesced away before the outbox itself is full.
         self._batch: PendingBatch[Reply] = PendingBatch(
@@ -78,7 +85,7 @@ class SessionActor:
     def _wake(self) -> None:
         if not self.running:
             self.running = True
-            self._start(self)
+            self._host.start(self)
 
     def submit(self, upload: StateUpload) -> StateUpload | None:
         """Queue a fire-and-forget upload (coalescing past the bound); return the upload it replaced."""
@@ -129,7 +136,7 @@ class SessionActor:
                     self._give_up()
             finally:
                 self.running = False
-                self._on_idle(self)
+                self._host.on_idle(self)
 
     async def _handle(self, message: Message) -> None:
         if isinstance(message, Upload):
