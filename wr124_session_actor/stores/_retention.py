@@ -145,8 +145,8 @@ class _Sweep:
         self.batch_size = batch_size
         self.dry_run = dry_run
         self.keep_last = policy.keep_last
-        self.idle_cutoff = None if policy.idle_ttl is None else dialect.time(now - timedelta(seconds=policy.idle_ttl))
-        self.age_cutoff = None if policy.max_age is None else dialect.time(now - timedelta(seconds=policy.max_age))
+        self.idle_cutoff = None if policy.idle_ttl is None else dialect.time(_before(now, policy.idle_ttl))
+        self.age_cutoff = None if policy.max_age is None else dialect.time(_before(now, policy.max_age))
 
     def sessions(self, conn: Any, project: str | None, session_id: str | None) -> list[tuple[str, str, bool]]:
         """Every session in scope, with whether it is idle (no write since the idle cutoff)."""
@@ -319,3 +319,11 @@ class RetentionSweeper:
         logger.debug("retention_sweep", project=project, sessions=report.sessions, documents=report.documents,
                      bytes=report.bytes, complete=report.complete)
         return report
+
+
+def _before(now: datetime, seconds: float) -> datetime:
+    """``now`` less ``seconds``; a span longer than the calendar reaches back to its first day."""
+    try:
+        return now - timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
