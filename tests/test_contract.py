@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +38,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         yield srv
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_server_keeps_its_contract(case: schemathesis.Case, live: ServerThread) -> None:
@@ -153,3 +155,27 @@ class TestQueryLists:
         assert repeated["total"] == joined["total"] == 0
         assert httpx.get(url, params=[("tags", "t")]).json()["total"] == 3
         assert httpx.get(url, params=[("limit", "1"), ("limit", "2")]).status_code == 400
+
+
+class TestUiFiles:
+    def test_the_package_ships_exactly_the_served_files(self) -> None:
+        """The ``ui`` folder holds the page and the assets the contract enumerates, nothing else."""
+        from wr124_session_actor.server import _ui
+
+        folder = Path(_ui.__file__).parent / "ui"
+        assert {p.name for p in folder.iterdir()} == {_ui.INDEX, *_ui.ASSETS}
+
+    def test_assets_are_served_and_unknown_ones_are_404(self, live: ServerThread) -> None:
+        """``/ui`` and every asset answer with their media type; another name is a JSON 404."""
+        assert httpx.get(f"{live.url}/ui").headers["content-type"].startswith("text/html")
+        for name, media in _ui_assets().items():
+            assert httpx.get(f"{live.url}/ui/{name}").headers["content-type"].startswith(media)
+        missing = httpx.get(f"{live.url}/ui/nope.js")
+        assert missing.status_code == 404
+        assert missing.json()["status"] == 404
+
+
+def _ui_assets() -> dict[str, str]:
+    from wr124_session_actor.server._ui import ASSETS
+
+    return dict(ASSETS)
