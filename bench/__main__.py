@@ -35,13 +35,16 @@ SCENARIOS: Final = {
     "sessions": "bench.sessions",
     "large_states": "bench.large_states",
     "cache": "bench.cache",
+    "activation": "bench.activation",
+    "postgres": "bench.postgres",
+    "growth": "bench.growth",
 }
 
 DEFAULT_JSON: Final = Path(__file__).resolve().parent / "results.json"
 DEFAULT_CHARTS: Final = Path(__file__).resolve().parent / "charts"
 _REPS: Final = {"full": 3, "quick": 3, "smoke": 1}
 _PACKAGES: Final = ("wr124-session-actor", "anyio", "trio", "aiohttp", "httpx", "orjson", "structlog",
-                    "langgraph-checkpoint-sqlite", "aiosqlite")
+                    "langgraph-checkpoint-sqlite", "aiosqlite", "psycopg", "psycopg-pool")
 
 
 def _parser() -> argparse.ArgumentParser:

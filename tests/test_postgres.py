@@ -163,22 +163,15 @@ class TestLibrary:
         await manager.aclose()
 
 
-@pytest.fixture(scope="module")
-def own_cluster() -> Iterator[PgCluster]:
-    """A cluster of this module's own, which tests may stop and start again."""
-    with PgCluster() as cluster:
-        yield cluster
-
-
 @pytest.mark.anyio
 class TestDatabaseDown:
-    async def test_down_then_restarted(self, own_cluster: PgCluster) -> None:
+    async def test_down_then_restarted(self, own_postgres: PgCluster) -> None:
         """Database down: every call FAILED or TIMEOUT, never an exception, direct and actor mode;
         restarted: the next calls succeed on the same manager (dead connections replaced)."""
-        config = pg_config(own_cluster.url, timeout=1.0, retries=1, shutdown_timeout=1.0)
+        config = pg_config(own_postgres.url, timeout=1.0, retries=1, shutdown_timeout=1.0)
         manager = SessionStateManager("s", config)
         assert (await manager.upload_session_state({"a": 0}, "t", "agent"))[0] == S.SUCCESS
-        own_cluster.stop()
+        own_postgres.stop()
         try:
             results = await every_call(manager)
             assert {r[0] for r in results.values()} <= {S.FAILED, S.TIMEOUT}, results
@@ -186,7 +179,7 @@ class TestDatabaseDown:
                 assert (await actor.upload_session_state({"a": 1}))[0] in (S.FAILED, S.TIMEOUT)
                 assert (await actor.download_session_states())[0] in (S.FAILED, S.TIMEOUT)
         finally:
-            own_cluster.start()
+            own_postgres.start()
         with anyio.fail_after(30):
             while (await manager.upload_session_state({"a": 2}, "t", "agent"))[0] != S.SUCCESS:
                 await anyio.sleep(0.2)

@@ -8,6 +8,7 @@ Routes::
     GET    /{project}/json-documents?filters     200 {"data": [...], "total": n, "limit": l, "skip": s}
     GET    /{project}/json-documents/{id}        200 the document, or 404
     DELETE /{project}/json-documents/{id}        200 {"deleted": id}, or 404
+    POST   /{project}/json-documents/prune       200 {"sessions", "documents", "bytes", "dry_run"} (_prune.py)
 
 Every error is a JSON body ``{"error": message, "status": code}``; no request is answered with a 500.
 A replica holds no state between requests: everything lives in the engine's database.
@@ -34,9 +35,11 @@ from multidict import MultiMapping
 from .._config import Config
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
 from .._exceptions import StoreError, StoreRejected
+from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
 from . import _metrics, _openapi, _ui
 from ._auth import bearer_matches
+from ._prune import install_retention, sweep_after_write
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
 
@@ -421,9 +424,10 @@ def _parse_page(params: MultiMapping[str], default_limit: int, limits: ServerLim
 def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
     """Turn the list endpoint's query parameters into a :class:`Query`.
 
-    Empty values count as absent. ``tags`` may repeat (``tags=a&tags=b``) and each may be comma-joined
-    (``tags=a,b``). ``limit`` defaults to 10 and is capped at ``limits.max_limit``
-    (the answer's ``limit`` says what was used); a negative or non-integer ``limit``/``skip`` is 400.
+    Empty values count as absent. ``tags`` may repeat (``tags=a&tags=b``, as the original client sends a
+    list) and each may be comma-joined (``tags=a,b``); a document must carry every tag. ``limit`` defaults
+    to 10 and is capped at ``limits.max_limit`` (the answer's ``limit`` says what was used); a negative or
+    non-integer ``limit``/``skip`` is 400.
 
     Raises:
         ApiError: 400 for a malformed parameter.
@@ -437,7 +441,8 @@ def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
     sort_order = _SORT_ORDERS.get(raw_order.lower())
     if sort_order is None:
         raise ApiError(400, f"'sort_order' must be 1 or -1, got {raw_order!r}")
-    tags = tuple(tag.strip() for value in params.getall("tags", ()) for tag in value.split(",") if tag.strip())
+    tags = tuple(dict.fromkeys(tag.strip() for raw in params.getall("tags", ()) for tag in raw.split(",")
+                               if tag.strip()))
     return Query(
         session_id=_one(params, "session_id") or None,
         document_type=_one(params, "document_type") or None,
@@ -503,6 +508,7 @@ async def _create(request: web.Request) -> web.Response:
     doc = await _cpu_call(len(body), _prepare_single, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     ((doc_id, created),) = await _engine_call(request.app, engine.insert_many, _project(request), [doc])
+    await sweep_after_write(request.app, _project(request), [doc])
     _metrics.count_stored(request.app, int(created))
     location = str(request.rel_url.with_query(None) / doc_id)
     return _json_response({"id": doc_id}, 201 if created else 200, {"Location": location})
@@ -513,6 +519,7 @@ async def _create_batch(request: web.Request) -> web.Response:
     docs = await _cpu_call(len(body), _prepare_batch, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     results = await _engine_call(request.app, engine.insert_many, _project(request), docs)
+    await sweep_after_write(request.app, _project(request), docs)
     created = sum(was_created for _, was_created in results)
     _metrics.count_stored(request.app, created)
     return _json_response({"ids": [doc_id for doc_id, _ in results]}, 201 if created else 200)
@@ -661,6 +668,8 @@ def create_app(
     enable_batch: bool = True,
     middlewares: Sequence[Middleware] = (),
     config: Config | None = None,
+    retention: RetentionPolicy = NO_RETENTION,
+    sweep_interval: float = 60.0,
     metrics_key: str | None = None,
 ) -> web.Application:
     """Build the json-documents application over a database: a sqlite file or a PostgreSQL URL.
@@ -678,6 +687,9 @@ def create_app(
         middlewares: extra middlewares, run inside the JSON-error middleware and before auth (the
             test server's delay is one).
         config: PostgreSQL pool settings, timeout and ``migrate`` (default: from the environment).
+        retention: the retention policy the server enforces: keep-last after every write, the
+            whole policy in a periodic sweep; ``POST /{project}/json-documents/prune`` prunes on demand.
+        sweep_interval: seconds between periodic sweeps (0: none).
         metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``;
             otherwise it is open like ``/health``.
 
@@ -701,6 +713,8 @@ def create_app(
         app.router.add_post(collection + "/batch", _create_batch, name="batch")
     app.router.add_get(collection + "/{doc_id}", _get, name="get")
     app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
+    install_retention(app, engine=lambda a: a[_ENGINE], call=_engine_call, policy=retention,
+                      sweep_interval=sweep_interval)
     app.router.add_get("/{project}/sessions", _sessions, name="sessions")
     _metrics.install_metrics(app, metrics_key)
     _ui.install_ui(app)

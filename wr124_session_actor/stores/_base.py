@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from .._document import EncodedDocument
 from .._exceptions import StoreRejected
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 
 __all__ = [
     "MAX_QUERY_LIMIT",
@@ -138,6 +140,30 @@ class DocumentEngine(Protocol):
         """Release connections (a later call opens them again)."""
         ...
 
+    def prune(
+        self,
+        project: str | None,
+        policy: RetentionPolicy,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        batch_size: int = PRUNE_BATCH,
+        time_budget: float | None = None,
+    ) -> PruneReport:
+        """Remove (or with ``dry_run`` count) what ``policy`` removes, in batches of ``batch_size`` rows.
+
+        Args:
+            project: the project; ``None`` for every project.
+            policy: the retention policy.
+            session_id: only this session.
+            dry_run: count, remove nothing.
+            now: the time ages are measured from (default: now).
+            batch_size: the most rows one transaction deletes.
+            time_budget: stop after about this many seconds (the report says ``complete=False``).
+        """
+        ...
+
 
 #: One session as :meth:`DocumentEngine.sessions` lists it.
 SessionSummary = dict[str, Any]
@@ -173,6 +199,21 @@ class DocumentStore(Protocol):
 
     async def health(self) -> None:
         """Return when the store is usable; raise a ``StoreError`` when it is not."""
+        ...
+
+    async def prune(
+        self,
+        policy: RetentionPolicy | None = None,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> PruneReport:
+        """Remove (or with ``dry_run`` count) what ``policy`` removes from this store's project.
+
+        ``None`` means the store's own policy: the configuration's ``keep_last``/``max_age``/``idle_ttl``,
+        or for an HTTP store the server's. ``now`` (tests) is the time ages are measured from.
+        """
         ...
 
     async def aclose(self) -> None:

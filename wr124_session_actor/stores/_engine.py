@@ -15,16 +15,21 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from .._document import EncodedDocument, utc_now_iso
 from .._exceptions import StoreError, StoreUnavailable
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
+from ._retention import SQLITE_DIALECT, prune_documents
 
 __all__ = ["SqliteDocuments", "open_sqlite"]
+
+T = TypeVar("T")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -239,6 +244,34 @@ class SqliteDocuments:
         with self._connection() as conn:
             cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
         return cursor.rowcount > 0
+
+    def prune(
+        self,
+        project: str | None,
+        policy: RetentionPolicy,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        batch_size: int = PRUNE_BATCH,
+        time_budget: float | None = None,
+    ) -> PruneReport:
+        """Remove (or count) what ``policy`` removes, one short write transaction per batch
+        (:func:`~._retention.prune_documents`); the lock is free for writers between batches."""
+
+        def transact(work: Callable[[sqlite3.Connection], T]) -> T:
+            with self._connection() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+
+        return prune_documents(transact, SQLITE_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
+                               now=now, batch_size=batch_size, time_budget=time_budget)
 
     def ping(self) -> None:
         """Open the database if needed and run a trivial statement."""

@@ -8,7 +8,9 @@ nothing half-done. Applied versions are rows of ``wr124_schema_migrations``.
 Tables:
 
 - ``wr124_documents``: one row per document, the body as ``jsonb``; the client-made id is unique per
-  project (the primary key), so a retry through any replica is recognized.
+  project (the primary key), so a retry through any replica is recognized. ``pos`` (an identity) is
+  the insertion order, which breaks ties of the sort order as sqlite's global rowid does there (the
+  documents of one batch share one ``created_at``).
 - ``wr124_session_seqs``: one counter row per (project, session): the last ``seq`` given and the last
   ``created_at``; locked by the transaction that stores the session's documents.
 
@@ -47,6 +49,7 @@ _DOCUMENTS: Final = (
         created_at timestamptz NOT NULL,
         updated_at timestamptz NOT NULL,
         body jsonb NOT NULL,
+        pos bigint GENERATED ALWAYS AS IDENTITY,
         PRIMARY KEY (project, id)
     )
     """,
@@ -60,9 +63,9 @@ _DOCUMENTS: Final = (
     )
     """,
     "CREATE UNIQUE INDEX wr124_documents_session_seq ON wr124_documents (project, session_id, seq)",
-    "CREATE INDEX wr124_documents_session_created ON wr124_documents (project, session_id, created_at, seq)",
+    "CREATE INDEX wr124_documents_session_created ON wr124_documents (project, session_id, created_at, pos)",
     "CREATE INDEX wr124_documents_agent_seq ON wr124_documents (project, session_id, agent, seq)",
-    "CREATE INDEX wr124_documents_created ON wr124_documents (project, created_at, seq)",
+    "CREATE INDEX wr124_documents_created ON wr124_documents (project, created_at, pos)",
     "CREATE INDEX wr124_documents_tags ON wr124_documents USING gin (tags)",
 )
 

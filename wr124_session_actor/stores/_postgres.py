@@ -19,24 +19,28 @@ import atexit
 import contextlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
 from .._config import Config
 from .._document import EncodedDocument
 from .._exceptions import NoClientError, StoreError, StoreRejected, StoreTimeout, StoreUnavailable
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
 from ._engine import conflict_message, id_conflict_message
 from ._pg_schema import migrate
+from ._retention import POSTGRES_DIALECT, prune_documents
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
 __all__ = ["PostgresDocuments", "close_shared_postgres", "shared_postgres"]
+
+T = TypeVar("T")
 
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": 'name COLLATE "C"', "seq": "seq"}
 #: Seconds the pool keeps retrying a failed connection attempt (backoff 1 s, 2 s, ...) before it gives
@@ -216,7 +220,7 @@ class PostgresDocuments:
             args.append(query.created_before)
         clause = " AND ".join(where)
         direction = "DESC" if query.sort_order < 0 else "ASC"
-        order = f"{_ORDER[query.sort_by]} {direction}, seq {direction}, id {direction}"
+        order = f"{_ORDER[query.sort_by]} {direction}, pos {direction}"
         with self._connection() as conn:
             rows = conn.execute(
                 f"SELECT id, seq, created_at, updated_at, body::text, count(*) OVER ()"
@@ -273,6 +277,27 @@ class PostgresDocuments:
             cursor = conn.execute("DELETE FROM wr124_documents WHERE project = %s AND id = %s", (project, doc_id))
             return cursor.rowcount > 0
 
+    def prune(
+        self,
+        project: str | None,
+        policy: RetentionPolicy,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        batch_size: int = PRUNE_BATCH,
+        time_budget: float | None = None,
+    ) -> PruneReport:
+        """Remove (or count) what ``policy`` removes, one short transaction per batch
+        (:func:`~._retention.prune_documents`)."""
+
+        def transact(work: Callable[[psycopg.Connection[Any]], T]) -> T:
+            with self._connection() as conn, conn.transaction():
+                return work(conn)
+
+        return prune_documents(transact, POSTGRES_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
+                               now=now, batch_size=batch_size, time_budget=time_budget)
+
     def ping(self) -> None:
         """Open the pool (and migrate) if needed, and run a trivial statement on a live connection."""
         with self._connection() as conn:
@@ -323,22 +348,28 @@ def close_shared_postgres() -> None:
 
 _UPSERT_COUNTERS: Final = """
 INSERT INTO wr124_session_seqs AS c (project, session_id, last_seq, last_created)
-SELECT %s, s.session_id, s.n, clock_timestamp()
+SELECT %s, s.session_id, s.n, '-infinity'
 FROM unnest(%s::text[], %s::bigint[]) AS s(session_id, n)
 ORDER BY s.session_id
-ON CONFLICT (project, session_id) DO UPDATE
-SET last_seq = c.last_seq + excluded.last_seq, last_created = greatest(c.last_created, clock_timestamp())
-RETURNING session_id, last_seq, last_created
+ON CONFLICT (project, session_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
+RETURNING session_id, last_seq
 """
 
-_INSERT_ROWS: Final = """
+# Run once every counter row of the batch is locked: one created_at for the whole batch (as sqlite
+# has), never earlier than any of its sessions' last one. The scalar subquery reads the clock once.
+_STAMP_COUNTERS: Final = """
+UPDATE wr124_session_seqs AS c SET last_created = b.ts
+FROM (SELECT greatest((SELECT clock_timestamp()), max(last_created)) AS ts
+      FROM wr124_session_seqs WHERE project = %s AND session_id = ANY(%s)) AS b
+WHERE c.project = %s AND c.session_id = ANY(%s)
+RETURNING b.ts
+"""
+
+# executemany: psycopg sends the rows in one pipeline (no round trip per row); ``rowcount`` is their sum.
+_INSERT_ROW: Final = """
 INSERT INTO wr124_documents
     (project, id, session_id, seq, agent, document_type, name, tags, created_at, updated_at, body)
-SELECT %s, r.id, r.session_id, r.seq, r.agent, r.document_type, r.name,
-       ARRAY(SELECT jsonb_array_elements_text(r.tags::jsonb)), r.created_at, r.created_at, r.body::jsonb
-FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::timestamptz[], %s::text[])
-    AS r(id, session_id, seq, agent, document_type, name, tags, created_at, body)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
 ON CONFLICT (project, id) DO NOTHING
 """
 
@@ -379,11 +410,10 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
         counts[doc.session_id] = counts.get(doc.session_id, 0) + 1
     sessions = sorted(counts)
     # Locks each session's counter row (in one order: no deadlock between batches) until commit.
-    top: dict[str, tuple[int, datetime]] = {
-        session: (last, when) for session, last, when in conn.execute(
-            _UPSERT_COUNTERS, (project, sessions, [counts[s] for s in sessions])
-        )
-    }
+    top: dict[str, int] = dict(conn.execute(_UPSERT_COUNTERS, (project, sessions, [counts[s] for s in sessions])))
+    stamp = conn.execute(_STAMP_COUNTERS, (project, sessions, project, sessions)).fetchone()
+    assert stamp is not None
+    created_at: datetime = stamp[0]
     for doc in new:
         if doc.parent_seq is not None:
             row = conn.execute(
@@ -393,18 +423,17 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
             ).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
                 raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
-    next_seq = {session: last - counts[session] + 1 for session, (last, _) in top.items()}
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    next_seq = {session: last - counts[session] + 1 for session, last in top.items()}
+    rows: list[tuple[object, ...]] = []
     for doc in new:
         seq = next_seq[doc.session_id]
         next_seq[doc.session_id] = seq + 1
-        row = (doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name,
-               orjson.dumps(doc.tags).decode(), top[doc.session_id][1], bytes(doc.body).decode())
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    cursor = conn.execute(_INSERT_ROWS, (project, *columns))
-    if cursor.rowcount != len(new):
-        raise _Raced
+        rows.append((project, doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name, list(doc.tags),
+                     created_at, created_at, bytes(doc.body).decode()))
+    with conn.cursor() as cursor:
+        cursor.executemany(_INSERT_ROW, rows)
+        if cursor.rowcount != len(new):
+            raise _Raced
 
 
 # --------------------------------------------------------------------------------------------------

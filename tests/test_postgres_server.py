@@ -1,0 +1,139 @@
+"""The reference server on PostgreSQL: the same answers as on sqlite, /health, 409 for stale parents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from wr124_session_actor.server import ServerThread
+
+from .pgcluster import PgCluster
+
+PROJECT = "proj"
+
+
+def body(doc_id: str, session: str = "s1", agent: str = "a", name: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A document in the original format with an explicit id."""
+    return {"id": doc_id, "name": name or f"session_state_{session}_{doc_id}", "description": "d",
+            "content": {"agent_name": agent, "task": "t", "state": {"id": doc_id, "f": 1.5, "big": 2**53}},
+            "session_id": session, "tags": ["session_state", "agent_state", agent], "metadata": {"n": 1},
+            "is_public": False, **extra}
+
+
+def normalized(resp: httpx.Response) -> tuple[int, Any]:
+    """Status and JSON body without what legitimately differs between databases (times, seq values)."""
+    try:
+        value = resp.json()
+    except ValueError:
+        return resp.status_code, resp.text
+    def strip(doc: Any) -> Any:
+        if isinstance(doc, dict) and "created_at" in doc:
+            assert type(doc.pop("seq")) is int
+            doc.pop("created_at")
+            doc.pop("updated_at")
+        return doc
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value["data"] = [strip(d) for d in value["data"]]
+    return resp.status_code, strip(value)
+
+
+def scenario(url: str, api_key: str) -> list[tuple[str, tuple[int, Any]]]:
+    """Every route, filter, limit, auth and isolation case; each answer normalized."""
+    out: list[tuple[str, tuple[int, Any]]] = []
+    auth = {"Authorization": f"Bearer {api_key}", "X-Project-ID": PROJECT}
+    col = f"/{PROJECT}/json-documents"
+    with httpx.Client(base_url=url, headers=auth, timeout=10.0) as c:
+        def record(label: str, resp: httpx.Response) -> None:
+            out.append((label, normalized(resp)))
+
+        record("health", c.get("/health"))
+        record("create", c.post(col, json=body("a1")))
+        record("create again", c.post(col, json=body("a1")))
+        record("create other body", c.post(col, json=body("a1", agent="zz")))
+        batch = [body("b1", "s1", "a"), body("b2", "s2", "b", name="x%_y"), body("b3", "s1", "b"),
+                 body("b4", "s2", "a", document_type="other")]
+        record("batch", c.post(f"{col}/batch", json={"documents": batch}))
+        record("batch again", c.post(f"{col}/batch", json={"documents": batch}))
+        record("batch conflict", c.post(f"{col}/batch", json={"documents": [body("b5"), body("b1", agent="q")]}))
+        record("b5 not stored", c.get(f"{col}/b5"))
+        for label, params in [
+            ("all", {}), ("session", {"session_id": "s1"}),
+            ("tags repeated", [("tags", "a"), ("tags", "session_state")]),
+            ("tags joined", {"tags": "b,agent_state"}), ("name pattern literal", {"name_pattern": "%_"}),
+            ("name pattern", {"name_pattern": "s2_"}), ("type", {"document_type": "other"}),
+            ("after future", {"created_after": "2999-01-01"}), ("before past", {"created_before": "2000-01-01"}),
+            ("page", {"limit": 2, "skip": 1, "sort_order": 1}), ("skip far", {"skip": 100}),
+            ("by name", {"sort_by": "name", "sort_order": "asc"}), ("by name desc", {"sort_by": "name"}),
+            ("by seq", {"session_id": "s1", "sort_by": "seq", "sort_order": 1}),
+            ("limit capped", {"limit": 5000}), ("limit 0", {"limit": 0}),
+            ("bad limit", {"limit": -1}), ("bad sort", {"sort_by": "x"}), ("bad order", {"sort_order": "2"}),
+            ("bad time", {"created_after": "yesterday"}),
+        ]:
+            record(f"list {label}", c.get(col, params=params))
+        record("get", c.get(f"{col}/b2"))
+        record("get unknown", c.get(f"{col}/nope"))
+        record("delete", c.delete(f"{col}/b2"))
+        record("delete again", c.delete(f"{col}/b2"))
+        record("not json", c.post(col, content=b"{", headers={"Content-Type": "application/json"}))
+        record("unknown field", c.post(col, json={**body("u1"), "extra": 1}))
+        record("too deep", c.post(col, json=body("d1", content={"x": [[[[[[[[[[]]]]]]]]]]})))
+        record("bad parent", c.post(col, json=body("p0", parent_seq="x")))
+        record("no key", httpx.get(f"{url}{col}", headers={"X-Project-ID": PROJECT}))
+        record("wrong key", httpx.get(f"{url}{col}", headers={"Authorization": "Bearer nope"}))
+        record("project mismatch", c.get(col, headers={"X-Project-ID": "other"}))
+        record("other project", c.get("/other/json-documents", headers={"X-Project-ID": "other"}))
+        record("other project get", c.get("/other/json-documents/a1", headers={"X-Project-ID": "other"}))
+        record("unknown route", c.get("/nope/nope/nope/nope"))
+    return out
+
+
+class TestSameAsSqlite:
+    def test_every_route_answers_as_on_sqlite(self, tmp_path: Path, postgres_db: str) -> None:
+        """The same requests to a sqlite server and a PostgreSQL server get the same answers (statuses,
+        bodies, order), times and seq values aside."""
+        from wr124_session_actor.server import ServerLimits
+
+        limits = ServerLimits(max_depth=8)
+        with ServerThread(tmp_path / "s.db", api_key="k", limits=limits) as lite, \
+                ServerThread(postgres_db, api_key="k", limits=limits) as pg:
+            expected, got = scenario(lite.url, "k"), scenario(pg.url, "k")
+        assert [label for label, _ in got] == [label for label, _ in expected]
+        for (label, want), (_, have) in zip(expected, got, strict=True):
+            assert have == want, label
+
+
+class TestOnPostgres:
+    def test_stale_parent_is_409(self, postgres_db: str) -> None:
+        """A posted body continuing an older state of its agent: 409 with "conflict"; the newest: 201."""
+        with ServerThread(postgres_db) as srv, httpx.Client(base_url=srv.url, timeout=10.0) as c:
+            col = f"/{PROJECT}/json-documents"
+            assert c.post(col, json=body("p1")).status_code == 201
+            seq = c.get(f"{col}/p1").json()["seq"]
+            assert c.post(col, json=body("p2", parent_seq=seq)).status_code == 201
+            resp = c.post(f"{col}/batch", json={"documents": [body("p3", parent_seq=seq)]})
+            assert resp.status_code == 409
+            assert "conflict" in resp.json()["error"]
+            assert c.post(col, json=body("p2", parent_seq=seq)).status_code == 200  # a retry is no conflict
+
+    def test_health_is_503_while_the_database_is_down(self, own_postgres: PgCluster,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """/health answers 503 with a JSON error while the database is unreachable, 200 once it is back;
+        the other routes answer 503 too, never 500."""
+        monkeypatch.setenv("SESSION_STATE_TIMEOUT", "1")
+        with ServerThread(own_postgres.url) as srv, httpx.Client(base_url=srv.url, timeout=20.0) as c:
+            assert c.get("/health").status_code == 200
+            own_postgres.stop()
+            try:
+                resp = c.get("/health")
+                assert resp.status_code == 503
+                assert "unavailable" in resp.json()["error"]
+                assert c.post(f"/{PROJECT}/json-documents", json=body("h1")).status_code == 503
+            finally:
+                own_postgres.start()
+            for _ in range(100):
+                if c.get("/health").status_code == 200:
+                    break
+            assert c.post(f"/{PROJECT}/json-documents", json=body("h1")).status_code == 201
