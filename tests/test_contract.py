@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +38,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         yield srv
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_server_keeps_its_contract(case: schemathesis.Case, live: ServerThread) -> None:
@@ -96,8 +98,7 @@ class TestNoDrift:
         routed = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource}
         described = {(m.upper(), path) for path, methods in SPEC["paths"].items() for m in methods}
         assert routed == described
-        # The prune route comes with the retention branch; every other description is of a live route.
-        assert set(OPERATIONS) - routed <= {("POST", "/{project}/json-documents/prune")}
+        assert set(OPERATIONS) == routed  # no description of a route that is gone
 
     def test_an_undescribed_route_fails_the_build(self) -> None:
         """A route added without a description cannot ship: building the contract fails."""
@@ -153,3 +154,36 @@ class TestQueryLists:
         assert repeated["total"] == joined["total"] == 0
         assert httpx.get(url, params=[("tags", "t")]).json()["total"] == 3
         assert httpx.get(url, params=[("limit", "1"), ("limit", "2")]).status_code == 400
+
+
+class TestUiFiles:
+    def test_the_package_ships_exactly_the_served_files(self) -> None:
+        """The ``ui`` folder holds the page and the assets the contract enumerates, nothing else."""
+        from wr124_session_actor.server import _ui
+
+        folder = Path(_ui.__file__).parent / "ui"
+        assert {p.name for p in folder.iterdir()} == {_ui.INDEX, *_ui.ASSETS}
+
+    def test_assets_are_served_and_unknown_ones_are_404(self, live: ServerThread) -> None:
+        """``/ui`` and every asset answer with their media type; another name is a JSON 404."""
+        assert httpx.get(f"{live.url}/ui").headers["content-type"].startswith("text/html")
+        for name, media in _ui_assets().items():
+            assert httpx.get(f"{live.url}/ui/{name}").headers["content-type"].startswith(media)
+        missing = httpx.get(f"{live.url}/ui/nope.js")
+        assert missing.status_code == 404
+        assert missing.json()["status"] == 404
+
+
+def _ui_assets() -> dict[str, str]:
+    from wr124_session_actor.server._ui import ASSETS
+
+    return dict(ASSETS)
+
+
+class TestPruneBodies:
+    def test_huge_durations_and_whole_floats_are_valid(self, live: ServerThread) -> None:
+        """A duration past year 1 prunes nothing (no overflow); ``keep_last: 2.0`` is the whole number 2."""
+        body = {"max_age": "9999999999w", "idle_ttl": 1e300, "keep_last": 2.0, "dry_run": True}
+        resp = httpx.post(f"{live.url}/p/json-documents/prune", json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["dry_run"] is True

@@ -49,7 +49,8 @@ class TestSystemCollector:
         assert during[PREFIX + "write_documents_sum"] == during[PREFIX + "documents_written_total"]
         assert during[PREFIX + 'circuit_state{state="closed"}'] == 1
         assert during[PREFIX + 'circuit_state{state="open"}'] == 0
-        for gauge in ("live_actors", "queued_messages", "pending_uploads", "outbox_depth"):
+        for gauge in ("live_actors", "running_actors", "write_queue", "queued_messages", "pending_uploads",
+                      "outbox_depth"):
             assert PREFIX + gauge in during
 
     async def test_failures_are_counted_by_status(self, memory_config: Config) -> None:

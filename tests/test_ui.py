@@ -94,6 +94,7 @@ def open_session(page: Page, server: ServerThread, session_id: str) -> None:
     button.focus()
     page.keyboard.press("Enter")
     expect(page.locator("#session-title")).to_have_text(session_id)
+    expect(page.locator("#timeline .chip").first).to_be_visible()  # its states have loaded
 
 
 class TestBrowserView:
@@ -156,6 +157,20 @@ class TestBrowserView:
             page.screenshot(path=str(path))
             assert path.stat().st_size > 10_000
             context.close()
+
+
+    def test_a_long_session_loads_its_newest_states_then_older_ones(self, page: Page, server: ServerThread) -> None:
+        """A session with more states than one page shows the newest, and "Load older" brings the rest."""
+        docs = [make_doc(session_id="long", name=f"state-{n}", tags=["session_state", "agent_state", "a"],
+                         content={"agent_name": "a", "task": "t", "state": {"n": n}}) for n in range(230)]
+        httpx.post(f"{server.url}/default/json-documents/batch", json={"documents": docs}).raise_for_status()
+        open_session(page, server, "long")
+        chips = page.locator("#timeline .chip")
+        expect(chips).to_have_count(200)
+        expect(page.locator("#session-meta")).to_contain_text("newest 200 shown")
+        page.get_by_role("button", name="Load older").click()
+        expect(chips).to_have_count(230)
+        expect(page.get_by_role("button", name="Load older")).to_have_count(0)
 
 
 class TestApiKey:

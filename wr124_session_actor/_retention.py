@@ -183,10 +183,10 @@ def _parse_count(name: str, value: object) -> int:
         return 0
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 5.0 is the whole number 5
     if type(value) is int and value >= 0:
         return value
-    if type(value) is float and value >= 0 and value.is_integer():  # JSON's 5.0 is the whole number 5
-        return int(value)
     raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
 
 

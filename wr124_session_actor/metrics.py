@@ -25,7 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from ._system import ActorSystem, SystemStatistics, WriteObservation
+from ._statistics import SystemStatistics, WriteObservation
+from ._system import ActorSystem
 
 __all__ = ["PREFIX", "SystemCollector", "register"]
 
@@ -53,7 +54,9 @@ class _Scalar:
 # The statistics fields read by name: fields added to SystemStatistics later are simply not exposed
 # until listed here, and a field that disappears is skipped rather than failing the scrape.
 _SCALARS: Final = (
-    _Scalar("live_actors", "live_actors", "gauge", "Session actors running now."),
+    _Scalar("live_actors", "live_actors", "gauge", "Session actors in memory (running, or idle for a while)."),
+    _Scalar("running_actors", "running_actors", "gauge", "Session actors whose task runs now."),
+    _Scalar("write_queue", "write_queue", "gauge", "Session batches waiting in the write stage for a store write."),
     _Scalar("queued", "queued_messages", "gauge", "Messages waiting in all session mailboxes."),
     _Scalar("pending", "pending_uploads", "gauge", "Uploads waiting in actors' batches, not yet written."),
     _Scalar("outbox_depth", "outbox_depth", "gauge", "Uploads held by the durable outbox, not yet confirmed."),

@@ -17,7 +17,6 @@ A replica holds no state between requests: everything lives in the engine's data
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from .._exceptions import StoreError, StoreRejected
 from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
 from . import _metrics, _openapi, _ui
+from ._auth import bearer_matches
 from ._prune import install_retention, sweep_after_write
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
@@ -620,14 +620,11 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
     assets (the page asks for the key and sends it with its API calls).
     """
     expected = request.app[_API_KEY]
-    if expected and not _is_open(request.path):
-        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-        given = token.strip().encode("utf-8", "surrogateescape")
-        if not (scheme.lower() == "bearer" and hmac.compare_digest(given, expected)):
-            raise ApiError(
-                401, "a valid API key is required (Authorization: Bearer <key>)",
-                headers={"WWW-Authenticate": 'Bearer realm="json-documents"'},
-            )
+    if expected and not _is_open(request.path) and not bearer_matches(request.headers, expected):
+        raise ApiError(
+            401, "a valid API key is required (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": 'Bearer realm="json-documents"'},
+        )
     return await handler(request)
 
 

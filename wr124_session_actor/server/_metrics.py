@@ -11,13 +11,14 @@ answers 501 with a JSON error saying what to install.
 
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+
+from ._auth import bearer_matches
 
 try:
     import prometheus_client
@@ -98,14 +99,11 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
 
 async def _metrics_handler(request: web.Request) -> web.Response:
     expected = request.app[_METRICS_KEY]
-    if expected:
-        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-        given = token.strip().encode("utf-8", "surrogateescape")
-        if not (scheme.lower() == "bearer" and hmac.compare_digest(given, expected)):
-            raise web.HTTPUnauthorized(
-                text="the metrics key is required (Authorization: Bearer <key>)",
-                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-            )
+    if expected and not bearer_matches(request.headers, expected):
+        raise web.HTTPUnauthorized(
+            text="the metrics key is required (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     if prometheus_client is None:
         raise web.HTTPNotImplemented(text="install wr124-session-actor[metrics] for /metrics")
     body = prometheus_client.generate_latest(request.app[_METRICS].registry)

@@ -132,6 +132,14 @@ def prune_documents(
     return report
 
 
+def _before(now: datetime, seconds: float) -> datetime:
+    """``seconds`` before ``now``; a duration reaching past year 1 gives year 1 (nothing is older)."""
+    try:
+        return now - timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 class _Sweep:
     """The statements of one sweep (one policy, one moment)."""
 
@@ -319,11 +327,3 @@ class RetentionSweeper:
         logger.debug("retention_sweep", project=project, sessions=report.sessions, documents=report.documents,
                      bytes=report.bytes, complete=report.complete)
         return report
-
-
-def _before(now: datetime, seconds: float) -> datetime:
-    """``now`` less ``seconds``; a span longer than the calendar reaches back to its first day."""
-    try:
-        return now - timedelta(seconds=seconds)
-    except OverflowError:
-        return datetime.min.replace(tzinfo=UTC)

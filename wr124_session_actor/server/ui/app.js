@@ -3,7 +3,8 @@
 
 const KEY_STORAGE = "wr124.apiKey";
 const PAGE = 20;              // sessions per page
-const STATES_LIMIT = 1000;    // newest states loaded per session (the server's max limit)
+const STATES_PAGE = 200;      // states loaded at once when a session opens (and per "Load older")
+const STATES_POLL_LIMIT = 1000;  // new states fetched per poll at most (the server's max limit)
 const POLL_SESSION_MS = 700;  // the open session is refreshed this often
 const POLL_LIST_MS = 2500;    // and the session list this often
 
@@ -16,6 +17,8 @@ const view = {
   sessions: [],
   session: null,     // the open session id
   docs: [],          // its states, oldest first
+  stateTotal: 0,     // how many states it has
+  loading: false,    // the first load of the open session is on its way
   known: new Set(),  // ids already shown (new ones get a short highlight)
   selected: null,    // the selected state's id
   base: null,        // the id compared against (null: the previous state of the same agent)
@@ -109,8 +112,9 @@ const projectPath = (suffix) => `/${encodeURIComponent(view.project)}${suffix}`;
 
 function setLive(ok, message) {
   const live = $("live");
+  const text = ok ? "● live" : "● offline";
+  if (live.textContent !== text) live.textContent = text;  // announced only when it changes
   live.classList.toggle("off", !ok);
-  live.textContent = ok ? "● live" : "● offline";
   live.title = ok ? "Refreshed every second" : message;
 }
 
@@ -161,6 +165,7 @@ async function openSession(sessionId, docId) {
   if (view.session !== sessionId) {
     view.session = sessionId;
     view.docs = [];
+    view.stateTotal = 0;
     view.known = new Set();
     view.selected = docId || null;
     view.base = null;
@@ -174,23 +179,73 @@ async function openSession(sessionId, docId) {
   await loadStates(true);
 }
 
+// The first load takes the newest STATES_PAGE states; polls then ask only for what came after the newest
+// one seen (created_at order agrees with seq within a session), so a big session costs little to follow.
 async function loadStates(first) {
+  if (!first && view.loading) return;  // the first load of this session is still on its way
+  view.loading = first ? true : view.loading;
+  try {
+    await fetchStates(first);
+  } finally {
+    if (first) view.loading = false;
+  }
+}
+
+async function fetchStates(first) {
+  const sessionId = view.session;
+  const base = { session_id: sessionId, tags: "session_state", sort_by: "seq" };
+  let fresh;
+  if (first || !view.docs.length) {
+    const page = await api(projectPath("/json-documents"), { ...base, sort_order: "-1", limit: STATES_PAGE });
+    if (sessionId !== view.session) return;
+    view.stateTotal = page.total;
+    fresh = page.data;
+    if (!first && !fresh.length) return;
+  } else {
+    const newest = view.docs[view.docs.length - 1];
+    const page = await api(projectPath("/json-documents"), {
+      ...base, sort_order: "1", created_after: newest.created_at, limit: STATES_POLL_LIMIT,
+    });
+    if (sessionId !== view.session) return;
+    // created_after is inclusive and a batch shares one created_at: only higher seqs are new.
+    fresh = page.data.filter((d) => (typeof d.seq === "number" && typeof newest.seq === "number"
+      ? d.seq > newest.seq : !view.docs.some((known) => known.id === d.id)));
+    if (!fresh.length) return;
+    view.stateTotal += fresh.length;
+  }
+  addStates(fresh, first);
+}
+
+async function loadOlder() {
+  // view.docs holds the newest states, contiguous: the next older page starts after them.
   const sessionId = view.session;
   const page = await api(projectPath("/json-documents"), {
-    session_id: sessionId, tags: "session_state", sort_by: "created_at", sort_order: "-1", limit: STATES_LIMIT,
+    session_id: sessionId, tags: "session_state", sort_by: "seq", sort_order: "-1",
+    skip: view.docs.length, limit: STATES_PAGE,
   });
   if (sessionId !== view.session) return;
-  const docs = page.data.slice().sort(orderOf);
-  const changed = docs.length !== view.docs.length || docs.some((d, i) => d.id !== (view.docs[i] || {}).id);
-  if (!changed && !first) return;
+  addStates(page.data.filter((d) => !view.docs.some((known) => known.id === d.id)), true);
+}
+
+function addStates(fresh, quiet) {
+  // Keyed by id: a poll and the first load may bring the same states.
+  const byId = new Map(view.docs.map((d) => [d.id, d]));
+  for (const doc of fresh) byId.set(doc.id, doc);
+  const docs = [...byId.values()].sort(orderOf);
   view.docs = docs;
   const agents = new Set(docs.map(agentOf));
-  $("session-meta").textContent = `${page.total} state${page.total === 1 ? "" : "s"} · ${agents.size} agent` +
-    `${agents.size === 1 ? "" : "s"}` + (page.total > docs.length ? ` · newest ${docs.length} shown` : "");
+  const total = view.stateTotal;
+  const shown = total > docs.length ? ` · newest ${docs.length} shown ` : "";
+  const meta = [`${total} state${total === 1 ? "" : "s"} · ${agents.size} agent${agents.size === 1 ? "" : "s"}${shown}`];
+  if (total > docs.length) {
+    meta.push(h("button", { type: "button", class: "small-button", onclick: () => loadOlder().catch(showError) },
+      "Load older"));
+  }
+  $("session-meta").replaceChildren(...meta);
   if (!view.selected || !docs.some((d) => d.id === view.selected)) {
     view.selected = docs.length ? docs[docs.length - 1].id : null;
   }
-  renderTimeline(first);
+  renderTimeline(quiet);
   renderSelection();
 }
 
