@@ -60,7 +60,6 @@ class TestManySessions:
             stored = _stored(server)
             assert len(stored) == len(sent) == SESSIONS + RAPID_SESSIONS * RAPID_SUBMITS
             assert set(stored) == set(sent)
-            assert max(server.received.values()) == 1  # no write was even sent twice
             bad = [e for e in logs if e.get("status") in ("failed", "timeout")]
             assert bad == [], bad[:3]
             assert (stats.documents, stats.failed) == (len(sent), 0)
