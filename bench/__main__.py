@@ -33,6 +33,7 @@ SCENARIOS: Final = {
     "sessions": "bench.sessions",
     "large_states": "bench.large_states",
     "cache": "bench.cache",
+    "activation": "bench.activation",
     "postgres": "bench.postgres",
 }
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "postgres"]
+SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "activation", "postgres"]
 
 
 @pytest.fixture(scope="module")

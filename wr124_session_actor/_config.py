@@ -62,6 +62,8 @@ class Config:
     # prepares (needed behind PgBouncer in transaction mode)
     pg_prepare_threshold: int | None = 5
     migrate: bool = True  # SESSION_STATE_MIGRATE: bring the database schema up to date on first use
+    write_concurrency: int = 0  # SESSION_STATE_WRITE_CONCURRENCY: store writes in flight; 0 = by store kind
+    skip_unchanged: bool = True  # SESSION_STATE_SKIP_UNCHANGED: no write for a state equal to the last stored
 
     def __post_init__(self) -> None:
         _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
@@ -94,6 +96,7 @@ class Config:
         _check(self.pg_prepare_threshold is None
                or (type(self.pg_prepare_threshold) is int and self.pg_prepare_threshold >= 0),
                "SESSION_STATE_PG_PREPARE_THRESHOLD", "a whole number >= 0, or 'none' to never prepare")
+        _check(self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY", "a whole number >= 0")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
         _check(bool(self.project_id) and "/" not in self.project_id, "DEFAULT_PROJECT_ID",
                "a non-empty name without '/'")
@@ -132,6 +135,7 @@ class Config:
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
         read("SESSION_STATE_PG_PREPARE_THRESHOLD", "pg_prepare_threshold", _parse_optional_int)
         read("SESSION_STATE_MIGRATE", "migrate", _parse_bool)
+        read("SESSION_STATE_SKIP_UNCHANGED", "skip_unchanged", _parse_bool)
         for field in dataclasses.fields(cls):
             if field.name in values or field.name in ("enabled", "api_url", "project_id", "timeout"):
                 continue
@@ -151,6 +155,14 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """Return a copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def store_write_concurrency(self) -> int:
+        """Store writes in flight at once: ``write_concurrency``, or by store kind (one for a file or memory,
+        a few for a server or a database pool)."""
+        if self.write_concurrency:
+            return self.write_concurrency
+        return 1 if self.store_kind in ("sqlite", "memory") else 4
 
     @property
     def store_kind(self) -> Literal["http", "sqlite", "memory", "postgresql"]:

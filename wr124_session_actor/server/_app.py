@@ -30,6 +30,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from multidict import MultiMapping
 
 from .._config import Config
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
@@ -386,10 +387,12 @@ def _parse_time(params: Mapping[str, str], key: str) -> str | None:
         raise ApiError(400, f"{key!r} must be an ISO-8601 date or time, got {raw!r}") from None
 
 
-def _parse_query(params: Mapping[str, str], limits: ServerLimits) -> Query:
+def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
     """Turn the list endpoint's query parameters into a :class:`Query`.
 
-    Empty values count as absent. ``limit`` defaults to 10 and is capped at ``limits.max_limit``
+    ``tags`` may be repeated (``tags=a&tags=b``, as the original client sends a list) or comma-joined
+    (``tags=a,b``), or both; a document must carry every tag. Empty values count as absent.
+    ``limit`` defaults to 10 and is capped at ``limits.max_limit``
     (the answer's ``limit`` says what was used); a negative or non-integer ``limit``/``skip`` is 400.
 
     Raises:
@@ -407,7 +410,8 @@ def _parse_query(params: Mapping[str, str], limits: ServerLimits) -> Query:
     sort_order = _SORT_ORDERS.get(raw_order.lower())
     if sort_order is None:
         raise ApiError(400, f"'sort_order' must be 1 or -1, got {raw_order!r}")
-    tags = tuple(tag.strip() for tag in params.get("tags", "").split(",") if tag.strip())
+    tags = tuple(dict.fromkeys(tag.strip() for raw in params.getall("tags", ()) for tag in raw.split(",")
+                               if tag.strip()))
     return Query(
         session_id=params.get("session_id") or None,
         document_type=params.get("document_type") or None,

@@ -110,8 +110,8 @@ class HttpStore:
             value = getattr(query, key)
             if value is not None:
                 params.append((key, value))
-        if query.tags:
-            params.append(("tags", ",".join(query.tags)))
+        # A list goes out as repeated parameters (tags=a&tags=b), as the original client's aiohttp sent it.
+        params.extend(("tags", tag) for tag in query.tags)
         resp = await self._request("GET", self._collection, params=params)
         data = _expect(resp, "data", list)
         if not all(isinstance(d, dict) for d in data):
