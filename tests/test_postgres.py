@@ -163,6 +163,32 @@ class TestLibrary:
         await manager.aclose()
 
 
+class Opaque:
+    """Something no JSON encoder knows."""
+
+
+@pytest.mark.anyio
+class TestStatusPaths:
+    async def test_unknown_id_and_unserializable_state(self, postgres_db: str) -> None:
+        """Unknown ids: FAILED; a state that cannot be encoded: FAILED naming the type, nothing stored."""
+        manager = SessionStateManager("s", pg_config(postgres_db))
+        assert await manager.restore_session_state("nope") == (S.FAILED, None)
+        assert (await manager.delete_session_state("nope"))[0] == S.FAILED
+        status, message = await manager.upload_session_state({"x": Opaque()})
+        assert (status, "Opaque" in message) == (S.FAILED, True)
+        assert await manager.download_session_states() == (S.SUCCESS, [])
+        await manager.aclose()
+
+    async def test_without_psycopg_every_call_is_no_client(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """psycopg_pool not importable (the extra not installed): NO_CLIENT with a hint, no exception."""
+        monkeypatch.setitem(sys.modules, "psycopg_pool", None)
+        manager = SessionStateManager("s", pg_config(f"postgresql://127.0.0.1:{free_port()}/x", retries=0))
+        results = await every_call(manager)
+        assert {r[0] for r in results.values()} == {S.NO_CLIENT}
+        assert "pip install" in results["upload"][1]
+        await manager.aclose()
+
+
 @pytest.mark.anyio
 class TestDatabaseDown:
     async def test_down_then_restarted(self, own_postgres: PgCluster) -> None:
