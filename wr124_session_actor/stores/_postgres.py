@@ -364,9 +364,9 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
     created_at: datetime = stamp[0]
     for doc in new:
         if doc.parent_seq is not None:
+            agent = "agent IS NULL AND %s IS NULL" if doc.agent is None else "agent = %s"
             row = conn.execute(
-                "SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s"
-                " AND agent IS NOT DISTINCT FROM %s",
+                f"SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s AND {agent}",
                 (project, doc.session_id, doc.agent),
             ).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
