@@ -58,7 +58,8 @@ __all__ = [
 #: The folder that holds the ``bench`` package (the repository root in a checkout).
 BENCH_ROOT: Final = Path(__file__).resolve().parent.parent
 
-LOGGING_NOTE: Final = "structlog is configured to drop every event (a filtering bound logger at critical, which the library never uses)"
+LOGGING_NOTE: Final = ("structlog is configured to drop every event (a filtering bound logger at critical,"
+                       " a level the library never uses)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ async def _sessions(sessions: int, name: str) -> tuple[float, dict[str, int]]:
         for index in range(sessions):
             system.handle(f"session-{index}").submit(state, "task", "agent")
         counters = system.counters
-        while counters.documents + counters.failed < sessions or system.statistics().live_actors:
-            await anyio.sleep(0.005)
+        while counters.documents + counters.failed < sessions or system.statistics().live_actors:  # noqa: ASYNC110
+            await anyio.sleep(0.005)  # polling the counters the actors update
         took = time.process_time() - started
         stats = system.statistics()
     return took, {"store_writes": stats.store_writes, "documents": stats.documents, "failed": stats.failed}

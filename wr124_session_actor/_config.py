@@ -56,14 +56,14 @@ class Config:
     spool_max_documents: int = 100_000  # SESSION_STATE_SPOOL_MAX_DOCUMENTS: outbox bound
     circuit_threshold: int = 5  # SESSION_STATE_CIRCUIT_THRESHOLD: transient failures in a row that open it
     circuit_cooldown: float = 0.5  # SESSION_STATE_CIRCUIT_COOLDOWN: first open period, doubled up to 30 s
+    write_concurrency: int = 0  # SESSION_STATE_WRITE_CONCURRENCY: store writes in flight; 0 = by store kind
+    skip_unchanged: bool = True  # SESSION_STATE_SKIP_UNCHANGED: no write for a state equal to the last stored
     pg_pool_size: int = 10  # SESSION_STATE_PG_POOL_SIZE: most PostgreSQL connections per store
     pg_max_lifetime: float = 3600.0  # SESSION_STATE_PG_MAX_LIFETIME: seconds before a connection is replaced
     # SESSION_STATE_PG_PREPARE_THRESHOLD: executions before psycopg prepares a statement; "none" never
     # prepares (needed behind PgBouncer in transaction mode)
     pg_prepare_threshold: int | None = 5
     migrate: bool = True  # SESSION_STATE_MIGRATE: bring the database schema up to date on first use
-    write_concurrency: int = 0  # SESSION_STATE_WRITE_CONCURRENCY: store writes in flight; 0 = by store kind
-    skip_unchanged: bool = True  # SESSION_STATE_SKIP_UNCHANGED: no write for a state equal to the last stored
 
     def __post_init__(self) -> None:
         _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
@@ -89,6 +89,7 @@ class Config:
         ):
             _check(count >= 1, name, "a whole number >= 1")
         _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
+        _check(self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY", "a whole number >= 0")
         _check(type(self.pg_pool_size) is int and self.pg_pool_size >= 1, "SESSION_STATE_PG_POOL_SIZE",
                "a whole number >= 1")
         _check(self.pg_max_lifetime > 0 and math.isfinite(self.pg_max_lifetime), "SESSION_STATE_PG_MAX_LIFETIME",
@@ -96,7 +97,6 @@ class Config:
         _check(self.pg_prepare_threshold is None
                or (type(self.pg_prepare_threshold) is int and self.pg_prepare_threshold >= 0),
                "SESSION_STATE_PG_PREPARE_THRESHOLD", "a whole number >= 0, or 'none' to never prepare")
-        _check(self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY", "a whole number >= 0")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
         _check(bool(self.project_id) and "/" not in self.project_id, "DEFAULT_PROJECT_ID",
                "a non-empty name without '/'")
@@ -133,9 +133,9 @@ class Config:
         read("SESSION_STATE_SPOOL", "spool", _parse_optional)
         read("SESSION_STATE_KEEP", "keep", _parse_str)
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
+        read("SESSION_STATE_SKIP_UNCHANGED", "skip_unchanged", _parse_bool)
         read("SESSION_STATE_PG_PREPARE_THRESHOLD", "pg_prepare_threshold", _parse_optional_int)
         read("SESSION_STATE_MIGRATE", "migrate", _parse_bool)
-        read("SESSION_STATE_SKIP_UNCHANGED", "skip_unchanged", _parse_bool)
         for field in dataclasses.fields(cls):
             if field.name in values or field.name in ("enabled", "api_url", "project_id", "timeout"):
                 continue

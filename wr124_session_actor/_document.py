@@ -200,6 +200,11 @@ class _RandomPool:
         self._buffer = b""
         self._offset = 0
 
+    def reset(self) -> None:
+        """Forget the bytes drawn so far (a forked child must not repeat its parent's ids)."""
+        self._buffer = b""
+        self._offset = 0
+
     def take16(self) -> int:
         offset = self._offset
         if offset + 16 > len(self._buffer):
@@ -209,7 +214,7 @@ class _RandomPool:
 
 
 _RANDOM: Final = _RandomPool()
-os.register_at_fork(after_in_child=_RANDOM.__init__)  # a forked child must not repeat its parent's ids
+os.register_at_fork(after_in_child=_RANDOM.reset)
 _UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)
 

@@ -77,22 +77,26 @@ class StoreOutcome:
     transient: bool = False
     attempts: int = 1
     duration: float = 0.0
+    #: The HTTP status of a refusal (a store error that carries one), else ``None``.
+    status_code: int | None = None
 
 
 RetryHook = Callable[[int, StoreError, float], None]
 
 
 async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[], DocumentStore],
-                     func: Callable[[], Awaitable[Any]], *, on_retry: RetryHook | None = None) -> StoreOutcome:
+                     func: Callable[[], Awaitable[Any]], *, on_retry: RetryHook | None = None,
+                     timeout: float | None = None) -> StoreOutcome:
     """Run ``func`` under the call deadline with retries and the circuit breaker; never raises a store error.
 
     Transient failures are tried again after :func:`backoff_delay` (at least ``Retry-After``) until the
-    deadline (``config.timeout``); ``on_retry(attempt, error, delay)`` hears of each.
+    deadline (``timeout``, by default ``config.timeout``); ``on_retry(attempt, error, delay)`` hears of each.
     """
     started = time.perf_counter()
     attempt = 0
     error: StoreError | None = None
-    with anyio.move_on_after(config.timeout) as scope:
+    timeout = config.timeout if timeout is None else timeout
+    with anyio.move_on_after(timeout) as scope:
         while True:
             attempt += 1
             try:
@@ -107,7 +111,7 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
                 delay = backoff_delay(attempt, config.retry_backoff, config.retry_backoff_max)
                 retry_after = getattr(exc, "retry_after", None)
                 if retry_after is not None:
-                    delay = max(delay, min(retry_after, config.timeout))
+                    delay = max(delay, min(retry_after, timeout))
                 if on_retry is not None:
                     on_retry(attempt, exc, delay)
                 await anyio.sleep(delay)
@@ -116,12 +120,13 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
             return StoreOutcome(Status.SUCCESS, result, attempts=attempt, duration=time.perf_counter() - started)
     duration = time.perf_counter() - started
     if scope.cancelled_caught:
-        message = f"timed out after {config.timeout:g}s (SESSION_STATE_TIMEOUT)"
+        message = f"timed out after {timeout:g}s (SESSION_STATE_TIMEOUT)"
         if error is not None:
             message += f"; last error: {error}"
         return StoreOutcome(Status.TIMEOUT, message, True, attempt, duration)
     assert error is not None
-    return StoreOutcome(status_of(error), str(error), error.transient, attempt, duration)
+    return StoreOutcome(status_of(error), str(error), error.transient, attempt, duration,
+                        getattr(error, "status_code", None))
 
 
 #: Writes documents and tells how it went (direct mode: the store itself; actor mode: the write stage).

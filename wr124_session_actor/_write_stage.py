@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Final
 
 import anyio
 import structlog
@@ -39,6 +40,9 @@ __all__ = ["WriteStage"]
 
 logger = structlog.get_logger("wr124_session_actor")
 Status = SessionStateStatus
+#: Refusals that are about some document of a write (malformed, too large, a conflict), not the whole
+#: store (auth, a missing route): the write is tried again in parts to find the refused document.
+_DOCUMENT_REFUSALS: Final = frozenset({400, 409, 413, 422})
 
 
 @dataclass(slots=True, eq=False)
@@ -153,9 +157,9 @@ class WriteStage:
                          delay_s=round(delay, 3), batch_size=len(docs), ids=[d.id for d in docs])
 
         result = await call_store(self._config, self._circuit, store, partial(_insert, store, docs),
-                                  on_retry=on_retry)
+                                  on_retry=on_retry, timeout=self._deadline(len(docs)))
         self._counters.observe_write(result.duration, len(docs), result.status)
-        if result.status is not Status.SUCCESS and not result.transient and len(docs) > 1:
+        if result.status_code in _DOCUMENT_REFUSALS and len(docs) > 1:
             # Refused for good: find what was refused, so that the rest is not lost with it.
             if len(jobs) > 1:
                 for job in jobs:
@@ -173,6 +177,16 @@ class WriteStage:
             else:
                 job.answer(result)
             position += count
+
+    def _deadline(self, documents: int) -> float:
+        """The store deadline of a write: ``timeout`` per request it takes.
+
+        A batch-capable store takes a merged write in one request (per body-size chunk); a server
+        without the batch endpoint takes one POST per document (sent in parallel, within the store's
+        own bound), so a write of many sessions' documents gets the timeout once per document.
+        """
+        requests = documents if getattr(self._store(), "batch_supported", None) is False else 1
+        return self._config.timeout * requests
 
     async def _write_singly(self, job: _Job) -> None:
         """Write a refused batch one document at a time; the batch's outcome is its worst one."""
