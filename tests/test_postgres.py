@@ -194,7 +194,7 @@ class TestDatabaseDown:
     async def test_down_then_restarted(self, own_postgres: PgCluster) -> None:
         """Database down: every call FAILED or TIMEOUT, never an exception, direct and actor mode;
         restarted: the next calls succeed on the same manager (dead connections replaced)."""
-        config = pg_config(own_postgres.url, timeout=1.0, retries=1, shutdown_timeout=1.0)
+        config = pg_config(own_postgres.url, timeout=0.5, retries=1, shutdown_timeout=0.5)
         manager = SessionStateManager("s", config)
         assert (await manager.upload_session_state({"a": 0}, "t", "agent"))[0] == S.SUCCESS
         own_postgres.stop()
