@@ -179,6 +179,15 @@ class TestStatusPaths:
         assert await manager.download_session_states() == (S.SUCCESS, [])
         await manager.aclose()
 
+    async def test_disabled_touches_no_database(self) -> None:
+        """ENABLE_SESSION_STATE_UPLOAD unset with a postgresql:// URL: DISABLED everywhere, nothing opened."""
+        config = Config.from_env({"SESSION_API_URL": f"postgresql://127.0.0.1:{free_port()}/x"})
+        manager = SessionStateManager("s", config)
+        results = await every_call(manager)
+        assert {r[0] for r in results.values()} == {S.DISABLED}
+        assert manager.submit_session_state({"a": 1}) == S.DISABLED
+        await manager.aclose()
+
     async def test_without_psycopg_every_call_is_no_client(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """psycopg_pool not importable (the extra not installed): NO_CLIENT with a hint, no exception."""
         monkeypatch.setitem(sys.modules, "psycopg_pool", None)

@@ -115,7 +115,10 @@ async def _rm(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
-    run_server(args.host, args.port, args.db, api_key=args.api_key or os.environ.get("SESSION_API_KEY"))
+    try:
+        run_server(args.host, args.port, args.db, api_key=args.api_key or os.environ.get("SESSION_API_KEY"))
+    except StoreError as exc:  # the database cannot be opened or reached at startup
+        return _fail(f"{status_of(exc).value}: {exc}")
     return 0
 
 
