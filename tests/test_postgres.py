@@ -107,6 +107,19 @@ class TestEngine:
         assert engine.query("p", Query(limit=1000))[1] == 50
         assert sorted(created for r in results for _, created in r).count(True) == 50
 
+    def test_dead_connections_are_replaced_before_use(self, engine: PostgresDocuments, postgres_db: str) -> None:
+        """Every pooled connection killed by the server: the next call still succeeds at once (the pool's
+        check finds the dead ones and connects anew)."""
+        engine.insert_many("p", [doc(i=0)])
+        with psycopg.connect(postgres_db, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        assert engine.query("p", Query())[1] == 1
+        engine.insert_many("p", [doc(i=1)])
+
     def test_without_prepared_statements(self, postgres_db: str) -> None:
         """prepare_threshold=None (PgBouncer in transaction mode) works for every call."""
         made = PostgresDocuments(postgres_db, pool_size=1, prepare_threshold=None)
