@@ -139,7 +139,7 @@ def run(params: Params) -> ScenarioResult:
     sessions, snapshots = params.pick((100, 100), (30, 40), (3, 5))
     result = ScenarioResult(
         name="postgres",
-        title="7. PostgreSQL keep-all throughput (documents persisted per second)",
+        title="8. PostgreSQL keep-all throughput (documents persisted per second)",
         columns=COLUMNS,
         params={"sessions": sessions, "snapshots_per_session": snapshots, "batch": MAX_BATCH, "reps": params.reps},
     )

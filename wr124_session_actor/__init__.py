@@ -19,6 +19,8 @@ from ._exceptions import StoreTimeout as StoreTimeout
 from ._exceptions import StoreUnavailable as StoreUnavailable
 from ._handle import SessionHandle as SessionHandle
 from ._manager import SessionStateManager as SessionStateManager
+from ._retention import PruneReport as PruneReport
+from ._retention import RetentionPolicy as RetentionPolicy
 from ._status import SessionStateStatus as SessionStateStatus
 from ._system import ActorSystem as ActorSystem
 from ._system import SystemStatistics as SystemStatistics
@@ -38,8 +40,10 @@ __all__ = [
     "DocumentNotFound",
     "DocumentStore",
     "NoClientError",
+    "PruneReport",
     "Query",
     "QueryResult",
+    "RetentionPolicy",
     "SessionHandle",
     "SessionStateManager",
     "SessionStateStatus",

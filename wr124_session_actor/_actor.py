@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from time import monotonic
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import structlog
@@ -18,11 +17,23 @@ from ._statistics import SystemCounters
 from ._status import SessionStateStatus
 from ._write_stage import WriteStage
 
-__all__ = ["CLOSED_MESSAGE", "SessionActor"]
+__all__ = ["CLOSED_MESSAGE", "ActorHost", "SessionActor"]
 
 logger = structlog.get_logger("wr124_session_actor")
 CLOSED_MESSAGE: Final = "the actor system is closed"
 Status = SessionStateStatus
+
+
+class ActorHost(Protocol):
+    """Where actors run: the runtime that starts their tasks and forgets them when idle."""
+
+    def start(self, actor: SessionActor) -> None:
+        """Start ``actor.run()`` in a task (the actor has a message and no running task)."""
+        ...
+
+    def on_idle(self, actor: SessionActor) -> None:
+        """``actor.run()`` ended: nothing queued, nothing pending."""
+        ...
 
 
 class SessionActor:
@@ -42,16 +53,13 @@ class SessionActor:
         ops: the session's core operations.
         counters: the system's counters.
         stage: the write stage of the store.
-        start: starts :meth:`run` in the system's task group (called when a message arrives at an idle actor).
-        on_idle: called when :meth:`run` ends.
+        host: starts :meth:`run` when a message arrives at an idle actor, and hears when it ends.
         outbox: the durable outbox, if the system has one.
     """
 
-    __slots__ = ("_batch", "_on_idle", "_stage", "_start", "busy", "counters", "mailbox", "ops", "outbox",
-                 "running")
+    __slots__ = ("_batch", "_host", "_stage", "busy", "counters", "mailbox", "ops", "outbox", "running")
 
-    def __init__(self, ops: SessionOps, counters: SystemCounters, stage: WriteStage,
-                 start: Callable[[SessionActor], None], on_idle: Callable[[SessionActor], None],
+    def __init__(self, ops: SessionOps, counters: SystemCounters, stage: WriteStage, host: ActorHost,
                  outbox: Outbox | None = None) -> None:
         config = ops.config
         self.ops = ops
@@ -59,8 +67,7 @@ class SessionActor:
         self.outbox = outbox
         self.mailbox = Mailbox(config.mailbox_size)
         self._stage = stage
-        self._start = start
-        self._on_idle = on_idle
+        self._host = host
         # While the store fails the batch is bounded; with an outbox the bound is the outbox's, so an
         # accepted keep="all" state is never coalesced away before the outbox itself is full.
         self._batch: PendingBatch[Reply] = PendingBatch(
@@ -78,7 +85,7 @@ class SessionActor:
     def _wake(self) -> None:
         if not self.running:
             self.running = True
-            self._start(self)
+            self._host.start(self)
 
     def submit(self, upload: StateUpload) -> StateUpload | None:
         """Queue a fire-and-forget upload (coalescing past the bound); return the upload it replaced."""
@@ -115,7 +122,8 @@ class SessionActor:
                 if not batch:
                     return
                 now = monotonic()
-                due = batch.due_at()
+                # A full store write's worth pending across the system: waiting for quiet gains nothing.
+                due = batch.retry_at if self.counters.pending >= self.ops.config.max_batch else batch.due_at()
                 if due <= now or not await mailbox.wait(due - now):
                     await self._flush()
         finally:
@@ -128,7 +136,7 @@ class SessionActor:
                     self._give_up()
             finally:
                 self.running = False
-                self._on_idle(self)
+                self._host.on_idle(self)
 
     async def _handle(self, message: Message) -> None:
         if isinstance(message, Upload):
@@ -150,8 +158,10 @@ class SessionActor:
             message.reply.set((Status.SUCCESS, "flushed"))
 
     def _add(self, message: Upload) -> None:
-        replaced, coalesced = self._batch.add(message.upload, message.reply, message.coalesced,
-                                              monotonic())
+        batch = self._batch
+        before = len(batch)
+        replaced, coalesced = batch.add(message.upload, message.reply, message.coalesced, monotonic())
+        self.counters.pending += len(batch) - before
         self.counters.coalesced += coalesced
         if replaced is not None and self.outbox is not None:
             self.outbox.settle((replaced.doc_id,))
@@ -163,7 +173,9 @@ class SessionActor:
         items = batch.take()
         outcomes = await self.ops.write([p.upload for p in items], self._stage.write,
                                         coalesced=sum(p.coalesced for p in items), final=False)
-        self._answer(batch.settle(items, outcomes, monotonic()))
+        done = batch.settle(items, outcomes, monotonic())
+        self.counters.pending -= len(done)
+        self._answer(done)
 
     def _answer(self, done: list[tuple[PendingUpload[Reply], UploadOutcome]]) -> None:
         counters = self.counters
@@ -197,6 +209,7 @@ class SessionActor:
         left = self._batch.clear()
         if not left:
             return
+        self.counters.pending -= len(left)
         self.counters.fail(Status.FAILED, len(left))
         if self.outbox is not None:
             reason = "not written before shutdown_timeout; kept in the outbox for the next start"

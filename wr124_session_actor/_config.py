@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from ._exceptions import ConfigError
+from ._retention import RetentionPolicy, parse_duration
 
 __all__ = ["HTTP_CLIENTS", "Config"]
 
@@ -58,6 +59,10 @@ class Config:
     circuit_cooldown: float = 0.5  # SESSION_STATE_CIRCUIT_COOLDOWN: first open period, doubled up to 30 s
     write_concurrency: int = 0  # SESSION_STATE_WRITE_CONCURRENCY: store writes in flight; 0 = by store kind
     skip_unchanged: bool = True  # SESSION_STATE_SKIP_UNCHANGED: no write for a state equal to the last stored
+    keep_last: int = 0  # SESSION_STATE_KEEP_LAST: newest states kept per (session, agent); 0 = unlimited
+    max_age: float | None = None  # SESSION_STATE_MAX_AGE: seconds (or 90s/15m/12h/7d); older states go
+    idle_ttl: float | None = None  # SESSION_STATE_IDLE_TTL: a session with no write for this long goes whole
+    sweep_interval: float = 60.0  # SESSION_STATE_SWEEP_INTERVAL: seconds between the store's periodic sweeps
     pg_pool_size: int = 10  # SESSION_STATE_PG_POOL_SIZE: most PostgreSQL connections per store
     pg_max_lifetime: float = 3600.0  # SESSION_STATE_PG_MAX_LIFETIME: seconds before a connection is replaced
     # SESSION_STATE_PG_PREPARE_THRESHOLD: executions before psycopg prepares a statement; "none" never
@@ -77,6 +82,9 @@ class Config:
             ("SESSION_STATE_RETRY_BACKOFF_MAX", self.retry_backoff_max),
             ("SESSION_STATE_SPOOL_SYNC_INTERVAL", self.spool_sync_interval),
             ("SESSION_STATE_CIRCUIT_COOLDOWN", self.circuit_cooldown),
+            ("SESSION_STATE_SWEEP_INTERVAL", self.sweep_interval),
+            ("SESSION_STATE_MAX_AGE", 0.0 if self.max_age is None else self.max_age),
+            ("SESSION_STATE_IDLE_TTL", 0.0 if self.idle_ttl is None else self.idle_ttl),
         ):
             _check(value >= 0 and math.isfinite(value), name, "a number >= 0")
         for name, count in (
@@ -90,6 +98,7 @@ class Config:
             _check(count >= 1, name, "a whole number >= 1")
         _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
         _check(self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY", "a whole number >= 0")
+        _check(self.keep_last >= 0, "SESSION_STATE_KEEP_LAST", "a whole number >= 0 (0 = unlimited)")
         _check(type(self.pg_pool_size) is int and self.pg_pool_size >= 1, "SESSION_STATE_PG_POOL_SIZE",
                "a whole number >= 1")
         _check(self.pg_max_lifetime > 0 and math.isfinite(self.pg_max_lifetime), "SESSION_STATE_PG_MAX_LIFETIME",
@@ -134,6 +143,8 @@ class Config:
         read("SESSION_STATE_KEEP", "keep", _parse_str)
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
         read("SESSION_STATE_SKIP_UNCHANGED", "skip_unchanged", _parse_bool)
+        read("SESSION_STATE_MAX_AGE", "max_age", _parse_duration)
+        read("SESSION_STATE_IDLE_TTL", "idle_ttl", _parse_duration)
         read("SESSION_STATE_PG_PREPARE_THRESHOLD", "pg_prepare_threshold", _parse_optional_int)
         read("SESSION_STATE_MIGRATE", "migrate", _parse_bool)
         for field in dataclasses.fields(cls):
@@ -163,6 +174,11 @@ class Config:
         if self.write_concurrency:
             return self.write_concurrency
         return 1 if self.store_kind in ("sqlite", "memory") else 4
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        """The retention policy the settings ``keep_last``, ``max_age`` and ``idle_ttl`` make."""
+        return RetentionPolicy(self.keep_last, self.max_age or None, self.idle_ttl or None)
 
     @property
     def store_kind(self) -> Literal["http", "sqlite", "memory", "postgresql"]:
@@ -204,6 +220,13 @@ def _parse_int(var: str, raw: str) -> int:
         return int(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a whole number, got {raw!r}") from None
+
+
+def _parse_duration(var: str, raw: str) -> float | None:
+    try:
+        return parse_duration(raw) or None
+    except ValueError:
+        raise ConfigError(f"{var} must be a duration such as 90s, 15m, 12h, 7d or seconds, got {raw!r}") from None
 
 
 def _parse_optional_int(var: str, raw: str) -> int | None:

@@ -139,10 +139,10 @@ class _PreparedWrite:
 
     outcomes: list[UploadOutcome | None]
     docs: list[EncodedDocument]
+    #: The upload index of each document in ``docs``.
+    uploads_of_docs: list[int]
     #: Upload index → index of the upload in this batch whose document holds an equal state.
-    same_as: dict[int, int]
-    #: Upload index → position of its document in ``docs``.
-    positions: dict[int, int]
+    same_as: dict[int, int] | None = None
 
 
 class SessionOps:
@@ -257,7 +257,7 @@ class SessionOps:
     async def _prepare(self, uploads: Sequence[StateUpload]) -> _PreparedWrite:
         """Encode ``uploads``; answer at once those that cannot be encoded or that need no write."""
         encoded = await encode_documents(uploads)
-        prepared = _PreparedWrite([None] * len(uploads), [], {}, {})
+        prepared = _PreparedWrite([None] * len(uploads), [], [])
         skip = self.config.skip_unchanged
         last = self._last_stored or {}
         in_batch: dict[str, tuple[bytes | None, int]] = {}
@@ -271,6 +271,8 @@ class SessionOps:
             if skip and item.state_hash is not None:
                 earlier = in_batch.get(agent)
                 if earlier is not None and earlier[0] == item.state_hash:
+                    if prepared.same_as is None:
+                        prepared.same_as = {}
                     prepared.same_as[index] = earlier[1]
                     continue
                 stored = last.get(agent)
@@ -278,7 +280,7 @@ class SessionOps:
                     prepared.outcomes[index] = UploadOutcome(Status.SUCCESS, stored[1], unchanged=True)
                     continue
             in_batch[agent] = (item.state_hash, index)
-            prepared.positions[index] = len(prepared.docs)
+            prepared.uploads_of_docs.append(index)
             prepared.docs.append(item)
         return prepared
 
@@ -303,10 +305,14 @@ class SessionOps:
                 # The ids the store answered: ours when it honours client ids, its own when it does not.
                 ids = [str(i) for i in result.value] if len(result.value) == len(docs) else [d.id for d in docs]
                 self._remember(docs, ids)
-            for index, position in prepared.positions.items():
-                outcomes[index] = (UploadOutcome(Status.SUCCESS, ids[position]) if result.status is Status.SUCCESS
-                                   else UploadOutcome(result.status, _message("upload", result), result.transient))
-        for index, earlier in prepared.same_as.items():
+            if result.status is Status.SUCCESS:
+                for index, doc_id in zip(prepared.uploads_of_docs, ids, strict=True):
+                    outcomes[index] = UploadOutcome(Status.SUCCESS, doc_id)
+            else:
+                failure = UploadOutcome(result.status, _message("upload", result), result.transient)
+                for index in prepared.uploads_of_docs:
+                    outcomes[index] = failure
+        for index, earlier in (prepared.same_as or {}).items():
             same = outcomes[earlier]
             assert same is not None
             outcomes[index] = UploadOutcome(same.status, same.value, same.transient, same.status is Status.SUCCESS)

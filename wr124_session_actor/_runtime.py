@@ -177,12 +177,12 @@ class ActorRuntime:
             if self._state is not _State.OPEN:
                 raise anyio.ClosedResourceError
             ops = SessionOps(session_id, self.config, self._store_getter, self._circuit)
-            actor = self._actors[session_id] = SessionActor(ops, self._counters, self._stage, self._start,
-                                                            self._on_idle, self.outbox)
+            actor = self._actors[session_id] = SessionActor(ops, self._counters, self._stage, self, self.outbox)
         return actor
 
-    def _start(self, actor: SessionActor) -> None:
-        # Started by the spawner task, off the caller's path: a first submit stays as cheap as any.
+    def start(self, actor: SessionActor) -> None:
+        """Start ``actor`` (internal to actors): by the spawner task, off the caller's path, so that a
+        first submit stays as cheap as any."""
         self._counters.actors_started += 1
         self._running += 1
         self._idle.pop(actor.ops.session_id, None)
@@ -191,7 +191,8 @@ class ActorRuntime:
             self._spawner_wakeup.set()
             self._spawner_wakeup = None
 
-    def _on_idle(self, actor: SessionActor) -> None:
+    def on_idle(self, actor: SessionActor) -> None:
+        """``actor`` has no work left (internal to actors): forget it after ``idle_timeout``."""
         self._running -= 1
         session_id = actor.ops.session_id
         if self._actors.get(session_id) is actor:
@@ -261,7 +262,7 @@ class ActorRuntime:
             store_writes=c.store_writes,
             failed=c.failed,
             queued=sum(len(a.mailbox) for a in actors),
-            pending=sum(a.pending for a in actors),
+            pending=c.pending,
             unchanged=c.unchanged,
             failed_by_status=dict(c.failed_by_status),
             outbox_depth=0 if self.outbox is None else self.outbox.pending,

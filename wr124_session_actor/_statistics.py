@@ -36,6 +36,8 @@ class SystemCounters:
     store_writes: int = 0
     failed: int = 0
     actors_started: int = 0
+    #: Uploads pending in all actors' batches (what makes a full store write's worth).
+    pending: int = 0
     failed_by_status: dict[str, int] = field(default_factory=dict)
     write_observers: list[Callable[[WriteObservation], None]] = field(default_factory=list)
 

@@ -1,4 +1,4 @@
-"""The ``wr124-session`` command: serve | migrate | demo | ls | show | rm | bench."""
+"""The ``wr124-session`` command: serve | migrate | demo | ls | show | rm | prune | bench."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ._config import Config
 from ._exceptions import StoreError
 from ._manager import SessionStateManager
 from ._ops import status_of
+from ._retention import RetentionPolicy, parse_duration
 from ._status import SessionStateStatus
 from .stores import open_engine, open_store
 
@@ -112,11 +113,48 @@ async def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
+    """The options --keep-last/--max-age/--idle-ttl over the SESSION_STATE_* settings; ``None`` if neither
+    names a rule."""
+    base = Config.from_env().retention
+    names = ("keep_last", "max_age", "idle_ttl")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if not given and not base.enabled:
+        return None
+    values = {"keep_last": base.keep_last, "max_age": base.max_age, "idle_ttl": base.idle_ttl, **given}
+    return RetentionPolicy.parse(**values)
+
+
+async def _prune(args: argparse.Namespace) -> int:
+    # Pruning a large store takes longer than one state write: allow it minutes.
+    config = _config(args)
+    config = config.replace(timeout=max(config.timeout, 600.0))
+    policy = _policy(args)
+    store = open_store(config)
+    try:
+        report = await store.prune(policy, session_id=args.session, dry_run=args.dry_run)
+    except StoreError as exc:  # said as a status
+        return _fail(f"{status_of(exc).value}: {exc}")
+    finally:
+        await store.aclose()
+    if args.json:
+        _dump(report.as_dict())
+        return 0
+    rule = "the server's policy" if policy is None else policy.describe()
+    if policy is None and config.store_kind != "http":
+        sys.stderr.write("note: no retention rule given (--keep-last, --max-age, --idle-ttl): nothing to do\n")
+    verb = "would remove" if report.dry_run else "removed"
+    print(f"{verb} ({rule}): {report.sessions} sessions, {report.documents} documents, {report.bytes} bytes")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
+    api_key = args.api_key or os.environ.get("SESSION_API_KEY")
     try:
-        run_server(args.host, args.port, args.db, api_key=args.api_key or os.environ.get("SESSION_API_KEY"))
+        run_server(args.host, args.port, args.db, api_key=api_key, metrics_key=args.metrics_key,
+                   retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
     except StoreError as exc:  # the database cannot be opened or reached at startup
         return _fail(f"{status_of(exc).value}: {exc}")
     return 0
@@ -149,6 +187,29 @@ def _bench(rest: Sequence[str]) -> int:
     return int(bench.main(list(rest)))
 
 
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _retention_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-last", type=_count, metavar="N",
+                   help="keep the newest N states per (session, agent); 0 = all (default: $SESSION_STATE_KEEP_LAST)")
+    p.add_argument("--max-age", type=_duration, metavar="AGE",
+                   help="remove states older than AGE, e.g. 7d, but never an agent's newest (default: "
+                        "$SESSION_STATE_MAX_AGE)")
+    p.add_argument("--idle-ttl", type=_duration, metavar="TTL",
+                   help="remove whole sessions with no write for TTL, e.g. 30d (default: $SESSION_STATE_IDLE_TTL)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wr124-session", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every outcome (debug)")
@@ -165,6 +226,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", default="wr124_server.db",
                        help="sqlite file, sqlite:/// or postgresql:// URL (default: wr124_server.db)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SESSION_API_KEY)")
+    _retention_options(serve)
+    serve.add_argument("--sweep-interval", type=_duration, default=60.0, metavar="SECONDS",
+                       help="how often the server sweeps by its retention policy (default: 60s)")
+    serve.add_argument("--metrics-key", help="require 'Authorization: Bearer KEY' for /metrics (default: open)")
 
     migrate = sub.add_parser("migrate", help="bring a database's schema up to date (sqlite or PostgreSQL)")
     migrate.add_argument("--db", required=True, help="postgresql://user:pass@host:port/db, sqlite:/// URL or file")
@@ -184,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("doc_id")
     rm = with_url(sub.add_parser("rm", help="delete one document"))
     rm.add_argument("doc_id")
+    prune = with_url(sub.add_parser(
+        "prune", help="remove old states by a retention policy (through the server's prune endpoint for http(s) URLs)"))
+    _retention_options(prune)
+    prune.add_argument("--session", metavar="ID", help="only this session")
+    prune.add_argument("--dry-run", action="store_true", help="count what would go, remove nothing")
     sub.add_parser("bench", help="run the benchmarks (options after 'bench' go to it)", add_help=False)
     return parser
 
@@ -195,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(argv[argv.index("bench") + 1 :])
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
-    commands: dict[str, Any] = {"ls": _ls, "show": _show, "rm": _rm}
+    commands: dict[str, Any] = {"ls": _ls, "show": _show, "rm": _rm, "prune": _prune}
     try:
         if args.command in commands:
             return int(anyio.run(commands[args.command], args))

@@ -15,6 +15,7 @@ from typing import Final, Self
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .._retention import NO_RETENTION, RetentionPolicy
 from ._app import DEFAULT_LIMITS, ServerLimits, create_app
 
 __all__ = ["ServerThread", "run_server"]
@@ -50,6 +51,9 @@ class ServerThread:
         delay: seconds every request waits before it is handled (a slow server, for timeout tests);
             a plain attribute, change it at any time.
         startup_timeout: how long :meth:`start` waits for the server to listen.
+        retention: the retention policy the server enforces (keep-last after writes, periodic sweeps).
+        sweep_interval: seconds between the server's periodic sweeps.
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``.
     """
 
     def __init__(
@@ -63,8 +67,13 @@ class ServerThread:
         enable_batch: bool = True,
         delay: float = 0.0,
         startup_timeout: float = 10.0,
+        retention: RetentionPolicy = NO_RETENTION,
+        sweep_interval: float = 60.0,
+        metrics_key: str | None = None,
     ) -> None:
         self.db_path = os.fspath(db_path)
+        self.retention = retention
+        self.sweep_interval = sweep_interval
         self.host = host
         #: The listening port (known after the first start; kept for restarts).
         self.port = port
@@ -74,6 +83,7 @@ class ServerThread:
         #: Seconds every request sleeps before it is handled.
         self.delay = delay
         self.startup_timeout = startup_timeout
+        self.metrics_key = metrics_key
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None  # asyncio-only: aiohttp.web
@@ -172,6 +182,9 @@ class ServerThread:
             limits=self.limits,
             enable_batch=self.enable_batch,
             middlewares=[self._delay_middleware(stopping)],
+            retention=self.retention,
+            sweep_interval=self.sweep_interval,
+            metrics_key=self.metrics_key,
         )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -213,6 +226,9 @@ def run_server(
     limits: ServerLimits = DEFAULT_LIMITS,
     enable_batch: bool = True,
     announce: Callable[[str], None] | None = None,
+    retention: RetentionPolicy = NO_RETENTION,
+    sweep_interval: float = 60.0,
+    metrics_key: str | None = None,
 ) -> None:
     """Serve the json-documents API until SIGINT or SIGTERM (the CLI's ``serve``).
 
@@ -225,8 +241,12 @@ def run_server(
         enable_batch: serve the batch endpoint.
         announce: called once with a line naming the URL when the server listens (default: print
             it to stdout, flushed).
+        retention: the retention policy the server enforces.
+        sweep_interval: seconds between periodic sweeps.
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``.
     """
-    app = create_app(db_path, api_key=api_key, limits=limits, enable_batch=enable_batch)
+    app = create_app(db_path, api_key=api_key, limits=limits, enable_batch=enable_batch, retention=retention,
+                     sweep_interval=sweep_interval, metrics_key=metrics_key)
     with contextlib.suppress(KeyboardInterrupt):
         serve = _serve_forever(app, host, port, os.fspath(db_path), announce or _print_flushed)
         asyncio.run(serve)  # asyncio-only: aiohttp.web

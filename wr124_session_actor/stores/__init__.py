@@ -29,6 +29,7 @@ from ._engine import SqliteDocuments
 from ._http import HttpStore
 from ._memory import MemoryStore, reset_memory_stores
 from ._postgres import PostgresDocuments, close_shared_postgres, shared_postgres
+from ._retention import RetentionSweeper
 from ._sqlite import SqliteStore, sqlite_path_from_url
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "PostgresDocuments",
     "Query",
     "QueryResult",
+    "RetentionSweeper",
     "SortField",
     "SqliteDocuments",
     "SqliteStore",
@@ -80,12 +82,17 @@ def open_engine(target: str | os.PathLike[str], config: Config | None = None) ->
 def open_store(config: Config) -> DocumentStore:
     """Create the store ``config.api_url`` names. Does no I/O: connections open on first use."""
     kind = config.store_kind
+    # Local engines enforce the configured retention themselves; an HTTP store leaves it to its server.
+    policy, interval = config.retention, config.sweep_interval
     if kind == "memory":
-        return MemoryStore(config.api_url[len("memory://") :], config.project_id)
+        name = config.api_url[len("memory://") :]
+        return MemoryStore(name, config.project_id, retention=policy, sweep_interval=interval)
     if kind == "sqlite":
-        return SqliteStore(sqlite_path_from_url(config.api_url), config.project_id)
+        path = sqlite_path_from_url(config.api_url)
+        return SqliteStore(path, config.project_id, retention=policy, sweep_interval=interval)
     if kind == "postgresql":
-        return EngineStore(shared_postgres(config), config.project_id, owns_engine=False)
+        engine = shared_postgres(config)
+        return EngineStore(engine, config.project_id, owns_engine=False, retention=policy, sweep_interval=interval)
     return HttpStore(
         config.api_url,
         config.project_id,

@@ -8,6 +8,8 @@ the event loop never blocks, under asyncio and trio alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 import anyio
@@ -16,7 +18,9 @@ import anyio.to_thread
 
 from .._document import EncodedDocument
 from .._exceptions import DocumentNotFound, StoreClosed
+from .._retention import NO_RETENTION, PruneReport, RetentionPolicy
 from ._base import Document, DocumentEngine, Query, QueryResult
+from ._retention import RetentionSweeper
 
 __all__ = ["EngineStore"]
 
@@ -31,12 +35,24 @@ class EngineStore:
         project: the project whose documents this store sees.
         inline: run the engine's calls on the event loop (only for engines that never wait: memory).
         owns_engine: close the engine on :meth:`aclose` (``False`` when it is shared).
+        retention: the policy this store keeps its project to: after each write the sessions written
+            are trimmed to ``keep_last``, and every ``sweep_interval`` seconds a write is followed by a
+            sweep of the whole policy (bounded in time; no background task).
+        sweep_interval: seconds between those periodic sweeps.
     """
 
     def __init__(
-        self, engine: DocumentEngine, project: str = "default", *, inline: bool = False, owns_engine: bool = True
+        self,
+        engine: DocumentEngine,
+        project: str = "default",
+        *,
+        inline: bool = False,
+        owns_engine: bool = True,
+        retention: RetentionPolicy = NO_RETENTION,
+        sweep_interval: float = 60.0,
     ) -> None:
         self.engine = engine
+        self.retention = RetentionSweeper(engine, retention, interval=sweep_interval)
         self.project = project
         self._inline = inline
         self._owns_engine = owns_engine
@@ -57,6 +73,8 @@ class EngineStore:
     async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
         """Insert all documents in one transaction; return their ids."""
         results = await self._run(self.engine.insert_many, self.project, docs)
+        if self.retention.policy.enabled:
+            await self._run(self.retention.after_insert, self.project, docs)
         return [doc_id for doc_id, _ in results]
 
     async def query(self, query: Query) -> QueryResult:
@@ -75,6 +93,19 @@ class EngineStore:
         """Delete one document; raises ``DocumentNotFound``."""
         if not await self._run(self.engine.delete, self.project, doc_id):
             raise DocumentNotFound(f"no document {doc_id!r}", status_code=404)
+
+    async def prune(
+        self,
+        policy: RetentionPolicy | None = None,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> PruneReport:
+        """Remove (or count) what ``policy`` (default: this store's own) removes from the project."""
+        chosen = self.retention.policy if policy is None else policy
+        prune = partial(self.engine.prune, self.project, chosen, session_id=session_id, dry_run=dry_run, now=now)
+        return await self._run(prune)
 
     async def health(self) -> None:
         """Reach the database (opening it on first use) and run a trivial statement."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from .._document import EncodedDocument
 from .._exceptions import StoreRejected
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 
 __all__ = [
     "MAX_QUERY_LIMIT",
@@ -19,7 +21,9 @@ __all__ = [
     "Inserted",
     "Query",
     "QueryResult",
+    "SessionSummary",
     "SortField",
+    "session_summary",
 ]
 
 #: A stored document as returned by stores: the body plus ``_id``, ``id``, ``created_at``, ``updated_at``.
@@ -110,6 +114,15 @@ class DocumentEngine(Protocol):
         """Return the document with ``doc_id`` in ``project``, or ``None``."""
         ...
 
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of ``project``'s sessions, latest activity first, and the count of all.
+
+        Each is a :func:`session_summary`; ``search`` keeps the sessions whose id contains it.
+        """
+        ...
+
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
         ...
@@ -126,6 +139,42 @@ class DocumentEngine(Protocol):
     def close(self) -> None:
         """Release connections (a later call opens them again)."""
         ...
+
+    def prune(
+        self,
+        project: str | None,
+        policy: RetentionPolicy,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        batch_size: int = PRUNE_BATCH,
+        time_budget: float | None = None,
+    ) -> PruneReport:
+        """Remove (or with ``dry_run`` count) what ``policy`` removes, in batches of ``batch_size`` rows.
+
+        Args:
+            project: the project; ``None`` for every project.
+            policy: the retention policy.
+            session_id: only this session.
+            dry_run: count, remove nothing.
+            now: the time ages are measured from (default: now).
+            batch_size: the most rows one transaction deletes.
+            time_budget: stop after about this many seconds (the report says ``complete=False``).
+        """
+        ...
+
+
+#: One session as :meth:`DocumentEngine.sessions` lists it.
+SessionSummary = dict[str, Any]
+
+
+def session_summary(
+    session_id: str, documents: int, agents: Sequence[str], first_at: str, last_at: str, last_seq: int
+) -> SessionSummary:
+    """A session's summary: its document count, agents (sorted), first and last write, and newest ``seq``."""
+    return {"session_id": session_id, "documents": int(documents), "agents": sorted(agents),
+            "first_at": first_at, "last_at": last_at, "last_seq": int(last_seq)}
 
 
 @runtime_checkable
@@ -150,6 +199,21 @@ class DocumentStore(Protocol):
 
     async def health(self) -> None:
         """Return when the store is usable; raise a ``StoreError`` when it is not."""
+        ...
+
+    async def prune(
+        self,
+        policy: RetentionPolicy | None = None,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> PruneReport:
+        """Remove (or with ``dry_run`` count) what ``policy`` removes from this store's project.
+
+        ``None`` means the store's own policy: the configuration's ``keep_last``/``max_age``/``idle_ttl``,
+        or for an HTTP store the server's. ``now`` (tests) is the time ages are measured from.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -15,16 +15,21 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from .._document import EncodedDocument, utc_now_iso
 from .._exceptions import StoreError, StoreUnavailable
-from ._base import Document, DocumentConflict, Inserted, Query
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
+from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
+from ._retention import SQLITE_DIALECT, prune_documents
 
 __all__ = ["SqliteDocuments", "open_sqlite"]
+
+T = TypeVar("T")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -206,6 +211,26 @@ class SqliteDocuments:
             ).fetchall()
         return [_document(*row) for row in rows], int(total)
 
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of the project's sessions, latest activity first, and the count of all (see the protocol)."""
+        where = "project = ? AND session_id IS NOT NULL AND session_id <> ''"
+        args: list[Any] = [project]
+        if search:
+            where += " AND instr(session_id, ?) > 0"
+            args.append(search)
+        with self._connection() as conn:
+            total = conn.execute(f"SELECT count(DISTINCT session_id) FROM documents WHERE {where}", args).fetchone()[0]
+            rows = conn.execute(
+                "SELECT session_id, count(*), json_group_array(DISTINCT agent) FILTER (WHERE agent IS NOT NULL),"
+                f" min(created_at), max(created_at), max(seq) FROM documents WHERE {where}"
+                " GROUP BY session_id ORDER BY max(created_at) DESC, session_id LIMIT ? OFFSET ?",
+                [*args, limit, skip],
+            ).fetchall()
+        return [session_summary(sid, n, orjson.loads(agents), first, last, seq)
+                for sid, n, agents, first, last, seq in rows], int(total)
+
     def get(self, project: str, doc_id: str) -> Document | None:
         """Return the document with ``doc_id`` in ``project``, or ``None``."""
         with self._connection() as conn:
@@ -220,6 +245,34 @@ class SqliteDocuments:
         with self._connection() as conn:
             cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
         return cursor.rowcount > 0
+
+    def prune(
+        self,
+        project: str | None,
+        policy: RetentionPolicy,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        batch_size: int = PRUNE_BATCH,
+        time_budget: float | None = None,
+    ) -> PruneReport:
+        """Remove (or count) what ``policy`` removes, one short write transaction per batch
+        (:func:`~._retention.prune_documents`); the lock is free for writers between batches."""
+
+        def transact(work: Callable[[sqlite3.Connection], T]) -> T:
+            with self._connection() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+
+        return prune_documents(transact, SQLITE_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
+                               now=now, batch_size=batch_size, time_budget=time_budget)
 
     def ping(self) -> None:
         """Open the database if needed and run a trivial statement."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ from .._exceptions import (
     StoreTimeout,
     StoreUnavailable,
 )
+from .._retention import PruneReport, RetentionPolicy
 from ..transports import Params, Response, Transport, preload_clients
 from ._base import MAX_QUERY_LIMIT, Document, Query, QueryResult
 
@@ -169,6 +171,34 @@ class HttpStore:
         """``DELETE /{project}/json-documents/{id}``."""
         resp = await self._request("DELETE", f"{self._collection}/{quote(doc_id, safe='')}")
         _check_status(resp, doc_id)
+
+    async def prune(
+        self,
+        policy: RetentionPolicy | None = None,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> PruneReport:
+        """``POST /{project}/json-documents/prune``: the server prunes by ``policy`` (``None``: its own).
+
+        Raises:
+            ValueError: ``now`` is given (the server measures ages by its own clock).
+            StoreRejected: the server has no prune endpoint (404/405) or refused the request.
+        """
+        if now is not None:
+            raise ValueError("an HTTP store cannot prune as of another time: the server's clock decides")
+        body: dict[str, object] = {"dry_run": dry_run}
+        if policy is not None:
+            body.update(keep_last=policy.keep_last, max_age=policy.max_age, idle_ttl=policy.idle_ttl)
+        if session_id is not None:
+            body["session_id"] = session_id
+        resp = await self._request("POST", f"{self._collection}/prune", content=orjson.dumps(body))
+        _check_status(resp, None)
+        try:
+            return PruneReport.from_dict(_body(resp))
+        except ValueError as exc:
+            raise StoreBadResponse(f"HTTP {resp.status}: {exc}") from None
 
     async def health(self) -> None:
         """``GET /health``; raises unless it answers 2xx."""

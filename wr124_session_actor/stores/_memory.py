@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Final
 
+from .._retention import NO_RETENTION, RetentionPolicy
 from ._adapter import EngineStore
 from ._engine import SqliteDocuments
 
@@ -33,10 +34,16 @@ class MemoryStore(EngineStore):
     Args:
         name: the part of the URL after ``memory://`` (empty for the default store).
         project: the project whose documents this store sees.
+        retention: the retention policy the store enforces (see :class:`EngineStore`).
+        sweep_interval: seconds between periodic sweeps.
     """
 
-    def __init__(self, name: str = "", project: str = "default") -> None:
-        super().__init__(_engine_for(name), project, inline=True, owns_engine=False)
+    def __init__(
+        self, name: str = "", project: str = "default", *, retention: RetentionPolicy = NO_RETENTION,
+        sweep_interval: float = 60.0,
+    ) -> None:
+        super().__init__(_engine_for(name), project, inline=True, owns_engine=False, retention=retention,
+                         sweep_interval=sweep_interval)
 
 
 def reset_memory_stores() -> None:

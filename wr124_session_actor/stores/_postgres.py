@@ -20,24 +20,28 @@ import atexit
 import contextlib
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
 from .._config import Config
 from .._document import EncodedDocument
 from .._exceptions import NoClientError, StoreError, StoreRejected, StoreTimeout, StoreUnavailable
-from ._base import Document, DocumentConflict, Inserted, Query
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
+from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
 from ._engine import conflict_message, id_conflict_message
 from ._pg_schema import migrate
+from ._retention import POSTGRES_DIALECT, prune_documents
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
 __all__ = ["PostgresDocuments", "close_shared_postgres", "shared_postgres"]
+
+T = TypeVar("T")
 
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": 'name COLLATE "C"', "seq": "seq"}
 #: Seconds the pool keeps retrying a failed connection attempt (backoff 1 s, 2 s, ...) before it gives
@@ -242,11 +246,59 @@ class PostgresDocuments:
             ).fetchone()
         return None if row is None else _document(*row)
 
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of the project's sessions, latest activity first, and the count of all (see the protocol)."""
+        where = "project = %s AND session_id <> ''"
+        args: list[Any] = [project]
+        if search:
+            where += " AND strpos(session_id, %s) > 0"
+            args.append(search)
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT session_id, count(*), coalesce(array_agg(DISTINCT agent) FILTER (WHERE agent IS NOT NULL),"
+                " '{}'), min(created_at), max(created_at), max(seq), count(*) OVER ()"
+                f" FROM wr124_documents WHERE {where} GROUP BY session_id"
+                " ORDER BY max(created_at) DESC, session_id LIMIT %s OFFSET %s",
+                [*args, limit, skip],
+            ).fetchall()
+            if rows:
+                total = int(rows[0][6])
+            else:
+                row = conn.execute(
+                    f"SELECT count(DISTINCT session_id) FROM wr124_documents WHERE {where}", args
+                ).fetchone()
+                total = int(row[0]) if row else 0
+        return [session_summary(sid, n, agents, _iso(first), _iso(last), seq)
+                for sid, n, agents, first, last, seq, _ in rows], total
+
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
         with self._connection() as conn:
             cursor = conn.execute("DELETE FROM wr124_documents WHERE project = %s AND id = %s", (project, doc_id))
             return cursor.rowcount > 0
+
+    def prune(
+        self,
+        project: str | None,
+        policy: RetentionPolicy,
+        *,
+        session_id: str | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+        batch_size: int = PRUNE_BATCH,
+        time_budget: float | None = None,
+    ) -> PruneReport:
+        """Remove (or count) what ``policy`` removes, one short transaction per batch
+        (:func:`~._retention.prune_documents`)."""
+
+        def transact(work: Callable[[psycopg.Connection[Any]], T]) -> T:
+            with self._connection() as conn, conn.transaction():
+                return work(conn)
+
+        return prune_documents(transact, POSTGRES_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
+                               now=now, batch_size=batch_size, time_budget=time_budget)
 
     def ping(self) -> None:
         """Open the pool (and migrate) if needed, and run a trivial statement on a live connection."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .._retention import NO_RETENTION, RetentionPolicy
 from ._adapter import EngineStore
 from ._engine import SqliteDocuments
 
@@ -21,7 +22,12 @@ class SqliteStore(EngineStore):
     Args:
         path: the database file (created on first use, with its folder).
         project: the project whose documents this store sees.
+        retention: the retention policy the store enforces (see :class:`EngineStore`).
+        sweep_interval: seconds between periodic sweeps.
     """
 
-    def __init__(self, path: str | os.PathLike[str], project: str = "default") -> None:
-        super().__init__(SqliteDocuments(path), project)
+    def __init__(
+        self, path: str | os.PathLike[str], project: str = "default", *, retention: RetentionPolicy = NO_RETENTION,
+        sweep_interval: float = 60.0,
+    ) -> None:
+        super().__init__(SqliteDocuments(path), project, retention=retention, sweep_interval=sweep_interval)

@@ -1,0 +1,329 @@
+"""Enforcing a :class:`~wr124_session_actor.RetentionPolicy` where the data is: the sweep, in SQL.
+
+One algorithm for every SQL engine (sqlite, PostgreSQL); an engine supplies a :data:`Transact` (run a
+function on its connection in one transaction) and a :class:`Dialect` (placeholders, body size, time
+values). The engines' ``prune`` methods call :func:`prune_documents`.
+
+How a sweep stays safe and cheap:
+
+- It goes session by session, and deletes in batches of at most ``batch_size`` rows, one short
+  transaction each, so writers wait at most one batch.
+- Every ``DELETE`` carries its own condition (rank among the agent's states by ``seq``, age, "no
+  recent write"), evaluated inside its transaction. Several sweepers (server replicas, the CLI) may
+  run at once: a row one of them removes is one the policy removes anyway, and a state written while
+  a sweep runs only ever makes older rows more removable, never a newer one. A session that gets a
+  write while it is being removed as idle stops being removed.
+- ``seq`` grows per session in commit order, so "the N newest" is the N highest ``seq`` of an agent;
+  a sweep run after a batch of writes never leaves fewer than N states of an agent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
+
+import structlog
+
+from .._document import EncodedDocument
+from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
+from ._base import DocumentEngine
+
+__all__ = [
+    "POSTGRES_DIALECT",
+    "SQLITE_DIALECT",
+    "Dialect",
+    "RetentionSweeper",
+    "Transact",
+    "prune_documents",
+]
+
+logger = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Runs a function on the engine's connection inside one transaction and returns its result.
+Transact = Callable[[Callable[[Any], T]], T]
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the SQL engines for the sweep.
+
+    Args:
+        table: the documents table (columns project, id, session_id, agent, seq, created_at, body).
+        param: the placeholder (``?`` or ``%s``).
+        size: the SQL expression for a row's stored body size in bytes.
+        time: turns a UTC datetime into the value ``created_at`` compares with.
+        forget_session: a statement (params: project, session_id) run after a session was removed
+            whole, in the transaction that removed its last documents, when no document is left.
+    """
+
+    table: str
+    param: str
+    size: str
+    time: Callable[[datetime], object]
+    forget_session: str | None = None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+#: sqlite: ``created_at`` is normalized ISO-8601 text, the body a BLOB.
+SQLITE_DIALECT: Final = Dialect("documents", "?", "length(body)", _iso)
+#: PostgreSQL (psycopg): ``created_at`` is a ``timestamptz``, the body ``jsonb`` (its size: as JSON text);
+#: a session removed whole also loses its ``seq`` counter row.
+POSTGRES_DIALECT: Final = Dialect(
+    "wr124_documents", "%s", "octet_length(body::text)", lambda moment: moment,
+    forget_session="DELETE FROM wr124_session_seqs AS s WHERE s.project = %s AND s.session_id = %s"
+    " AND NOT EXISTS (SELECT 1 FROM wr124_documents AS d WHERE d.project = s.project AND d.session_id = s.session_id)",
+)
+
+
+def prune_documents(
+    transact: Transact[Any],
+    dialect: Dialect,
+    project: str | None,
+    policy: RetentionPolicy,
+    *,
+    session_id: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    batch_size: int = PRUNE_BATCH,
+    time_budget: float | None = None,
+) -> PruneReport:
+    """Apply ``policy`` to the ``documents`` table, in batches; return what was (or would be) removed.
+
+    Args:
+        transact: runs a function on the connection in one transaction (the engine's).
+        dialect: the engine's SQL differences.
+        project: the project to sweep; ``None`` sweeps every project.
+        policy: what goes (see :class:`~wr124_session_actor.RetentionPolicy`).
+        session_id: only this session.
+        dry_run: count what would go, remove nothing.
+        now: the time ages are measured from (default: the current time); tests pass their own.
+        batch_size: the most rows one transaction deletes.
+        time_budget: stop after about this many seconds (the report then has ``complete=False``).
+
+    Returns:
+        Sessions removed whole, documents and bytes removed (or that would be).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    report = PruneReport(dry_run=dry_run)
+    if not policy.enabled:
+        return report
+    moment = datetime.now(UTC) if now is None else now
+    sweep = _Sweep(transact, dialect, policy, moment, batch_size, dry_run)
+    started = time.monotonic()
+    sessions = transact(lambda conn: sweep.sessions(conn, project, session_id))
+    for index, (proj, sid, idle) in enumerate(sessions):
+        done = sweep.remove_session(proj, sid) if idle else sweep.trim_session(proj, sid)
+        report += done
+        # The budget stops a sweep only right after a session that had something to remove: a sweep
+        # started again from the first session passes the ones already done quickly, so it advances.
+        if (time_budget is not None and done.documents and index + 1 < len(sessions)
+                and time.monotonic() - started > time_budget):
+            return PruneReport(report.sessions, report.documents, report.bytes, dry_run, complete=False)
+    return report
+
+
+class _Sweep:
+    """The statements of one sweep (one policy, one moment)."""
+
+    def __init__(self, transact: Transact[Any], dialect: Dialect, policy: RetentionPolicy, now: datetime,
+                 batch_size: int, dry_run: bool) -> None:
+        self.transact = transact
+        self.dialect = dialect
+        self.t = dialect.table
+        self.p = dialect.param
+        self.size = dialect.size
+        self.batch_size = batch_size
+        self.dry_run = dry_run
+        self.keep_last = policy.keep_last
+        self.idle_cutoff = None if policy.idle_ttl is None else dialect.time(_before(now, policy.idle_ttl))
+        self.age_cutoff = None if policy.max_age is None else dialect.time(_before(now, policy.max_age))
+
+    def sessions(self, conn: Any, project: str | None, session_id: str | None) -> list[tuple[str, str, bool]]:
+        """Every session in scope, with whether it is idle (no write since the idle cutoff)."""
+        p = self.p
+        where = ["session_id IS NOT NULL", "session_id <> ''"]
+        args: list[object] = []
+        if self.idle_cutoff is None:
+            idle = "0"
+        else:
+            idle = f"CASE WHEN max(created_at) < {p} THEN 1 ELSE 0 END"
+            args.append(self.idle_cutoff)
+        if project is not None:
+            where.append(f"project = {p}")
+            args.append(project)
+        if session_id is not None:
+            where.append(f"session_id = {p}")
+            args.append(session_id)
+        rows = conn.execute(
+            f"SELECT project, session_id, {idle} FROM {self.t} WHERE {' AND '.join(where)}"
+            " GROUP BY project, session_id ORDER BY project, session_id",
+            args,
+        ).fetchall()
+        return [(str(proj), str(sid), bool(flag)) for proj, sid, flag in rows]
+
+    def remove_session(self, project: str, session_id: str) -> PruneReport:
+        """Remove a whole idle session; stop if it gets a write meanwhile."""
+        t, p = self.t, self.p
+        if self.dry_run:
+            count, size = self.transact(lambda conn: conn.execute(
+                f"SELECT count(*), coalesce(sum({self.size}), 0) FROM {t} WHERE project = {p} AND session_id = {p}",
+                (project, session_id)).fetchone())
+            return PruneReport(1, int(count), int(size), dry_run=True)
+        sql = (
+            f"DELETE FROM {t} WHERE project = {p} AND id IN"
+            f" (SELECT id FROM {t} WHERE project = {p} AND session_id = {p} LIMIT {p})"
+            f" AND NOT EXISTS (SELECT 1 FROM {t} AS recent WHERE recent.project = {p}"
+            f" AND recent.session_id = {p} AND recent.created_at >= {p})"
+            f" RETURNING {self.size}"
+        )
+        args = (project, project, session_id, self.batch_size, project, session_id, self.idle_cutoff)
+        documents, size = self._delete_batches(sql, args)
+        gone = documents > 0 and self.transact(lambda conn: self._forget(conn, project, session_id))
+        return PruneReport(int(gone), documents, size)
+
+    def _forget(self, conn: Any, project: str, session_id: str) -> bool:
+        """Whether the session has no document left; if so, drop what the engine keeps per session."""
+        left = conn.execute(f"SELECT 1 FROM {self.t} WHERE project = {self.p} AND session_id = {self.p} LIMIT 1",
+                            (project, session_id)).fetchone()
+        if left is None and self.dialect.forget_session is not None:
+            conn.execute(self.dialect.forget_session, (project, session_id))
+        return left is None
+
+    def trim_session(self, project: str, session_id: str) -> PruneReport:
+        """Remove the states of a live session that ``keep_last``/``max_age`` remove."""
+        t, p = self.t, self.p
+        rules: list[str] = []
+        rule_args: list[object] = []
+        if self.keep_last:
+            rules.append(f"pos > {p}")
+            rule_args.append(self.keep_last)
+        if self.age_cutoff is not None:
+            rules.append(f"(created_at < {p} AND pos > 1)")
+            rule_args.append(self.age_cutoff)
+        if not rules:
+            return PruneReport(dry_run=self.dry_run)
+        # Each agent's states numbered newest first by seq; the rules pick by that position and age.
+        ranked = (
+            f"SELECT id, created_at, {self.size} AS size,"
+            " row_number() OVER (PARTITION BY agent ORDER BY seq DESC) AS pos"
+            f" FROM {t} WHERE project = {p} AND session_id = {p} AND agent IS NOT NULL"
+        )
+        picked = f"SELECT id, size FROM ({ranked}) AS ranked WHERE {' OR '.join(rules)}"
+        args = [project, session_id, *rule_args]
+        if self.dry_run:
+            count, size = self.transact(lambda conn: conn.execute(
+                f"SELECT count(*), coalesce(sum(size), 0) FROM ({picked}) AS picked", args).fetchone())
+            return PruneReport(0, int(count), int(size), dry_run=True)
+        sql = (
+            f"DELETE FROM {t} WHERE project = {p} AND id IN"
+            f" (SELECT id FROM ({picked}) AS picked LIMIT {p}) RETURNING {self.size}"
+        )
+        documents, size = self._delete_batches(sql, [project, *args, self.batch_size])
+        return PruneReport(0, documents, size)
+
+    def _delete_batches(self, sql: str, args: Iterable[object]) -> tuple[int, int]:
+        """Run the batch ``DELETE ... RETURNING size`` until a batch comes back short; return rows and bytes."""
+        params = tuple(args)
+        documents = size = 0
+        while True:
+            sizes = self.transact(lambda conn: conn.execute(sql, params).fetchall())
+            documents += len(sizes)
+            size += sum(int(row[0] or 0) for row in sizes)
+            if len(sizes) < self.batch_size:
+                return documents, size
+
+
+class RetentionSweeper:
+    """Keeps a store within a policy: keep-last right after writes, everything else periodically.
+
+    Synchronous (call it from the worker thread that ran the write); safe to share between threads.
+
+    Args:
+        engine: the engine to prune.
+        policy: the retention policy.
+        interval: seconds between periodic sweeps (:meth:`sweep_if_due`).
+        time_budget: seconds one periodic sweep may take before it stops and stays due (so that the
+            write that triggered it is not held up long).
+        clock: a monotonic clock (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        engine: DocumentEngine,
+        policy: RetentionPolicy,
+        *,
+        interval: float = 60.0,
+        time_budget: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.interval = interval
+        self.time_budget = time_budget
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_sweep = clock() + interval
+
+    def after_write(self, project: str, docs: Iterable[EncodedDocument]) -> PruneReport:
+        """Trim the sessions just written to ``keep_last`` states per agent (nothing when it is 0)."""
+        report = PruneReport()
+        if not self.policy.keep_last:
+            return report
+        trim = RetentionPolicy(keep_last=self.policy.keep_last, max_age=self.policy.max_age)
+        for session_id in sorted({doc.session_id for doc in docs if doc.session_id}):
+            report += self.engine.prune(project, trim, session_id=session_id)
+        if report.documents:
+            logger.debug("retention_keep_last", project=project, documents=report.documents, bytes=report.bytes)
+        return report
+
+    def after_insert(self, project: str, docs: Iterable[EncodedDocument]) -> None:
+        """What a store runs after each successful write: :meth:`after_write`, then :meth:`sweep_if_due`.
+
+        The write is already stored; a failing sweep is logged (warning) and left for the next time.
+        """
+        if not self.policy.enabled:
+            return
+        try:
+            self.after_write(project, docs)
+            self.sweep_if_due(project)
+        except Exception as exc:
+            logger.warning("retention_sweep_failed", project=project, error=f"{type(exc).__name__}: {exc}")
+
+    def sweep_if_due(self, project: str | None) -> PruneReport | None:
+        """Sweep ``project`` by the whole policy when ``interval`` has passed since the last sweep.
+
+        One caller at a time claims a due sweep; the others return ``None`` at once. A sweep that
+        runs out of its time budget stays due, and the next call goes on with it.
+        """
+        if not self.policy.enabled:
+            return None
+        with self._lock:
+            now = self._clock()
+            if now < self._next_sweep:
+                return None
+            self._next_sweep = now + self.interval
+        report = self.engine.prune(project, self.policy, time_budget=self.time_budget)
+        if not report.complete:
+            with self._lock:
+                self._next_sweep = self._clock()
+        logger.debug("retention_sweep", project=project, sessions=report.sessions, documents=report.documents,
+                     bytes=report.bytes, complete=report.complete)
+        return report
+
+
+def _before(now: datetime, seconds: float) -> datetime:
+    """``now`` less ``seconds``; a span longer than the calendar reaches back to its first day."""
+    try:
+        return now - timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
