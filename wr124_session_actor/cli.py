@@ -152,8 +152,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
     api_key = args.api_key or os.environ.get("SESSION_API_KEY")
-    run_server(args.host, args.port, args.db, api_key=api_key, metrics_key=args.metrics_key,
-               retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
+    try:
+        run_server(args.host, args.port, args.db, api_key=api_key, metrics_key=args.metrics_key,
+                   retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
+    except StoreError as exc:  # the database cannot be opened or reached at startup
+        return _fail(f"{status_of(exc).value}: {exc}")
     return 0
 
 

@@ -139,7 +139,8 @@ class SqliteDocuments:
     def migrate(self) -> list[int]:
         """Open the database, bringing its schema up to date; return the versions this engine applied."""
         with self._connection():
-            return list(self._applied)
+            applied, self._applied = self._applied, []
+        return applied
 
     def insert_many(self, project: str, docs: Sequence[EncodedDocument]) -> list[Inserted]:
         """Insert ``docs`` in one transaction; return ``(id, created)`` per document.

@@ -8,9 +8,10 @@ across connections, so as many calls run at once as the pool has connections.
 Order across processes: ``seq`` comes from one counter row per (project, session), incremented by an
 ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` in the transaction that stores the documents. The
 row stays locked until that transaction ends, so writers of one session take turns, and ``seq`` is
-strictly increasing in commit order; ``created_at`` is taken under the same lock (never earlier than
-the session's last one), so the two orders agree. Writers of different sessions do not wait for each
-other.
+strictly increasing in commit order. The batch's ``created_at`` (one for the whole batch, as in sqlite)
+is read from the database's clock once every counter row of the batch is locked, and is never earlier
+than those sessions' last one, so the two orders agree. Writers of different sessions do not wait
+for each other.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class PostgresDocuments:
         """Bring the schema up to date (under an advisory lock); return the versions this call applied."""
         with self._connection() as conn:  # opening may have applied them already (auto_migrate)
             applied = migrate(conn)
-        return [*self._applied, *applied]
+        on_open, self._applied = self._applied, []
+        return [*on_open, *applied]
 
     # ----------------------------------------------------------------------------------------------
     # The engine interface
@@ -416,9 +418,9 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
     created_at: datetime = stamp[0]
     for doc in new:
         if doc.parent_seq is not None:
+            agent = "agent IS NULL AND %s IS NULL" if doc.agent is None else "agent = %s"
             row = conn.execute(
-                "SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s"
-                " AND agent IS NOT DISTINCT FROM %s",
+                f"SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s AND {agent}",
                 (project, doc.session_id, doc.agent),
             ).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
