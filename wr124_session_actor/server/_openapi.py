@@ -241,7 +241,8 @@ def _list_parameters(validators: Validators) -> list[JSONSchema]:
     return [
         _query("session_id", _STRING, "Only this session's documents."),
         _query("document_type", _STRING, "Only documents of this type."),
-        {**_query("tags", {"type": "array", "items": _STRING},
+        # One value on the wire (``tags=a`` or ``tags=a,b``) is a list as well: the contract says both forms.
+        {**_query("tags", {"anyOf": [{"type": "array", "items": _STRING}, _STRING]},
                   "Documents carrying all these tags: repeated (`tags=a&tags=b`); comma-joined values are split."),
          "style": "form", "explode": True},
         _query("name_pattern", _STRING, "A substring of the name."),
