@@ -70,9 +70,10 @@ def fault_server(fault: Fault) -> Iterator[tuple[str, list[str]]]:
             assert server is not None
             port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
             url.append(f"http://127.0.0.1:{port}")
-            ready.set()
 
         loop.run_until_complete(start())
+        # Ready once the loop runs forever: a stop asked for sooner would be lost before run_forever.
+        loop.call_soon(ready.set)
         loop.run_forever()
         loop.run_until_complete(runner.cleanup())
         loop.close()

@@ -195,9 +195,10 @@ def doc_server(mode: Mode = "ok", **options: Any) -> Iterator[DocServer]:
             await site.start()
             port = runner.addresses[0][1]
             server.url = f"http://127.0.0.1:{port}"
-            ready.set()
 
         loop.run_until_complete(start())
+        # Ready once the loop runs forever: a stop asked for sooner would be lost before run_forever.
+        loop.call_soon(ready.set)
         loop.run_forever()
         loop.run_until_complete(runner.cleanup())
         loop.close()
