@@ -196,6 +196,8 @@ class SessionActor:
         while (message := self.mailbox.get_nowait()) is not None:
             if isinstance(message, Upload):
                 self._add(message)
+                if self._batch.full and monotonic() >= self._batch.retry_at:  # as while running: not coalesced
+                    await self._flush()
             else:
                 calls.append(message)
         while self._batch:
