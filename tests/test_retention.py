@@ -307,7 +307,8 @@ class TestSweepUnderLoad:
         """A sweep (another engine, as another replica or the CLI would) while 5 writers keep writing:
         no writer fails or waits a second, and every writer's 5 newest states survive."""
         sweeper = open_engine(engine_kind, tmp_path, request)
-        url = f"sqlite:///{tmp_path / 'retention.db'}" if engine_kind == "sqlite" else request.getfixturevalue("postgres_url")
+        sqlite_url = f"sqlite:///{tmp_path / 'retention.db'}"
+        url = sqlite_url if engine_kind == "sqlite" else request.getfixturevalue("postgres_url")
         sweeper.ping()  # opens (and migrates) the database before the writers start
         backlog = [state(f"w{w}", "a", -1) for w in range(5) for _ in range(4000)]
         for start in range(0, len(backlog), 1000):
