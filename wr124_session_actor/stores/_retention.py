@@ -216,10 +216,10 @@ class _Sweep:
         rules: list[str] = []
         rule_args: list[object] = []
         if self.keep_last:
-            rules.append(f"pos > {p}")
+            rules.append(f"newest_rank > {p}")
             rule_args.append(self.keep_last)
         if self.age_cutoff is not None:
-            rules.append(f"(created_at < {p} AND pos > 1)")
+            rules.append(f"(created_at < {p} AND newest_rank > 1)")
             rule_args.append(self.age_cutoff)
         if not rules:
             return PruneReport(dry_run=self.dry_run)
@@ -227,7 +227,8 @@ class _Sweep:
         # count: they only make older ones more removable); the rules pick by position and age.
         sizes = f"{self.size} AS size, " if self.dry_run else ""  # every row's size only when counting
         ranked = (
-            f"SELECT id, seq, created_at, {sizes}row_number() OVER (PARTITION BY agent ORDER BY seq DESC) AS pos"
+            f"SELECT id, seq, created_at, {sizes}"
+            "row_number() OVER (PARTITION BY agent ORDER BY seq DESC) AS newest_rank"
             f" FROM {t} WHERE project = {p} AND session_id = {p} AND agent IS NOT NULL"
         )
         where = f"seq <= {p} AND ({' OR '.join(rules)})"
