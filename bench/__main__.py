@@ -3,6 +3,7 @@
     python -m bench                 # the full run (a few minutes)
     python -m bench --quick         # every scenario, smaller, under a minute
     python -m bench --only chatty,cache --json /tmp/results.json
+    python -m bench --quick --plot  # also PNG charts in bench/charts/ (matplotlib: the plot extra)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench._common import LOGGING_NOTE, Params, ScenarioResult, quiet_structlog, render_scenario, render_targets
+from wr124_session_actor._progress import progress
 
 __all__ = ["SCENARIOS", "main"]
 
@@ -33,13 +35,16 @@ SCENARIOS: Final = {
     "sessions": "bench.sessions",
     "large_states": "bench.large_states",
     "cache": "bench.cache",
+    "activation": "bench.activation",
+    "postgres": "bench.postgres",
     "growth": "bench.growth",
 }
 
 DEFAULT_JSON: Final = Path(__file__).resolve().parent / "results.json"
+DEFAULT_CHARTS: Final = Path(__file__).resolve().parent / "charts"
 _REPS: Final = {"full": 3, "quick": 3, "smoke": 1}
 _PACKAGES: Final = ("wr124-session-actor", "anyio", "trio", "aiohttp", "httpx", "orjson", "structlog",
-                    "langgraph-checkpoint-sqlite", "aiosqlite")
+                    "langgraph-checkpoint-sqlite", "aiosqlite", "psycopg", "psycopg-pool")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="where to write the figures (default: bench/results.json)")
     parser.add_argument("--only", default="", metavar="NAMES",
                         help=f"comma-separated scenarios to run, among: {', '.join(SCENARIOS)}")
+    parser.add_argument("--plot", type=Path, nargs="?", const=DEFAULT_CHARTS, default=None, metavar="DIR",
+                        help="also write a PNG chart per scenario (default folder: bench/charts; needs matplotlib)")
     parser.add_argument("--reps", type=int, default=0, metavar="N",
                         help="repetitions per scenario (default: 3, many-sessions 1; 1 with --smoke)")
     return parser
@@ -111,14 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           " medians over repetitions with (min–max); contenders of a scenario run alternately in one process.\n",
           flush=True)
     results: list[ScenarioResult] = []
-    for name in names:
-        print(f"[bench] running {name} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        module = importlib.import_module(SCENARIOS[name])
-        result: ScenarioResult = module.run(params)
-        result.extra["duration_s"] = time.perf_counter() - t0
-        results.append(result)
-        print(render_scenario(result), flush=True)
+    with progress(len(names), "benchmarks") as advance:
+        for name in names:
+            print(f"[bench] running {name} ...", file=sys.stderr, flush=True)
+            advance(0, f"bench: {name}")
+            t0 = time.perf_counter()
+            module = importlib.import_module(SCENARIOS[name])
+            result: ScenarioResult = module.run(params)
+            result.extra["duration_s"] = time.perf_counter() - t0
+            results.append(result)
+            print(render_scenario(result), flush=True)
+            advance()
     targets = [t for r in results for t in r.targets]
     print("### Targets\n")
     print(render_targets(targets))
@@ -132,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_clean(document), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if args.plot is not None:
+        from bench._plot import write_charts
+
+        charts = write_charts(results, args.plot)
+        print(f"_Charts: {', '.join(str(path) for path in charts)}._", flush=True)
     return 0
 
 

@@ -99,7 +99,7 @@ def run(params: Params) -> ScenarioResult:
             for _rep, kind in alternate(list(LABELS), params.reps):
                 if kind == "actor":
                     async with ActorSystem(http) as system:
-                        figures = await _timed(system.handle(SESSION).restore, http_ids, cached_calls)
+                        figures = await _timed(system.manager(SESSION).restore_session_state, http_ids, cached_calls)
                 else:
                     config = {"direct": http, "http": http.replace(cache_ttl=0),
                               "sqlite": sqlite.replace(cache_ttl=0)}[kind]

@@ -126,7 +126,7 @@ def run(params: Params) -> ScenarioResult:
     marks = {snapshots // 10, snapshots // 2, snapshots}
     result = ScenarioResult(
         name="growth",
-        title="7. Growth: one chatty agent's store, with and without retention, next to LangGraph",
+        title="9. Growth: one chatty agent's store, with and without retention, next to LangGraph",
         columns=COLUMNS,
         params={"snapshots": snapshots, "state_bytes": "~2 KB", "keep_last": KEEP_LAST, "reps": 1},
     )

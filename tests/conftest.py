@@ -123,3 +123,14 @@ def http_config(url: str, client: str, **changes: Any) -> Config:
     """An enabled configuration for ``url`` that allows only the HTTP client ``client``."""
     values: dict[str, Any] = {"timeout": 5.0, "retries": 0, **changes}
     return Config(api_url=url, http_clients=(client,), **values)
+
+
+async def stored_count(config: Config, session_id: str) -> int:
+    """How many state documents ``session_id`` has in the store (read with a fresh direct-mode manager)."""
+    from wr124_session_actor import SessionStateManager
+
+    manager = SessionStateManager(session_id, config.replace(cache_ttl=0))
+    status, docs = await manager.download_session_states(limit=1000)
+    await manager.aclose()
+    assert status.value == "success"
+    return len(docs)

@@ -72,10 +72,10 @@ class TestCoalescing:
         from wr124_session_actor._mailbox import Reply, Upload
 
         async with ActorSystem(memory_config) as system:
-            mailbox = system.actor("s").mailbox
+            actor = system.actor("s")
             replies = [Reply() for _ in range(5)]
             for n, reply in enumerate(replies):  # queued in order, before the actor runs
-                assert mailbox.put_nowait(Upload(StateUpload("s", {"n": n}, "t", "a"), reply))
+                assert actor.put_nowait(Upload(StateUpload("s", {"n": n}, "t", "a"), reply))
             results = [await reply.wait() for reply in replies]
             assert {r[0] for r in results} == {S.SUCCESS}
             assert len({r[1] for r in results}) == 1
@@ -221,9 +221,10 @@ class TestShutdown:
         """After exit, submit and awaited calls return FAILED instead of raising."""
         async with ActorSystem(memory_config) as system:
             handle = system.handle("s")
+            manager = system.manager("s")
         assert handle.submit({"n": 1}) == S.FAILED
         assert (await handle.upload({"n": 1}))[0] == S.FAILED
-        assert (await handle.download())[0] == S.FAILED
+        assert (await manager.download_session_states())[0] == S.FAILED
 
 
 class TestManySessions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,16 +12,21 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "growth"]
+SCENARIOS = ["chatty", "keepall", "langgraph", "sessions", "large_states", "cache", "activation", "postgres",
+             "growth"]
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """One ``--smoke`` run of every scenario: its process result and the JSON it wrote."""
+def smoke_run(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """One ``--smoke --plot`` run of every scenario (PostgreSQL's on the tests' server): its process result
+    and the JSON it wrote (charts beside it)."""
     out = tmp_path_factory.mktemp("bench") / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out), "--plot", str(out.parent / "charts")],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "WR124_BENCH_POSTGRES_URL": postgres_url},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(out.read_text(encoding="utf-8"))
@@ -34,7 +40,7 @@ class TestBenchSmoke:
         assert "### Targets" in proc.stdout
         assert "| target | goal |" in proc.stdout
         for title in ("1. Chatty upload", "2. Keep-all", "3. Peer", "4. Many sessions", "5. Large states",
-                      "6. Cache", "7. Growth"):
+                      "6. Cache", "7. Activation", "8. PostgreSQL", "9. Growth"):
             assert title in proc.stdout
 
     def test_writes_json_with_every_scenario(self, smoke_run: tuple[subprocess.CompletedProcess[str], Any]) -> None:
@@ -71,3 +77,12 @@ class TestBenchSmoke:
         with pytest.raises(SystemExit) as info:
             main(["--only", "nope"])
         assert info.value.code == 2
+
+    def test_plot_writes_a_png_per_scenario(self, smoke_run: tuple[subprocess.CompletedProcess[str], Any]) -> None:
+        """``--plot`` writes one PNG chart per scenario that ran."""
+        proc, _ = smoke_run
+        line = next(line for line in proc.stdout.splitlines() if line.startswith("_Charts: "))
+        paths = [Path(p.strip()) for p in line.removeprefix("_Charts: ").rstrip("._").split(",")]
+        assert len(paths) >= 5
+        for path in paths:
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -107,6 +107,19 @@ class TestEngine:
         assert engine.query("p", Query(limit=1000))[1] == 50
         assert sorted(created for r in results for _, created in r).count(True) == 50
 
+    def test_dead_connections_are_replaced_before_use(self, engine: PostgresDocuments, postgres_db: str) -> None:
+        """Every pooled connection killed by the server: the next call still succeeds at once (the pool's
+        check finds the dead ones and connects anew)."""
+        engine.insert_many("p", [doc(i=0)])
+        with psycopg.connect(postgres_db, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        assert engine.query("p", Query())[1] == 1
+        engine.insert_many("p", [doc(i=1)])
+
     def test_without_prepared_statements(self, postgres_db: str) -> None:
         """prepare_threshold=None (PgBouncer in transaction mode) works for every call."""
         made = PostgresDocuments(postgres_db, pool_size=1, prepare_threshold=None)
@@ -163,12 +176,47 @@ class TestLibrary:
         await manager.aclose()
 
 
+class Opaque:
+    """Something no JSON encoder knows."""
+
+
+@pytest.mark.anyio
+class TestStatusPaths:
+    async def test_unknown_id_and_unserializable_state(self, postgres_db: str) -> None:
+        """Unknown ids: FAILED; a state that cannot be encoded: FAILED naming the type, nothing stored."""
+        manager = SessionStateManager("s", pg_config(postgres_db))
+        assert await manager.restore_session_state("nope") == (S.FAILED, None)
+        assert (await manager.delete_session_state("nope"))[0] == S.FAILED
+        status, message = await manager.upload_session_state({"x": Opaque()})
+        assert (status, "Opaque" in message) == (S.FAILED, True)
+        assert await manager.download_session_states() == (S.SUCCESS, [])
+        await manager.aclose()
+
+    async def test_disabled_touches_no_database(self) -> None:
+        """ENABLE_SESSION_STATE_UPLOAD unset with a postgresql:// URL: DISABLED everywhere, nothing opened."""
+        config = Config.from_env({"SESSION_API_URL": f"postgresql://127.0.0.1:{free_port()}/x"})
+        manager = SessionStateManager("s", config)
+        results = await every_call(manager)
+        assert {r[0] for r in results.values()} == {S.DISABLED}
+        assert manager.submit_session_state({"a": 1}) == S.DISABLED
+        await manager.aclose()
+
+    async def test_without_psycopg_every_call_is_no_client(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """psycopg_pool not importable (the extra not installed): NO_CLIENT with a hint, no exception."""
+        monkeypatch.setitem(sys.modules, "psycopg_pool", None)
+        manager = SessionStateManager("s", pg_config(f"postgresql://127.0.0.1:{free_port()}/x", retries=0))
+        results = await every_call(manager)
+        assert {r[0] for r in results.values()} == {S.NO_CLIENT}
+        assert "pip install" in results["upload"][1]
+        await manager.aclose()
+
+
 @pytest.mark.anyio
 class TestDatabaseDown:
     async def test_down_then_restarted(self, own_postgres: PgCluster) -> None:
         """Database down: every call FAILED or TIMEOUT, never an exception, direct and actor mode;
         restarted: the next calls succeed on the same manager (dead connections replaced)."""
-        config = pg_config(own_postgres.url, timeout=1.0, retries=1, shutdown_timeout=1.0)
+        config = pg_config(own_postgres.url, timeout=0.5, retries=1, shutdown_timeout=0.5)
         manager = SessionStateManager("s", config)
         assert (await manager.upload_session_state({"a": 0}, "t", "agent"))[0] == S.SUCCESS
         own_postgres.stop()

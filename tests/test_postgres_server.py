@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from wr124_session_actor import Config, SessionStateManager
+from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor.server import ServerThread
 
 from .pgcluster import PgCluster
@@ -117,6 +119,20 @@ class TestOnPostgres:
             assert resp.status_code == 409
             assert "conflict" in resp.json()["error"]
             assert c.post(col, json=body("p2", parent_seq=seq)).status_code == 200  # a retry is no conflict
+
+    @pytest.mark.anyio
+    async def test_library_through_the_server_gets_the_conflict(self, postgres_db: str) -> None:
+        """The library through a PostgreSQL-backed server: a stale parent_seq is FAILED with "conflict"."""
+        with ServerThread(postgres_db) as srv:
+            manager = SessionStateManager("s", Config(api_url=srv.url, timeout=10.0, project_id=PROJECT))
+            await manager.upload_session_state({"n": 1}, "t", "a")
+            _, states = await manager.download_session_states(limit=1)
+            seq = states[0]["seq"]
+            assert (await manager.upload_session_state({"n": 2}, "t", "a", parent_seq=seq))[0] == S.SUCCESS
+            status, message = await manager.upload_session_state({"n": 3}, "t", "a", parent_seq=seq)
+            await manager.aclose()
+        assert status == S.FAILED
+        assert "conflict" in message
 
     def test_health_is_503_while_the_database_is_down(self, own_postgres: PgCluster,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

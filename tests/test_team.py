@@ -363,3 +363,30 @@ class TestAutoGen:
         assert await fresh.save_state() == saved
         contents = [m["content"] for m in saved["llm_context"]["messages"]]
         assert contents == ["hi", "hello there"]
+
+
+class TestContinuation:
+    async def test_two_teams_continuing_one_state_do_not_fork_silently(self, sqlite_config: Config) -> None:
+        """Two teams restore the same latest state and both continue it: the first one's state is stored,
+        the second one's first upload is refused as a conflict (parent_seq, without being asked)."""
+        async with Team(ScriptedModelClient(["first"]), session_id="shared", config=sqlite_config) as team:
+            await collect(team, "start")
+        restored: list[Team] = []
+        for _ in range(2):
+            manager = SessionStateManager("shared", sqlite_config)
+            team = Team(ScriptedModelClient(["continued"]), manager=manager)
+            status, content = await team.restore_latest()
+            assert status is S.SUCCESS and content is not None and isinstance(content["seq"], int)
+            restored.append(team)
+        winner, loser = restored
+        with capture_logs() as logs:
+            await collect(winner, "go on")
+            await collect(loser, "go on too")
+        uploads = [e for e in logs if e["event"] == "session_state.upload"]
+        assert [e["status"] for e in uploads] == ["success", "failed"]
+        assert "conflict" in uploads[1]["error"]
+        status, docs = await winner.download_session_history(limit=10)
+        assert status is S.SUCCESS and len(docs) == 2
+        assert docs[0]["content"]["task"] == "go on"
+        for team in restored:
+            await team.aclose()

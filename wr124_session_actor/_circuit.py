@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 
+from ._backoff import backoff_delay
 from ._exceptions import CircuitOpen, StoreError
 from .stores import DocumentStore
 
@@ -23,12 +24,13 @@ class CircuitBreaker:
         max_cooldown: the longest it stays open.
     """
 
-    __slots__ = ("_base", "_cooldown", "_failures", "_max", "_open_until", "_probing", "threshold")
+    __slots__ = ("_base", "_failures", "_max", "_open_until", "_probing", "_trips", "threshold")
 
     def __init__(self, threshold: int = 5, cooldown: float = 0.5, max_cooldown: float = 30.0) -> None:
         self.threshold = threshold
-        self._base = self._cooldown = cooldown
+        self._base = cooldown
         self._max = max_cooldown
+        self._trips = 0
         self._failures = 0
         self._open_until = 0.0
         self._probing = False
@@ -64,7 +66,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         """A call succeeded: close the circuit."""
         self._failures = 0
-        self._cooldown = self._base
+        self._trips = 0
 
     def record_failure(self) -> None:
         """A call failed for a transient reason; open the circuit at the threshold."""
@@ -73,5 +75,5 @@ class CircuitBreaker:
             self._trip()
 
     def _trip(self) -> None:
-        self._open_until = anyio.current_time() + self._cooldown
-        self._cooldown = min(self._cooldown * 2, self._max)
+        self._trips += 1
+        self._open_until = anyio.current_time() + backoff_delay(self._trips, self._base, self._max, jitter=False)

@@ -57,6 +57,8 @@ class Config:
     spool_max_documents: int = 100_000  # SESSION_STATE_SPOOL_MAX_DOCUMENTS: outbox bound
     circuit_threshold: int = 5  # SESSION_STATE_CIRCUIT_THRESHOLD: transient failures in a row that open it
     circuit_cooldown: float = 0.5  # SESSION_STATE_CIRCUIT_COOLDOWN: first open period, doubled up to 30 s
+    write_concurrency: int = 0  # SESSION_STATE_WRITE_CONCURRENCY: store writes in flight; 0 = by store kind
+    skip_unchanged: bool = True  # SESSION_STATE_SKIP_UNCHANGED: no write for a state equal to the last stored
     keep_last: int = 0  # SESSION_STATE_KEEP_LAST: newest states kept per (session, agent); 0 = unlimited
     max_age: float | None = None  # SESSION_STATE_MAX_AGE: seconds (or 90s/15m/12h/7d); older states go
     idle_ttl: float | None = None  # SESSION_STATE_IDLE_TTL: a session with no write for this long goes whole
@@ -95,6 +97,7 @@ class Config:
         ):
             _check(count >= 1, name, "a whole number >= 1")
         _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
+        _check(self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY", "a whole number >= 0")
         _check(self.keep_last >= 0, "SESSION_STATE_KEEP_LAST", "a whole number >= 0 (0 = unlimited)")
         _check(type(self.pg_pool_size) is int and self.pg_pool_size >= 1, "SESSION_STATE_PG_POOL_SIZE",
                "a whole number >= 1")
@@ -139,6 +142,7 @@ class Config:
         read("SESSION_STATE_SPOOL", "spool", _parse_optional)
         read("SESSION_STATE_KEEP", "keep", _parse_str)
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
+        read("SESSION_STATE_SKIP_UNCHANGED", "skip_unchanged", _parse_bool)
         read("SESSION_STATE_MAX_AGE", "max_age", _parse_duration)
         read("SESSION_STATE_IDLE_TTL", "idle_ttl", _parse_duration)
         read("SESSION_STATE_PG_PREPARE_THRESHOLD", "pg_prepare_threshold", _parse_optional_int)
@@ -162,6 +166,14 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """Return a copy with some fields changed (validated like the original)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def store_write_concurrency(self) -> int:
+        """Store writes in flight at once: ``write_concurrency``, or by store kind (one for a file or memory,
+        a few for a server or a database pool)."""
+        if self.write_concurrency:
+            return self.write_concurrency
+        return 1 if self.store_kind in ("sqlite", "memory") else 4
 
     @property
     def retention(self) -> RetentionPolicy:

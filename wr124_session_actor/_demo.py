@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import anyio
 
 from ._config import Config
+from ._progress import progress
 from ._status import SessionStateStatus
 from ._system import ActorSystem
 from ._team import Team
@@ -18,7 +20,9 @@ _REPLIES = ("Let me look at that.", "Here is a first draft.", "I checked the edg
 _ROLES = ("planner", "coder", "reviewer", "tester", "writer", "researcher")
 
 
-async def _run_team(system: ActorSystem, session_id: str, agent_name: str, turns: int) -> int:
+async def _run_team(
+    system: ActorSystem, session_id: str, agent_name: str, turns: int, on_message: Callable[[], None] | None = None
+) -> int:
     """One agent's chatty task on one session; returns how many messages it produced."""
     client = ScriptedModelClient(_REPLIES, delay=0.002)  # a fast fake LLM: ~500 messages/s per agent
     agent = BuiltinAgent(agent_name, client, description=f"the {agent_name}", turns=turns)
@@ -26,6 +30,8 @@ async def _run_team(system: ActorSystem, session_id: str, agent_name: str, turns
     count = 0
     async for _message in team.execute_task(f"{agent_name}: improve the parser in {session_id}"):
         count += 1
+        if on_message is not None:
+            on_message()
     return count
 
 
@@ -35,17 +41,21 @@ async def run_demo(config: Config, sessions: int = 3, turns: int = 40, agents: i
     started = time.perf_counter()
     session_ids = [f"demo-{n + 1}" for n in range(sessions)]
     messages = 0
+    # The built-in agent yields the task as a message, then one reply per turn.
+    expected = sessions * agents * (turns + 1)
     async with ActorSystem(config) as system:
 
-        async def one(session_id: str, agent_name: str) -> None:
-            nonlocal messages
-            produced = await _run_team(system, session_id, agent_name, turns)
-            messages += produced
+        with progress(expected, "agents chatting") as advance:
 
-        async with anyio.create_task_group() as tg:
-            for session_id in session_ids:
-                for n in range(agents):
-                    tg.start_soon(one, session_id, _ROLES[n % len(_ROLES)])
+            async def one(session_id: str, agent_name: str) -> None:
+                nonlocal messages
+                produced = await _run_team(system, session_id, agent_name, turns, advance)
+                messages += produced
+
+            async with anyio.create_task_group() as tg:
+                for session_id in session_ids:
+                    for n in range(agents):
+                        tg.start_soon(one, session_id, _ROLES[n % len(_ROLES)])
         elapsed = time.perf_counter() - started
         manager = system.manager(session_ids[0])
         status, summaries = await manager.list_available_session_states(limit=5)

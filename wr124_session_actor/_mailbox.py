@@ -77,8 +77,9 @@ class Mailbox:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._items: deque[Message] | None = None  # made on first use: idle sessions stay small
-        # The newest queued fire-and-forget upload of each agent: what an overflow coalesces into.
-        self._by_agent: dict[str, Upload] = {}
+        # The newest queued fire-and-forget upload of each agent: what an overflow coalesces into (made
+        # when the mailbox first holds several messages: a session's first message needs none).
+        self._by_agent: dict[str, Upload] | None = None
         self._readable: anyio.Event | None = None
         self._writable: anyio.Event | None = None
         self.closed = False
@@ -91,6 +92,8 @@ class Mailbox:
             self._items = deque()
         self._items.append(message)
         if isinstance(message, Upload) and message.reply is None:
+            if self._by_agent is None:
+                self._by_agent = {}
             self._by_agent[message.upload.agent_name] = message
         if self._readable is not None:
             self._readable.set()
@@ -109,7 +112,7 @@ class Mailbox:
         """Queue a fire-and-forget upload, coalescing when full; return the upload it replaced, if any."""
         if self.closed:
             raise anyio.ClosedResourceError
-        if len(self) >= self.max_size:
+        if len(self) >= self.max_size and self._by_agent is not None:
             queued = self._by_agent.get(upload.agent_name)
             if queued is not None:
                 replaced, queued.upload = queued.upload, upload
@@ -131,8 +134,11 @@ class Mailbox:
         if not self._items:
             return None
         message = self._items.popleft()
-        if isinstance(message, Upload) and self._by_agent.get(message.upload.agent_name) is message:
-            del self._by_agent[message.upload.agent_name]
+        if not self._items:
+            self._items = None  # an idle session keeps no queue
+        by_agent = self._by_agent
+        if by_agent and isinstance(message, Upload) and by_agent.get(message.upload.agent_name) is message:
+            del by_agent[message.upload.agent_name]
         if self._writable is not None:
             self._writable.set()
             self._writable = None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import anyio.lowlevel
 import structlog
@@ -13,13 +15,15 @@ from ._config import Config
 from ._document import StateUpload
 from ._handle import SessionHandle
 from ._ops import SessionOps
+from ._runtime import ActorRuntime
 from ._status import SessionStateStatus
-from ._system import ActorSystem
 from .stores import DocumentStore, open_store
 
 __all__ = ["SessionStateManager"]
 
 Status = SessionStateStatus
+T = TypeVar("T")
+_DISABLED_MESSAGE: Final = "session state upload is disabled"
 logger = structlog.get_logger("wr124_session_actor")
 
 
@@ -51,19 +55,13 @@ class SessionStateManager:
         self.config = Config.from_env() if config is None else config
         self._handle = handle
         self._store: DocumentStore | None = None
-        self._private_system: ActorSystem | None = None
+        self._stack: AsyncExitStack | None = None  # a private actor runtime (``async with`` on its own)
         self._ops = SessionOps(session_id, self.config, self._direct_store)
 
     def _direct_store(self) -> DocumentStore:
         if self._store is None:
             self._store = open_store(self.config)
         return self._store
-
-    def _actor_handle(self, op: str) -> SessionHandle | None:
-        """The handle when calls go through the mailbox; ``None`` for direct mode or when disabled."""
-        if self._handle is None or self._ops.disabled(op):
-            return None
-        return self._handle
 
     @property
     def enabled(self) -> bool:
@@ -84,22 +82,22 @@ class SessionStateManager:
 
     async def __aenter__(self) -> SessionStateManager:
         if self._handle is None:
-            system = ActorSystem(self.config, store=self._direct_store())
-            await system.__aenter__()
-            self._private_system = system
-            self._handle = system.handle(self.session_id)
+            stack = AsyncExitStack()
+            runtime = await stack.enter_async_context(ActorRuntime(self.config, store=self._direct_store()))
+            self._stack = stack
+            self._handle = SessionHandle(runtime, self.session_id)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
-        system, self._private_system = self._private_system, None
-        if system is not None:
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
             self._handle = None
-            self._store = None  # the system closes the store it was given
-            return await system.__aexit__(exc_type, exc, tb)
+            self._store = None  # the runtime closes the store it was given
+            await stack.aclose()
+            return
         await self.aclose()
-        return None
 
     async def aclose(self) -> None:
         """Close the direct-mode store (connections); a later call opens a new one."""
@@ -108,6 +106,24 @@ class SessionStateManager:
             await store.aclose()
         else:
             await anyio.lowlevel.checkpoint()
+
+    # -- the seam: every operation, direct or through the mailbox ---------------------------------
+
+    async def _run(self, op: str, func: Callable[[SessionOps], Awaitable[tuple[Status, T]]], fallback: T,
+                   *, via_mailbox: Callable[[SessionHandle], Awaitable[tuple[Status, T]]] | None = None,
+                   ) -> tuple[Status, T]:
+        """Run one operation: ``DISABLED`` when disabled, else ``func`` on the session's ops, directly
+        (direct mode) or in the session's actor (actor mode; ``via_mailbox`` when it has its own message).
+        """
+        if self._ops.disabled(op):
+            await anyio.lowlevel.checkpoint()
+            return Status.DISABLED, fallback
+        handle = self._handle
+        if handle is None:
+            return await func(self._ops)
+        if via_mailbox is not None:
+            return await via_mailbox(handle)
+        return await handle.call(func, fallback)
 
     # -- the original API -------------------------------------------------------------------------
 
@@ -133,11 +149,10 @@ class SessionStateManager:
         upload and the reply is ``FAILED`` with a message that says "conflict".
         """
         details: dict[str, Any] = {"agent_description": agent_description, "agent_color": agent_color,
-                                   "tools_count": tools_count, "description": description,
-                                   "parent_seq": parent_seq}
-        if (handle := self._actor_handle("upload")) is not None:
-            return await handle.upload(state, task, agent_name, **details)
-        return await self._ops.upload(StateUpload(self.session_id, state, task, agent_name, **details))
+                                   "tools_count": tools_count, "description": description, "parent_seq": parent_seq}
+        return await self._run(
+            "upload", lambda ops: ops.upload(StateUpload(self.session_id, state, task, agent_name, **details)),
+            _DISABLED_MESSAGE, via_mailbox=lambda handle: handle.upload(state, task, agent_name, **details))
 
     def submit_session_state(
         self,
@@ -169,10 +184,12 @@ class SessionStateManager:
 
     async def flush(self) -> tuple[Status, str]:
         """Write every pending upload now (actor mode); direct mode has nothing pending."""
-        if (handle := self._actor_handle("flush")) is not None:
-            return await handle.flush()
-        await anyio.lowlevel.checkpoint()
-        return (Status.SUCCESS, "nothing pending") if self.config.enabled else (Status.DISABLED, "disabled")
+
+        async def nothing_pending(ops: SessionOps) -> tuple[Status, str]:
+            await anyio.lowlevel.checkpoint()
+            return Status.SUCCESS, "nothing pending"
+
+        return await self._run("flush", nothing_pending, _DISABLED_MESSAGE, via_mailbox=SessionHandle.flush)
 
     async def download_session_states(
         self,
@@ -182,41 +199,34 @@ class SessionStateManager:
         end_date: str | datetime | None = None,
     ) -> tuple[Status, list[dict[str, Any]]]:
         """This session's state documents, newest first, each with ``_id``, ``content``, ``created_at``."""
-        if (handle := self._actor_handle("download")) is not None:
-            return await handle.download(limit, agent_name, start_date, end_date)
-        return await self._ops.download(limit, agent_name, start_date, end_date)
+        return await self._run("download", lambda ops: ops.download(limit, agent_name, start_date, end_date), [])
 
     async def restore_session_state(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` (agent_name, task, state, timestamp, ...) of one of this session's states.
 
         A document of another session, or one that is not a state document, does not restore.
         """
-        if (handle := self._actor_handle("restore")) is not None:
-            return await handle.restore(doc_id)
-        return await self._ops.restore(doc_id)
+        if self._handle is not None and self.config.enabled:
+            hit = self._handle.cached_restore(doc_id)  # the actor is idle: no need to queue behind it
+            if hit is not None:
+                await anyio.lowlevel.checkpoint()
+                return Status.SUCCESS, hit
+        return await self._run("restore", lambda ops: ops.restore(doc_id), None)
 
     async def restore_latest_session_state(self) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of this session's newest state."""
-        if (handle := self._actor_handle("restore")) is not None:
-            return await handle.restore_latest()
-        return await self._ops.restore_latest()
+        return await self._run("restore", lambda ops: ops.restore_latest(), None)
 
     async def restore_agent_session_state(self, agent_name: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of this session's newest state of ``agent_name``."""
-        if (handle := self._actor_handle("restore")) is not None:
-            return await handle.restore_latest(agent_name)
-        return await self._ops.restore_latest(agent_name)
+        return await self._run("restore", lambda ops: ops.restore_latest(agent_name), None)
 
     async def list_available_session_states(
         self, limit: int = 10, agent_name: str | None = None
     ) -> tuple[Status, list[dict[str, Any]]]:
         """Summaries ``{id, name, description, created_at, updated_at, tags}`` of this session's states."""
-        if (handle := self._actor_handle("download")) is not None:
-            return await handle.list_available(limit, agent_name)
-        return await self._ops.list_available(limit, agent_name)
+        return await self._run("download", lambda ops: ops.list_available(limit, agent_name), [])
 
     async def delete_session_state(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents; return a message."""
-        if (handle := self._actor_handle("delete")) is not None:
-            return await handle.delete(doc_id)
-        return await self._ops.delete(doc_id)
+        return await self._run("delete", lambda ops: ops.delete(doc_id), _DISABLED_MESSAGE)

@@ -7,10 +7,9 @@ structlog event per outcome. Nothing here raises for I/O trouble.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
@@ -19,6 +18,7 @@ import anyio.to_thread
 import structlog
 from cachetools import TTLCache
 
+from ._backoff import backoff_delay
 from ._circuit import CircuitBreaker
 from ._config import Config
 from ._document import (
@@ -32,15 +32,17 @@ from ._document import (
 )
 from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreError, StoreTimeout
 from ._status import SessionStateStatus
-from .stores import Document, DocumentStore, Query
+from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, Query
 
-__all__ = ["SessionOps", "UploadOutcome", "status_of"]
+__all__ = ["SessionOps", "StoreOutcome", "UploadOutcome", "Writer", "call_store", "status_of"]
 
 T = TypeVar("T")
 Status = SessionStateStatus
 logger = structlog.get_logger("wr124_session_actor")
 
 _SUMMARY_FIELDS: Final = ("name", "description", "created_at", "updated_at", "tags")
+#: Pages read at most when a store answers a query with documents it was not asked for.
+_MAX_PAGES: Final = 10
 
 
 def status_of(exc: BaseException) -> SessionStateStatus:
@@ -56,19 +58,91 @@ def status_of(exc: BaseException) -> SessionStateStatus:
 class UploadOutcome:
     """What became of one upload: its status and the id of the document holding it (or an error).
 
-    ``transient`` is true when trying again later may succeed (timeouts, unreachable store).
+    ``transient`` is true when trying again later may succeed (timeouts, unreachable store);
+    ``unchanged`` when the state equals one stored already, whose id ``value`` names (no write).
     """
 
     status: SessionStateStatus
     value: str
     transient: bool = False
+    unchanged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class _Outcome:
+class StoreOutcome:
+    """The result of one store call with its retries: a status, the value or error message, and how it went."""
+
     status: SessionStateStatus
     value: Any
     transient: bool = False
+    attempts: int = 1
+    duration: float = 0.0
+    #: The HTTP status of a refusal (a store error that carries one), else ``None``.
+    status_code: int | None = None
+
+
+RetryHook = Callable[[int, StoreError, float], None]
+
+
+async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[], DocumentStore],
+                     func: Callable[[], Awaitable[Any]], *, on_retry: RetryHook | None = None,
+                     timeout: float | None = None) -> StoreOutcome:
+    """Run ``func`` under the call deadline with retries and the circuit breaker; never raises a store error.
+
+    Transient failures are tried again after :func:`backoff_delay` (at least ``Retry-After``) until the
+    deadline (``timeout``, by default ``config.timeout``); ``on_retry(attempt, error, delay)`` hears of each.
+    """
+    started = time.perf_counter()
+    attempt = 0
+    error: StoreError | None = None
+    timeout = config.timeout if timeout is None else timeout
+    with anyio.move_on_after(timeout) as scope:
+        while True:
+            attempt += 1
+            try:
+                await circuit.before_call(store())
+                result = await func()
+            except StoreError as exc:
+                error = exc
+                if exc.transient and not isinstance(exc, CircuitOpen):
+                    circuit.record_failure()
+                if not exc.transient or attempt > config.retries:
+                    break
+                delay = backoff_delay(attempt, config.retry_backoff, config.retry_backoff_max)
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after is not None:
+                    delay = max(delay, min(retry_after, timeout))
+                if on_retry is not None:
+                    on_retry(attempt, exc, delay)
+                await anyio.sleep(delay)
+                continue
+            circuit.record_success()
+            return StoreOutcome(Status.SUCCESS, result, attempts=attempt, duration=time.perf_counter() - started)
+    duration = time.perf_counter() - started
+    if scope.cancelled_caught:
+        message = f"timed out after {timeout:g}s (SESSION_STATE_TIMEOUT)"
+        if error is not None:
+            message += f"; last error: {error}"
+        return StoreOutcome(Status.TIMEOUT, message, True, attempt, duration)
+    assert error is not None
+    return StoreOutcome(status_of(error), str(error), error.transient, attempt, duration,
+                        getattr(error, "status_code", None))
+
+
+#: Writes documents and tells how it went (direct mode: the store itself; actor mode: the write stage).
+Writer = Callable[[list[EncodedDocument]], Awaitable[StoreOutcome]]
+
+
+@dataclass(slots=True)
+class _PreparedWrite:
+    """Uploads encoded for one write: outcomes known before writing, and the documents to write."""
+
+    outcomes: list[UploadOutcome | None]
+    docs: list[EncodedDocument]
+    #: The upload index of each document in ``docs``.
+    uploads_of_docs: list[int]
+    #: Upload index → index of the upload in this batch whose document holds an equal state.
+    same_as: dict[int, int] | None = None
 
 
 class SessionOps:
@@ -78,9 +152,10 @@ class SessionOps:
         session_id: the session every read and write is scoped to.
         config: the library configuration.
         store: returns the store to use (opened lazily by the caller's mode).
+        circuit: the circuit breaker shared by the sessions of one store.
     """
 
-    __slots__ = ("_cache", "_disabled_logged", "_store", "circuit", "config", "session_id", "store_writes")
+    __slots__ = ("_cache", "_disabled_logged", "_last_stored", "_store", "circuit", "config", "session_id")
 
     def __init__(self, session_id: str, config: Config, store: Callable[[], DocumentStore],
                  circuit: CircuitBreaker | None = None) -> None:
@@ -90,8 +165,8 @@ class SessionOps:
         self.circuit = circuit or CircuitBreaker(config.circuit_threshold, config.circuit_cooldown)
         self._cache: TTLCache[tuple[Any, ...], bytes] | None = None
         self._disabled_logged = False
-        #: Store write calls made (one per batch); benchmarks and tests read it.
-        self.store_writes = 0
+        # agent → (state digest, id) of its last stored state: an equal state is not written again.
+        self._last_stored: dict[str, tuple[bytes, str]] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -105,63 +180,34 @@ class SessionOps:
                         status=Status.DISABLED.value, hint="set ENABLE_SESSION_STATE_UPLOAD=true")
         return True
 
-    async def _call(self, op: str, func: Callable[[], Awaitable[T]], *, final: bool = True,
-                    **fields: Any) -> _Outcome:
-        """Run ``func`` under the call deadline with retries and the circuit breaker; log the outcome once.
-
-        With ``final`` false the caller tries again later after a transient failure, so that failure is
-        logged as a retry (debug) and the caller logs the final outcome.
-        """
-        config = self.config
-        circuit = self.circuit
-        started = time.perf_counter()
-        attempt = 0
-        error: StoreError | None = None
-        with anyio.move_on_after(config.timeout) as scope:
-            while True:
-                attempt += 1
-                try:
-                    await circuit.before_call(self._store())
-                    result = await func()
-                except StoreError as exc:
-                    error = exc
-                    if exc.transient and not isinstance(exc, CircuitOpen):
-                        circuit.record_failure()
-                    if not exc.transient or attempt > config.retries:
-                        break
-                    delay = min(config.retry_backoff_max, config.retry_backoff * 2 ** (attempt - 1))
-                    delay *= random.uniform(0.5, 1.0)  # jitter: sessions failing together retry apart
-                    retry_after = getattr(exc, "retry_after", None)
-                    if retry_after is not None:
-                        delay = max(delay, min(retry_after, config.timeout))
-                    logger.debug("session_state.retry", op=op, session_id=self.session_id, attempt=attempt,
-                                 error=str(exc), delay_s=round(delay, 3), **fields)
-                    await anyio.sleep(delay)
-                    continue
-                circuit.record_success()
-                self._log(op, Status.SUCCESS, time.perf_counter() - started, attempt, None, fields)
-                return _Outcome(Status.SUCCESS, result)
-        duration = time.perf_counter() - started
-        if scope.cancelled_caught:
-            status, transient = Status.TIMEOUT, True
-            message = f"{op} timed out after {config.timeout:g}s (SESSION_STATE_TIMEOUT)"
-            if error is not None:
-                message += f"; last error: {error}"
-        else:
-            assert error is not None
-            status, message, transient = status_of(error), str(error), error.transient
-        if transient and not final:
+    def _retry_hook(self, op: str, fields: dict[str, Any]) -> RetryHook:
+        def on_retry(attempt: int, error: StoreError, delay: float) -> None:
             logger.debug("session_state.retry", op=op, session_id=self.session_id, attempt=attempt,
-                         error=message, **fields)
-        else:
-            self._log(op, status, duration, attempt, message, fields)
-        return _Outcome(status, message, transient)
+                         error=str(error), delay_s=round(delay, 3), **fields)
 
-    def _log(self, op: str, status: Status, duration: float, attempt: int, error: str | None,
-             fields: dict[str, Any]) -> None:
-        log = logger.debug if status is Status.SUCCESS else logger.warning
-        log(f"session_state.{op}", status=status.value, session_id=self.session_id, op=op,
-            duration_ms=round(duration * 1000, 3), attempt=attempt, error=error, **fields)
+        return on_retry
+
+    async def _call(self, op: str, func: Callable[[], Awaitable[T]], **fields: Any) -> StoreOutcome:
+        """Run one store call (deadline, retries, circuit) and log its outcome once."""
+        result = await call_store(self.config, self.circuit, self._store, func,
+                                  on_retry=self._retry_hook(op, fields))
+        self.log(op, result, **fields)
+        return result
+
+    def log(self, op: str, result: StoreOutcome, *, final: bool = True, **fields: Any) -> None:
+        """Emit the one event of an outcome: debug for success, warning otherwise.
+
+        A transient failure the caller will try again (``final`` false) is a debug retry event instead.
+        """
+        error = None if result.status is Status.SUCCESS else f"{op} {result.value}" \
+            if result.status is Status.TIMEOUT else str(result.value)
+        if result.transient and not final:
+            logger.debug("session_state.retry", op=op, session_id=self.session_id, attempt=result.attempts,
+                         error=error, **fields)
+            return
+        log = logger.debug if result.status is Status.SUCCESS else logger.warning
+        log(f"session_state.{op}", status=result.status.value, session_id=self.session_id, op=op,
+            duration_ms=round(result.duration * 1000, 3), attempt=result.attempts, error=error, **fields)
 
     def _cache_get(self, key: tuple[Any, ...]) -> Any:
         if self._cache is None:
@@ -181,6 +227,10 @@ class SessionOps:
         if self._cache:
             for key in [k for k in self._cache if k[0] != "restore" or k[1] == doc_id]:
                 self._cache.pop(key, None)
+        if doc_id is not None and self._last_stored:
+            # A deleted state may not be the reference for "unchanged" any more.
+            for agent in [a for a, (_, stored) in self._last_stored.items() if stored == doc_id]:
+                del self._last_stored[agent]
 
     def _state_query(self, limit: int, agent_name: str | None = None, start: str | datetime | None = None,
                      end: str | datetime | None = None) -> Query:
@@ -199,42 +249,83 @@ class SessionOps:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    async def write(self, uploads: Sequence[StateUpload], *, coalesced: int = 0,
+    async def _insert(self, docs: list[EncodedDocument]) -> StoreOutcome:
+        """Direct mode's writer: the store itself, with retries."""
+        return await call_store(self.config, self.circuit, self._store, lambda: self._store().insert_many(docs),
+                                on_retry=self._retry_hook("upload", {"ids": [d.id for d in docs]}))
+
+    async def _prepare(self, uploads: Sequence[StateUpload]) -> _PreparedWrite:
+        """Encode ``uploads``; answer at once those that cannot be encoded or that need no write."""
+        encoded = await encode_documents(uploads)
+        prepared = _PreparedWrite([None] * len(uploads), [], [])
+        skip = self.config.skip_unchanged
+        last = self._last_stored or {}
+        in_batch: dict[str, tuple[bytes | None, int]] = {}
+        for index, item in enumerate(encoded):
+            if not isinstance(item, EncodedDocument):
+                prepared.outcomes[index] = UploadOutcome(Status.FAILED, item)
+                logger.warning("session_state.upload", status=Status.FAILED.value, session_id=self.session_id,
+                               op="upload", ids=[uploads[index].doc_id], error=item, attempt=0)
+                continue
+            agent = uploads[index].agent_name
+            if skip and item.state_hash is not None:
+                earlier = in_batch.get(agent)
+                if earlier is not None and earlier[0] == item.state_hash:
+                    if prepared.same_as is None:
+                        prepared.same_as = {}
+                    prepared.same_as[index] = earlier[1]
+                    continue
+                stored = last.get(agent)
+                if earlier is None and stored is not None and stored[0] == item.state_hash:
+                    prepared.outcomes[index] = UploadOutcome(Status.SUCCESS, stored[1], unchanged=True)
+                    continue
+            in_batch[agent] = (item.state_hash, index)
+            prepared.uploads_of_docs.append(index)
+            prepared.docs.append(item)
+        return prepared
+
+    async def write(self, uploads: Sequence[StateUpload], writer: Writer | None = None, *, coalesced: int = 0,
                     final: bool = True) -> list[UploadOutcome]:
         """Encode ``uploads`` and store them in one write; return one outcome per upload, in order.
 
-        A state that cannot be encoded fails alone (``FAILED`` naming the type); the rest are written.
-        ``final`` false: the caller keeps transient failures for a later try (logged as retries).
+        A state that cannot be encoded fails alone (``FAILED`` naming the type); the rest are written. A
+        state equal to the agent's last stored one (``skip_unchanged``) is not written: its outcome names
+        the stored document. ``writer`` is the store itself when omitted (direct mode). ``final`` false:
+        the caller keeps transient failures for a later try (logged as retries).
         """
-        if self.disabled("upload"):
-            return [UploadOutcome(Status.DISABLED, "session state upload is disabled")] * len(uploads)
-        encoded = await encode_documents(uploads)
-        outcomes: list[UploadOutcome | None] = [None] * len(uploads)
-        docs: list[EncodedDocument] = []
-        for index, item in enumerate(encoded):
-            if isinstance(item, EncodedDocument):
-                docs.append(item)
-            else:
-                outcomes[index] = UploadOutcome(Status.FAILED, item)
-                logger.warning("session_state.upload", status=Status.FAILED.value, session_id=self.session_id,
-                               op="upload", ids=[uploads[index].doc_id], error=item, attempt=0)
-        if docs:
-            self.store_writes += 1
-            result = await self._call(
-                "upload", lambda: self._store().insert_many(docs), final=final,
-                ids=[d.id for d in docs], batch_size=len(docs), coalesced=coalesced,
-            )
+        prepared = await self._prepare(uploads)
+        outcomes = prepared.outcomes
+        if prepared.docs:
+            docs = prepared.docs
+            result = await (writer or self._insert)(docs)
+            self.log("upload", result, final=final, ids=[d.id for d in docs], batch_size=len(docs),
+                     coalesced=coalesced)
             if result.status is Status.SUCCESS:
                 self.invalidate()
                 # The ids the store answered: ours when it honours client ids, its own when it does not.
-                stored = iter(result.value if len(result.value) == len(docs) else [d.id for d in docs])
-            for index in range(len(outcomes)):
-                if outcomes[index] is None:
-                    if result.status is Status.SUCCESS:
-                        outcomes[index] = UploadOutcome(Status.SUCCESS, str(next(stored)))
-                    else:
-                        outcomes[index] = UploadOutcome(result.status, str(result.value), result.transient)
+                ids = [str(i) for i in result.value] if len(result.value) == len(docs) else [d.id for d in docs]
+                self._remember(docs, ids)
+            if result.status is Status.SUCCESS:
+                for index, doc_id in zip(prepared.uploads_of_docs, ids, strict=True):
+                    outcomes[index] = UploadOutcome(Status.SUCCESS, doc_id)
+            else:
+                failure = UploadOutcome(result.status, _message("upload", result), result.transient)
+                for index in prepared.uploads_of_docs:
+                    outcomes[index] = failure
+        for index, earlier in (prepared.same_as or {}).items():
+            same = outcomes[earlier]
+            assert same is not None
+            outcomes[index] = UploadOutcome(same.status, same.value, same.transient, same.status is Status.SUCCESS)
         return [o for o in outcomes if o is not None]
+
+    def _remember(self, docs: Sequence[EncodedDocument], ids: Sequence[str]) -> None:
+        if not self.config.skip_unchanged:
+            return
+        if self._last_stored is None:
+            self._last_stored = {}
+        for doc, doc_id in zip(docs, ids, strict=True):
+            if doc.agent is not None and doc.state_hash is not None:
+                self._last_stored[doc.agent] = (doc.state_hash, doc_id)
 
     async def upload(self, upload: StateUpload) -> tuple[Status, str]:
         """Store one state now; return ``(status, document id or error message)``."""
@@ -243,8 +334,6 @@ class SessionOps:
 
     async def delete(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents."""
-        if self.disabled("delete"):
-            return Status.DISABLED, "session state upload is disabled"
 
         async def delete() -> str:
             store = self._store()
@@ -256,16 +345,46 @@ class SessionOps:
 
         result = await self._call("delete", delete, ids=[doc_id])
         self.invalidate(doc_id)  # whatever the outcome: the document may be gone
-        return result.status, str(result.value)
+        return result.status, _message("delete", result)
 
     # -- reads ------------------------------------------------------------------------------------
+
+    def _matches(self, doc: Document, query: Query) -> bool:
+        """Whether ``doc`` is what ``query`` asked for: a store may ignore a filter, we never do."""
+        tags = doc.get("tags")
+        if doc.get("session_id") != self.session_id or not isinstance(tags, list):
+            return False
+        if not all(tag in tags for tag in query.tags):
+            return False
+        if query.created_after is not None or query.created_before is not None:
+            try:
+                created = normalize_timestamp(str(doc.get("created_at")))
+            except ValueError:
+                return False
+            if (query.created_after is not None and created < query.created_after) or (
+                    query.created_before is not None and created > query.created_before):
+                return False
+        return True
+
+    async def _query_states(self, query: Query) -> list[Document]:
+        """The documents of ``query``, each checked against it; pages on when a store ignored a filter."""
+        store = self._store()
+        kept: list[Document] = []
+        page_query = query
+        for _ in range(_MAX_PAGES):
+            page = (await store.query(page_query)).data
+            matching = [doc for doc in page if self._matches(doc, query)]
+            kept += matching
+            if len(kept) >= query.limit or len(page) < page_query.limit or len(matching) == len(page):
+                break
+            # The store sent documents we did not ask for: read further, in large pages.
+            page_query = replace(query, skip=page_query.skip + len(page), limit=MAX_QUERY_LIMIT)
+        return kept[: query.limit]
 
     async def download(self, limit: int = 10, agent_name: str | None = None,
                        start_date: str | datetime | None = None,
                        end_date: str | datetime | None = None) -> tuple[Status, list[Document]]:
         """This session's state documents, newest first (whole documents)."""
-        if self.disabled("download"):
-            return Status.DISABLED, []
         try:
             query = self._state_query(limit, agent_name, start_date, end_date)
         except (TypeError, ValueError) as exc:
@@ -276,11 +395,8 @@ class SessionOps:
         cached = self._cache_get(key)
         if cached is not None:
             return Status.SUCCESS, cached
-
-        async def run() -> list[Document]:
-            return (await self._store().query(query)).data
-
-        result = await self._call("download", run, limit=limit, agent_name=agent_name)
+        result = await self._call("download", lambda: self._query_states(query), limit=limit,
+                                  agent_name=agent_name)
         if result.status is not Status.SUCCESS:
             return result.status, []
         self._cache_put(key, result.value)
@@ -292,9 +408,7 @@ class SessionOps:
         return cached
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
-        """The ``content`` of one of this session's state documents."""
-        if self.disabled("restore"):
-            return Status.DISABLED, None
+        """The ``content`` of one of this session's state documents (with its ``seq`` when the store has one)."""
         key = ("restore", doc_id)
         cached = self._cache_get(key)
         if cached is not None:
@@ -304,8 +418,8 @@ class SessionOps:
             doc = await self._store().get(doc_id)
             if not self._is_own_state(doc):
                 raise DocumentNotFound(f"document {doc_id!r} is not a state of session {self.session_id!r}")
-            content = doc.get("content")
-            if not isinstance(content, dict):
+            content = _content(doc)
+            if content is None:
                 raise DocumentNotFound(f"document {doc_id!r} has no state content")
             return content
 
@@ -320,13 +434,13 @@ class SessionOps:
         status, docs = await self.download(limit=1, agent_name=agent_name)
         if status is not Status.SUCCESS:
             return status, None
-        if not docs:
+        content = _content(docs[0]) if docs else None
+        if content is None:
             who = f" of agent {agent_name!r}" if agent_name else ""
             logger.warning("session_state.restore", status=Status.FAILED.value, session_id=self.session_id,
                            op="restore", error=f"no state{who} in this session")
             return Status.FAILED, None
-        content = docs[0].get("content")
-        return (Status.SUCCESS, content) if isinstance(content, dict) else (Status.FAILED, None)
+        return Status.SUCCESS, content
 
     async def list_available(self, limit: int = 10,
                              agent_name: str | None = None) -> tuple[Status, list[dict[str, Any]]]:
@@ -336,3 +450,17 @@ class SessionOps:
             {"id": doc.get("_id", doc.get("id")), **{k: doc.get(k) for k in _SUMMARY_FIELDS}} for doc in docs
         ]
         return status, summaries
+
+
+def _content(doc: Document) -> dict[str, Any] | None:
+    """A state document's ``content``, with the document's ``seq`` beside it when the store gave one."""
+    content = doc.get("content")
+    if not isinstance(content, dict):
+        return None
+    seq = doc.get("seq")
+    return {**content, "seq": seq} if isinstance(seq, int) else content
+
+
+def _message(op: str, result: StoreOutcome) -> str:
+    """What a caller is told: the value, or the error with the operation named for a timeout."""
+    return f"{op} {result.value}" if result.status is Status.TIMEOUT else str(result.value)

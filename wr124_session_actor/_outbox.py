@@ -23,6 +23,7 @@ import anyio.to_thread
 import orjson
 import structlog
 
+from ._backoff import backoff_delay
 from ._document import EncodedDocument, StateUpload, encode_documents
 from ._exceptions import StoreError
 from .stores import DocumentStore
@@ -171,7 +172,7 @@ class Outbox:
         Retries while the store fails, until it takes everything or the caller is cancelled.
         """
         total = 0
-        backoff = retry_backoff
+        failures = 0
         # Only what an earlier run left: this run's own uploads are its actors' to write.
         last = await anyio.to_thread.run_sync(self._last_seq, limiter=self._limiter)
         while True:
@@ -182,12 +183,13 @@ class Outbox:
             try:
                 await store.insert_many(docs)
             except StoreError as exc:
+                failures += 1
+                delay = backoff_delay(failures, retry_backoff, max_backoff)
                 logger.warning("session_state.outbox", status="failed", op="replay", batch_size=len(docs),
-                               error=str(exc), retry_in_s=backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, max_backoff)
+                               error=str(exc), retry_in_s=round(delay, 3))
+                await anyio.sleep(delay)
                 continue
-            backoff = retry_backoff
+            failures = 0
             ids = [d.id for d in docs]
             await anyio.to_thread.run_sync(self._write, [], ids, limiter=self._limiter)
             total += len(ids)
@@ -202,16 +204,18 @@ class Outbox:
             " ORDER BY seq LIMIT ?",
             (last, _REPLAY_PAGE),
         ).fetchall()
-        return [(EncodedDocument(r[0], r[1], r[3], tuple(orjson.loads(r[4])), bytes(r[6]), r[5]), r[2])
+        return [(EncodedDocument(r[0], r[1], r[3], tuple(orjson.loads(r[4])), bytes(r[6]), r[5], agent=r[2]), r[2])
                 for r in rows]
 
     def count(self) -> int:
         """Rows in the spool file (blocking; for tests and tools)."""
         return int(self._connect().execute("SELECT count(*) FROM outbox").fetchone()[0])
 
-    async def aclose(self) -> None:
-        """A last sync, then close the file."""
+    async def aclose(self) -> int:
+        """A last sync, then close the file; return how many uploads stay spooled for the next start."""
         await self.sync()
+        left = await anyio.to_thread.run_sync(self.count, limiter=self._limiter)
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+        return left

@@ -183,6 +183,8 @@ def _parse_count(name: str, value: object) -> int:
         return 0
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 5.0 is the whole number 5
     if type(value) is int and value >= 0:
         return value
     raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
@@ -84,6 +85,10 @@ class Team:
         self._agent = agent
         self._manager = manager
         self._state = _State.UNOPENED
+        self._stack: AsyncExitStack | None = None
+        # The seq of the state the agent was restored from: the next upload continues it (optimistic
+        # concurrency: a newer state stored meanwhile by another process makes that upload a conflict).
+        self._parent_seq: int | None = None
 
     @property
     def session_id(self) -> str:
@@ -106,20 +111,21 @@ class Team:
         if self._state is not _State.UNOPENED:
             raise RuntimeError(f"a Team cannot be entered twice (it is {self._state.value})")
         self._state = _State.OPEN
+        stack = AsyncExitStack()
         if self._owns_manager:
-            await self._manager.__aenter__()
+            await stack.enter_async_context(self._manager)
         else:
             await anyio.lowlevel.checkpoint()
+        self._stack = stack
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
+    ) -> None:
         self._state = _State.CLOSED
-        if self._owns_manager:
-            return await self._manager.__aexit__(exc_type, exc, tb)
-        await anyio.lowlevel.checkpoint()
-        return None
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     async def aclose(self) -> None:
         """Close the store connections of a manager the team made and uses in direct mode."""
@@ -158,7 +164,8 @@ class Team:
                     state = await self._save_state()
                     if state is not None:
                         manager.submit_session_state(state=state, task=task, agent_name=agent.name,
-                                                     agent_description=agent.description)
+                                                     agent_description=agent.description,
+                                                     parent_seq=self._take_parent_seq())
                 yield message
         finally:
             aclose = getattr(stream, "aclose", None)
@@ -174,7 +181,12 @@ class Team:
         state = await self._save_state()
         if state is not None:
             await manager.upload_session_state(state=state, task=task, agent_name=agent.name,
-                                               agent_description=agent.description)
+                                               agent_description=agent.description,
+                                               parent_seq=self._take_parent_seq())
+
+    def _take_parent_seq(self) -> int | None:
+        parent_seq, self._parent_seq = self._parent_seq, None
+        return parent_seq
 
     async def _save_state(self) -> Mapping[str, Any] | None:
         """The agent's snapshot, or ``None`` (logged) when ``save_state`` raises."""
@@ -232,4 +244,6 @@ class Team:
             logger.warning("session_state.load_state", status=Status.FAILED.value, session_id=self.session_id,
                            op="load_state", agent_name=self._agent.name, error=f"{type(exc).__name__}: {exc}")
             return Status.FAILED, None
+        seq = content.get("seq")
+        self._parent_seq = seq if isinstance(seq, int) else None
         return status, content

@@ -151,8 +151,12 @@ async def _prune(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
-    run_server(args.host, args.port, args.db, api_key=args.api_key or os.environ.get("SESSION_API_KEY"),
-               retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
+    api_key = args.api_key or os.environ.get("SESSION_API_KEY")
+    try:
+        run_server(args.host, args.port, args.db, api_key=api_key, metrics_key=args.metrics_key,
+                   retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
+    except StoreError as exc:  # the database cannot be opened or reached at startup
+        return _fail(f"{status_of(exc).value}: {exc}")
     return 0
 
 
@@ -225,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     _retention_options(serve)
     serve.add_argument("--sweep-interval", type=_duration, default=60.0, metavar="SECONDS",
                        help="how often the server sweeps by its retention policy (default: 60s)")
+    serve.add_argument("--metrics-key", help="require 'Authorization: Bearer KEY' for /metrics (default: open)")
 
     migrate = sub.add_parser("migrate", help="bring a database's schema up to date (sqlite or PostgreSQL)")
     migrate.add_argument("--db", required=True, help="postgresql://user:pass@host:port/db, sqlite:/// URL or file")

@@ -11,6 +11,9 @@ their client-made ids, so a fault test can tell exactly what arrived after retri
   ``retry_after`` is set); later ones work. ``fail_first=None`` fails every write.
 
 ``/health`` always answers 200 so that the client's circuit-breaker probes do not add faults.
+
+Like services the client has never seen, it may lack the batch endpoint (``batch=False``: the POST
+answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags="ignore"``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import orjson
 from aiohttp import web
 
 Mode = Literal["ok", "flaky-500", "flaky-reset", "status"]
+#: How ``GET`` treats ``tags``: each repeated value is a tag ("repeated"), or the filter is ignored ("ignore").
+TagsMode = Literal["repeated", "ignore"]
 _LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends RST
 
 
@@ -57,7 +62,10 @@ class DocServer:
     """
 
     def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
-                 retry_after: float | None = None, fail_first: int | None = None) -> None:
+                 retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
+                 tags: TagsMode = "repeated") -> None:
+        self.batch = batch
+        self.tags = tags
         self.mode = mode
         self.rate = rate
         self.status = status
@@ -146,8 +154,12 @@ class DocServer:
         session_id = request.query.get("session_id")
         limit = int(request.query.get("limit", "10"))
         skip = int(request.query.get("skip", "0"))
+        # Each tags value is one tag, as a list-typed query parameter reads it: a comma-joined value is
+        # one (unknown) tag here, so a client must send repeated parameters.
+        wanted = request.query.getall("tags", []) if self.tags == "repeated" else []
         with self._lock:
-            docs = [d for d in self.docs.values() if session_id is None or d.get("session_id") == session_id]
+            docs = [d for d in self.docs.values() if (session_id is None or d.get("session_id") == session_id)
+                    and all(tag in d.get("tags", ()) for tag in wanted)]
         docs.reverse()  # newest first
         return web.json_response({"data": docs[skip:skip + limit], "total": len(docs)})
 
@@ -160,7 +172,8 @@ class DocServer:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_post("/{project}/json-documents", self._write)
-        app.router.add_post("/{project}/json-documents/batch", self._write)
+        if self.batch:
+            app.router.add_post("/{project}/json-documents/batch", self._write)
         app.router.add_get("/{project}/json-documents", self._list)
         return app
 

@@ -70,7 +70,8 @@ def test_sigkill_with_outbox_loses_at_most_the_last_sync_interval(
     """Fault: a client process submitting 2,000 states/s (outbox synced every 0.1 s) is SIGKILLed after
     1.2 s, while the server is down (stopped 0.3 s into the run: the outbox fills), slow (0.3 s per
     request: writes lag and are in flight at the kill) or up (states it confirmed since the last sync
-    are still in the outbox). A second process on the same outbox replays it. Every state accepted
+    are still in the outbox). A second process on the same outbox only enters and leaves an ActorSystem:
+    leaving finishes the replay. Every state accepted
     more than sync interval + 0.3 s before the kill is on the server; none is there twice (a replayed
     state the server already had is not duplicated)."""
     spool = str(tmp_path / "outbox.db")

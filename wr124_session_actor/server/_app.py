@@ -17,7 +17,6 @@ A replica holds no state between requests: everything lives in the engine's data
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import re
@@ -31,12 +30,15 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from multidict import MultiMapping
 
 from .._config import Config
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
 from .._exceptions import StoreError, StoreRejected
 from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
+from . import _metrics, _openapi, _ui
+from ._auth import bearer_matches
 from ._prune import install_retention, sweep_after_write
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
@@ -115,6 +117,9 @@ _FIELDS: Final = frozenset(
      "parent_seq"}
 )
 _DEFAULT_DOCUMENT_TYPE: Final = "user_data"
+#: Paths served without the API key.
+_OPEN_PATHS: Final = frozenset({"/health", _metrics.METRICS_PATH, _openapi.OPENAPI_PATH, _ui.UI_PATH})
+_OPEN_PREFIXES: Final = (_ui.UI_PATH + "/",)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,6 +304,8 @@ def _canonical(raw: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(is_public, bool):
         raise _field_error(where, f"'is_public' must be a boolean, got {_json_type(is_public)}")
     parent_seq = raw.get("parent_seq")
+    if isinstance(parent_seq, float) and parent_seq.is_integer():
+        parent_seq = int(parent_seq)  # JSON has one number type: 7.0 is the whole number 7
     if parent_seq is not None and (type(parent_seq) is not int or not 0 <= parent_seq < 2**63):
         raise _field_error(where, "'parent_seq' must be a whole number >= 0 or null")
 
@@ -364,8 +371,20 @@ def _get_body(engine: DocumentEngine, project: str, doc_id: str) -> bytes | None
 # Query parameters
 
 
-def _parse_int(params: Mapping[str, str], key: str, default: int) -> int:
-    raw = params.get(key)
+def _one(params: MultiMapping[str], key: str) -> str | None:
+    """The value of the single-valued parameter ``key``, or ``None``.
+
+    Raises:
+        ApiError: 400 when it is given more than once (only ``tags`` may repeat).
+    """
+    values = params.getall(key, ())
+    if len(values) > 1:
+        raise ApiError(400, f"{key!r} may be given once, got {len(values)} values")
+    return values[0] if values else None
+
+
+def _parse_int(params: MultiMapping[str], key: str, default: int) -> int:
+    raw = _one(params, key)
     if raw is None or raw == "":
         return default
     try:
@@ -379,8 +398,8 @@ def _parse_int(params: Mapping[str, str], key: str, default: int) -> int:
     return value
 
 
-def _parse_time(params: Mapping[str, str], key: str) -> str | None:
-    raw = params.get(key)
+def _parse_time(params: MultiMapping[str], key: str) -> str | None:
+    raw = _one(params, key)
     if not raw:
         return None
     try:
@@ -389,33 +408,46 @@ def _parse_time(params: Mapping[str, str], key: str) -> str | None:
         raise ApiError(400, f"{key!r} must be an ISO-8601 date or time, got {raw!r}") from None
 
 
-def _parse_query(params: Mapping[str, str], limits: ServerLimits) -> Query:
+def _parse_page(params: MultiMapping[str], default_limit: int, limits: ServerLimits) -> tuple[int, int]:
+    """``limit`` (``default_limit`` when absent, capped at ``limits.max_limit``) and ``skip``.
+
+    Raises:
+        ApiError: 400 for a malformed value, or a ``skip`` past the largest sqlite offset.
+    """
+    limit = min(_parse_int(params, "limit", default_limit), limits.max_limit)
+    skip = _parse_int(params, "skip", 0)
+    if skip > _MAX_SKIP:
+        raise ApiError(400, f"'skip' must be at most {_MAX_SKIP}")
+    return limit, skip
+
+
+def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
     """Turn the list endpoint's query parameters into a :class:`Query`.
 
-    Empty values count as absent. ``limit`` defaults to 10 and is capped at ``limits.max_limit``
-    (the answer's ``limit`` says what was used); a negative or non-integer ``limit``/``skip`` is 400.
+    Empty values count as absent. ``tags`` may repeat (``tags=a&tags=b``, as the original client sends a
+    list) and each may be comma-joined (``tags=a,b``); a document must carry every tag. ``limit`` defaults
+    to 10 and is capped at ``limits.max_limit`` (the answer's ``limit`` says what was used); a negative or
+    non-integer ``limit``/``skip`` is 400.
 
     Raises:
         ApiError: 400 for a malformed parameter.
     """
-    limit = min(_parse_int(params, "limit", 10), limits.max_limit)
-    skip = _parse_int(params, "skip", 0)
-    if skip > _MAX_SKIP:
-        raise ApiError(400, f"'skip' must be at most {_MAX_SKIP}")
-    raw_sort = params.get("sort_by") or "created_at"
+    limit, skip = _parse_page(params, 10, limits)
+    raw_sort = _one(params, "sort_by") or "created_at"
     sort_by = _SORT_BY.get(raw_sort)
     if sort_by is None:
         raise ApiError(400, f"'sort_by' must be one of {', '.join(SORT_FIELDS)}, got {raw_sort!r}")
-    raw_order = params.get("sort_order") or "-1"
+    raw_order = _one(params, "sort_order") or "-1"
     sort_order = _SORT_ORDERS.get(raw_order.lower())
     if sort_order is None:
         raise ApiError(400, f"'sort_order' must be 1 or -1, got {raw_order!r}")
-    tags = tuple(tag.strip() for tag in params.get("tags", "").split(",") if tag.strip())
+    tags = tuple(dict.fromkeys(tag.strip() for raw in params.getall("tags", ()) for tag in raw.split(",")
+                               if tag.strip()))
     return Query(
-        session_id=params.get("session_id") or None,
-        document_type=params.get("document_type") or None,
+        session_id=_one(params, "session_id") or None,
+        document_type=_one(params, "document_type") or None,
         tags=tags,
-        name_pattern=params.get("name_pattern") or None,
+        name_pattern=_one(params, "name_pattern") or None,
         created_after=_parse_time(params, "created_after"),
         created_before=_parse_time(params, "created_before"),
         limit=limit,
@@ -439,6 +471,7 @@ async def _engine_call(app: web.Application, func: Callable[..., T], *args: obje
         status = exc.status_code if exc.status_code is not None and 400 <= exc.status_code < 500 else 422
         raise ApiError(status, str(exc)) from None
     except StoreError as exc:
+        _metrics.count_database_error(app, exc)
         logger.warning("server_store_error", error=f"{type(exc).__name__}: {exc}")
         raise ApiError(503, f"the document store is unavailable: {exc}") from None
 
@@ -476,6 +509,7 @@ async def _create(request: web.Request) -> web.Response:
     engine = request.app[_ENGINE]
     ((doc_id, created),) = await _engine_call(request.app, engine.insert_many, _project(request), [doc])
     await sweep_after_write(request.app, _project(request), [doc])
+    _metrics.count_stored(request.app, int(created))
     location = str(request.rel_url.with_query(None) / doc_id)
     return _json_response({"id": doc_id}, 201 if created else 200, {"Location": location})
 
@@ -486,13 +520,38 @@ async def _create_batch(request: web.Request) -> web.Response:
     engine = request.app[_ENGINE]
     results = await _engine_call(request.app, engine.insert_many, _project(request), docs)
     await sweep_after_write(request.app, _project(request), docs)
-    created = any(was_created for _, was_created in results)
+    created = sum(was_created for _, was_created in results)
+    _metrics.count_stored(request.app, created)
     return _json_response({"ids": [doc_id for doc_id, _ in results]}, 201 if created else 200)
 
 
 async def _list(request: web.Request) -> web.Response:
     query = _parse_query(request.query, request.app[_LIMITS])
     body = await _engine_call(request.app, _query_body, request.app[_ENGINE], _project(request), query)
+    return _bytes_response(body)
+
+
+def _sessions_body(engine: DocumentEngine, project: str, search: str | None, limit: int, skip: int) -> bytes:
+    data, total = engine.sessions(project, search, limit, skip)
+    return _dumps({"data": data, "total": total, "limit": limit, "skip": skip})
+
+
+def _parse_sessions(params: MultiMapping[str], limits: ServerLimits) -> tuple[str | None, int, int]:
+    """The sessions endpoint's ``search``, ``limit`` (default 20) and ``skip``.
+
+    Raises:
+        ApiError: 400 for a malformed parameter.
+    """
+    limit, skip = _parse_page(params, 20, limits)
+    return _one(params, "search") or None, limit, skip
+
+
+async def _sessions(request: web.Request) -> web.Response:
+    """The project's sessions, latest activity first (what the browser view lists)."""
+    search, limit, skip = _parse_sessions(request.query, request.app[_LIMITS])
+    body = await _engine_call(
+        request.app, _sessions_body, request.app[_ENGINE], _project(request), search, limit, skip
+    )
     return _bytes_response(body)
 
 
@@ -549,18 +608,23 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _error_response(400, f"the request could not be processed ({type(exc).__name__})")
 
 
+def _is_open(path: str) -> bool:
+    return path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES)
+
+
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """When a key is set, require ``Authorization: Bearer <key>`` everywhere but ``/health``."""
+    """When a key is set, require ``Authorization: Bearer <key>`` everywhere but the open paths.
+
+    Open: ``/health``, ``/metrics`` (its own ``metrics_key``), ``/openapi.json`` and the ``/ui`` page and
+    assets (the page asks for the key and sends it with its API calls).
+    """
     expected = request.app[_API_KEY]
-    if expected and request.path != "/health":
-        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-        given = token.strip().encode("utf-8", "surrogateescape")
-        if not (scheme.lower() == "bearer" and hmac.compare_digest(given, expected)):
-            raise ApiError(
-                401, "a valid API key is required (Authorization: Bearer <key>)",
-                headers={"WWW-Authenticate": 'Bearer realm="json-documents"'},
-            )
+    if expected and not _is_open(request.path) and not bearer_matches(request.headers, expected):
+        raise ApiError(
+            401, "a valid API key is required (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": 'Bearer realm="json-documents"'},
+        )
     return await handler(request)
 
 
@@ -606,6 +670,7 @@ def create_app(
     config: Config | None = None,
     retention: RetentionPolicy = NO_RETENTION,
     sweep_interval: float = 60.0,
+    metrics_key: str | None = None,
 ) -> web.Application:
     """Build the json-documents application over a database: a sqlite file or a PostgreSQL URL.
 
@@ -625,13 +690,17 @@ def create_app(
         retention: the retention policy the server enforces: keep-last after every write, the
             whole policy in a periodic sweep; ``POST /{project}/json-documents/prune`` prunes on demand.
         sweep_interval: seconds between periodic sweeps (0: none).
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``;
+            otherwise it is open like ``/health``.
 
     Returns:
         The application, ready for ``web.run_app`` or an ``AppRunner``.
     """
     app = web.Application(
         client_max_size=limits.max_body_bytes,
-        middlewares=[_errors_middleware, *middlewares, _auth_middleware, _project_middleware],
+        middlewares=[
+            *_metrics.middlewares(), _errors_middleware, *middlewares, _auth_middleware, _project_middleware
+        ],
     )
     app[_LIMITS] = limits
     app[_API_KEY] = api_key.encode("utf-8") if api_key else b""
@@ -646,4 +715,11 @@ def create_app(
     app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
     install_retention(app, engine=lambda a: a[_ENGINE], call=_engine_call, policy=retention,
                       sweep_interval=sweep_interval)
+    app.router.add_get("/{project}/sessions", _sessions, name="sessions")
+    _metrics.install_metrics(app, metrics_key)
+    _ui.install_ui(app)
+    _openapi.install_openapi(app, _openapi.Validators(
+        document_fields=_FIELDS, sort_by=tuple(_SORT_BY), sort_orders=tuple(_SORT_ORDERS), limits=limits,
+        max_skip=_MAX_SKIP, id_pattern=_ID_RE.pattern,
+    ))
     return app

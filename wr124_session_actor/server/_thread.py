@@ -53,6 +53,7 @@ class ServerThread:
         startup_timeout: how long :meth:`start` waits for the server to listen.
         retention: the retention policy the server enforces (keep-last after writes, periodic sweeps).
         sweep_interval: seconds between the server's periodic sweeps.
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class ServerThread:
         startup_timeout: float = 10.0,
         retention: RetentionPolicy = NO_RETENTION,
         sweep_interval: float = 60.0,
+        metrics_key: str | None = None,
     ) -> None:
         self.db_path = os.fspath(db_path)
         self.retention = retention
@@ -81,6 +83,7 @@ class ServerThread:
         #: Seconds every request sleeps before it is handled.
         self.delay = delay
         self.startup_timeout = startup_timeout
+        self.metrics_key = metrics_key
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None  # asyncio-only: aiohttp.web
@@ -181,6 +184,7 @@ class ServerThread:
             middlewares=[self._delay_middleware(stopping)],
             retention=self.retention,
             sweep_interval=self.sweep_interval,
+            metrics_key=self.metrics_key,
         )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -224,6 +228,7 @@ def run_server(
     announce: Callable[[str], None] | None = None,
     retention: RetentionPolicy = NO_RETENTION,
     sweep_interval: float = 60.0,
+    metrics_key: str | None = None,
 ) -> None:
     """Serve the json-documents API until SIGINT or SIGTERM (the CLI's ``serve``).
 
@@ -238,9 +243,10 @@ def run_server(
             it to stdout, flushed).
         retention: the retention policy the server enforces.
         sweep_interval: seconds between periodic sweeps.
+        metrics_key: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_key>``.
     """
     app = create_app(db_path, api_key=api_key, limits=limits, enable_batch=enable_batch, retention=retention,
-                     sweep_interval=sweep_interval)
+                     sweep_interval=sweep_interval, metrics_key=metrics_key)
     with contextlib.suppress(KeyboardInterrupt):
         serve = _serve_forever(app, host, port, os.fspath(db_path), announce or _print_flushed)
         asyncio.run(serve)  # asyncio-only: aiohttp.web

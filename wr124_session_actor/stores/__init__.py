@@ -99,4 +99,5 @@ def open_store(config: Config) -> DocumentStore:
         partial(open_transport, config.http_clients, timeout=config.timeout),
         api_key=config.api_key,
         max_body_bytes=config.max_body_bytes,
+        concurrency=config.store_write_concurrency,
     )

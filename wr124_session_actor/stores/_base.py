@@ -21,7 +21,9 @@ __all__ = [
     "Inserted",
     "Query",
     "QueryResult",
+    "SessionSummary",
     "SortField",
+    "session_summary",
 ]
 
 #: A stored document as returned by stores: the body plus ``_id``, ``id``, ``created_at``, ``updated_at``.
@@ -112,6 +114,15 @@ class DocumentEngine(Protocol):
         """Return the document with ``doc_id`` in ``project``, or ``None``."""
         ...
 
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of ``project``'s sessions, latest activity first, and the count of all.
+
+        Each is a :func:`session_summary`; ``search`` keeps the sessions whose id contains it.
+        """
+        ...
+
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
         ...
@@ -152,6 +163,18 @@ class DocumentEngine(Protocol):
             time_budget: stop after about this many seconds (the report says ``complete=False``).
         """
         ...
+
+
+#: One session as :meth:`DocumentEngine.sessions` lists it.
+SessionSummary = dict[str, Any]
+
+
+def session_summary(
+    session_id: str, documents: int, agents: Sequence[str], first_at: str, last_at: str, last_seq: int
+) -> SessionSummary:
+    """A session's summary: its document count, agents (sorted), first and last write, and newest ``seq``."""
+    return {"session_id": session_id, "documents": int(documents), "agents": sorted(agents),
+            "first_at": first_at, "last_at": last_at, "last_seq": int(last_seq)}
 
 
 @runtime_checkable

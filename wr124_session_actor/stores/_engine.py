@@ -24,7 +24,7 @@ import orjson
 from .._document import EncodedDocument, utc_now_iso
 from .._exceptions import StoreError, StoreUnavailable
 from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
-from ._base import Document, DocumentConflict, Inserted, Query
+from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
 from ._retention import SQLITE_DIALECT, prune_documents
 
 __all__ = ["SqliteDocuments", "open_sqlite"]
@@ -139,7 +139,8 @@ class SqliteDocuments:
     def migrate(self) -> list[int]:
         """Open the database, bringing its schema up to date; return the versions this engine applied."""
         with self._connection():
-            return list(self._applied)
+            applied, self._applied = self._applied, []
+        return applied
 
     def insert_many(self, project: str, docs: Sequence[EncodedDocument]) -> list[Inserted]:
         """Insert ``docs`` in one transaction; return ``(id, created)`` per document.
@@ -209,6 +210,26 @@ class SqliteDocuments:
                 [*args, query.limit, query.skip],
             ).fetchall()
         return [_document(*row) for row in rows], int(total)
+
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of the project's sessions, latest activity first, and the count of all (see the protocol)."""
+        where = "project = ? AND session_id IS NOT NULL AND session_id <> ''"
+        args: list[Any] = [project]
+        if search:
+            where += " AND instr(session_id, ?) > 0"
+            args.append(search)
+        with self._connection() as conn:
+            total = conn.execute(f"SELECT count(DISTINCT session_id) FROM documents WHERE {where}", args).fetchone()[0]
+            rows = conn.execute(
+                "SELECT session_id, count(*), json_group_array(DISTINCT agent) FILTER (WHERE agent IS NOT NULL),"
+                f" min(created_at), max(created_at), max(seq) FROM documents WHERE {where}"
+                " GROUP BY session_id ORDER BY max(created_at) DESC, session_id LIMIT ? OFFSET ?",
+                [*args, limit, skip],
+            ).fetchall()
+        return [session_summary(sid, n, orjson.loads(agents), first, last, seq)
+                for sid, n, agents, first, last, seq in rows], int(total)
 
     def get(self, project: str, doc_id: str) -> Document | None:
         """Return the document with ``doc_id`` in ``project``, or ``None``."""

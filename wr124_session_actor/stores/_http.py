@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
 
+import anyio
+import anyio.to_thread
 import orjson
 
 from .._document import EncodedDocument, decode
@@ -19,7 +21,7 @@ from .._exceptions import (
     StoreUnavailable,
 )
 from .._retention import PruneReport, RetentionPolicy
-from ..transports import Params, Response, Transport
+from ..transports import Params, Response, Transport, preload_clients
 from ._base import MAX_QUERY_LIMIT, Document, Query, QueryResult
 
 __all__ = ["MAX_SERVER_BATCH", "HttpStore"]
@@ -38,6 +40,7 @@ class HttpStore:
         transport_factory: makes the transport on first use, inside the running event loop.
         api_key: sent as ``Authorization: Bearer`` when set.
         max_body_bytes: batches are split so that no request body is larger.
+        concurrency: single POSTs in flight at once when the server has no batch endpoint.
     """
 
     def __init__(
@@ -48,17 +51,20 @@ class HttpStore:
         *,
         api_key: str | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
+        concurrency: int = 4,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.project = project
         self._collection = f"{self.base_url}/{quote(project, safe='')}/json-documents"
         self._transport_factory = transport_factory
         self._transport: Transport | None = None
+        self._opening: anyio.Event | None = None
         self._headers = {"X-Project-ID": project, "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._max_body = max_body_bytes
+        self._limiter = anyio.CapacityLimiter(concurrency)
         self._closed = False
         #: ``None`` until known; ``False`` after the server answered 404/405 to the batch endpoint.
         self.batch_supported: bool | None = None
@@ -75,11 +81,25 @@ class HttpStore:
     ) -> Response:
         if self._closed:
             raise StoreClosed("the HTTP store is closed")
-        if self._transport is None:
-            self._transport = self._transport_factory()
+        transport = self._transport or await self._open_transport()
         self.requests_sent += 1
         headers = self._headers if content is None else self._json_headers
-        return await self._transport.request(method, url, headers=headers, params=params, content=content)
+        return await transport.request(method, url, headers=headers, params=params, content=content)
+
+    async def _open_transport(self) -> Transport:
+        """Make the transport once, its client library imported off the event loop first."""
+        while self._transport is None:
+            if self._opening is not None:
+                await self._opening.wait()  # another request is opening it
+                continue
+            self._opening = opening = anyio.Event()
+            try:
+                await anyio.to_thread.run_sync(preload_clients)
+                self._transport = self._transport_factory()
+            finally:
+                self._opening = None
+                opening.set()
+        return self._transport
 
     async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
         """Send the documents in as few batch requests as the body and batch limits allow."""
@@ -95,9 +115,29 @@ class HttpStore:
                     got = _expect(resp, "ids", list)
                     ids.extend(str(i) for i in got)
                     continue
-            for doc in chunk:
-                resp = await self._request("POST", self._collection, content=bytes(doc.body))
-                ids.append(str(_expect(resp, "id", str)))
+            ids.extend(await self._insert_singly(chunk))
+        return ids
+
+    async def _insert_singly(self, docs: list[EncodedDocument]) -> list[str]:
+        """One POST per document (a server without the batch endpoint): the sessions' documents go in
+        parallel, at most ``concurrency`` requests at once, and each session's in order."""
+        by_session: dict[str, list[int]] = {}
+        for index, doc in enumerate(docs):
+            by_session.setdefault(doc.session_id, []).append(index)
+        ids: list[str] = [""] * len(docs)
+
+        async def post_in_order(indexes: list[int]) -> None:
+            for index in indexes:
+                async with self._limiter:
+                    resp = await self._request("POST", self._collection, content=bytes(docs[index].body))
+                ids[index] = str(_expect(resp, "id", str))
+
+        if len(by_session) == 1:
+            await post_in_order(next(iter(by_session.values())))
+            return ids
+        async with anyio.create_task_group() as group:
+            for indexes in by_session.values():
+                group.start_soon(post_in_order, indexes)
         return ids
 
     async def query(self, query: Query) -> QueryResult:
@@ -112,8 +152,8 @@ class HttpStore:
             value = getattr(query, key)
             if value is not None:
                 params.append((key, value))
-        if query.tags:
-            params.append(("tags", ",".join(query.tags)))
+        # A list goes out as repeated parameters (tags=a&tags=b), as the original client's aiohttp sent it.
+        params.extend(("tags", tag) for tag in query.tags)
         resp = await self._request("GET", self._collection, params=params)
         data = _expect(resp, "data", list)
         if not all(isinstance(d, dict) for d in data):

@@ -8,9 +8,10 @@ across connections, so as many calls run at once as the pool has connections.
 Order across processes: ``seq`` comes from one counter row per (project, session), incremented by an
 ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` in the transaction that stores the documents. The
 row stays locked until that transaction ends, so writers of one session take turns, and ``seq`` is
-strictly increasing in commit order; ``created_at`` is taken under the same lock (never earlier than
-the session's last one), so the two orders agree. Writers of different sessions do not wait for each
-other.
+strictly increasing in commit order. The batch's ``created_at`` (one for the whole batch, as in sqlite)
+is read from the database's clock once every counter row of the batch is locked, and is never earlier
+than those sessions' last one, so the two orders agree. Writers of different sessions do not wait
+for each other.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .._config import Config
 from .._document import EncodedDocument
 from .._exceptions import NoClientError, StoreError, StoreRejected, StoreTimeout, StoreUnavailable
 from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
-from ._base import Document, DocumentConflict, Inserted, Query
+from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
 from ._engine import conflict_message, id_conflict_message
 from ._pg_schema import migrate
 from ._retention import POSTGRES_DIALECT, prune_documents
@@ -169,7 +170,8 @@ class PostgresDocuments:
         """Bring the schema up to date (under an advisory lock); return the versions this call applied."""
         with self._connection() as conn:  # opening may have applied them already (auto_migrate)
             applied = migrate(conn)
-        return [*self._applied, *applied]
+        on_open, self._applied = self._applied, []
+        return [*on_open, *applied]
 
     # ----------------------------------------------------------------------------------------------
     # The engine interface
@@ -243,6 +245,33 @@ class PostgresDocuments:
                 (project, doc_id),
             ).fetchone()
         return None if row is None else _document(*row)
+
+    def sessions(
+        self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
+    ) -> tuple[list[SessionSummary], int]:
+        """One page of the project's sessions, latest activity first, and the count of all (see the protocol)."""
+        where = "project = %s AND session_id <> ''"
+        args: list[Any] = [project]
+        if search:
+            where += " AND strpos(session_id, %s) > 0"
+            args.append(search)
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT session_id, count(*), coalesce(array_agg(DISTINCT agent) FILTER (WHERE agent IS NOT NULL),"
+                " '{}'), min(created_at), max(created_at), max(seq), count(*) OVER ()"
+                f" FROM wr124_documents WHERE {where} GROUP BY session_id"
+                " ORDER BY max(created_at) DESC, session_id LIMIT %s OFFSET %s",
+                [*args, limit, skip],
+            ).fetchall()
+            if rows:
+                total = int(rows[0][6])
+            else:
+                row = conn.execute(
+                    f"SELECT count(DISTINCT session_id) FROM wr124_documents WHERE {where}", args
+                ).fetchone()
+                total = int(row[0]) if row else 0
+        return [session_summary(sid, n, agents, _iso(first), _iso(last), seq)
+                for sid, n, agents, first, last, seq, _ in rows], total
 
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
@@ -338,14 +367,11 @@ WHERE c.project = %s AND c.session_id = ANY(%s)
 RETURNING b.ts
 """
 
-_INSERT_ROWS: Final = """
+# executemany: psycopg sends the rows in one pipeline (no round trip per row); ``rowcount`` is their sum.
+_INSERT_ROW: Final = """
 INSERT INTO wr124_documents
     (project, id, session_id, seq, agent, document_type, name, tags, created_at, updated_at, body)
-SELECT %s, r.id, r.session_id, r.seq, r.agent, r.document_type, r.name,
-       ARRAY(SELECT jsonb_array_elements_text(r.tags::jsonb)), r.created_at, r.created_at, r.body::jsonb
-FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::timestamptz[], %s::text[])
-    AS r(id, session_id, seq, agent, document_type, name, tags, created_at, body)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
 ON CONFLICT (project, id) DO NOTHING
 """
 
@@ -392,25 +418,24 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
     created_at: datetime = stamp[0]
     for doc in new:
         if doc.parent_seq is not None:
+            agent = "agent IS NULL AND %s IS NULL" if doc.agent is None else "agent = %s"
             row = conn.execute(
-                "SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s"
-                " AND agent IS NOT DISTINCT FROM %s",
+                f"SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s AND {agent}",
                 (project, doc.session_id, doc.agent),
             ).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
                 raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
     next_seq = {session: last - counts[session] + 1 for session, last in top.items()}
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    rows: list[tuple[object, ...]] = []
     for doc in new:
         seq = next_seq[doc.session_id]
         next_seq[doc.session_id] = seq + 1
-        row = (doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name,
-               orjson.dumps(doc.tags).decode(), created_at, bytes(doc.body).decode())
-        for column, value in zip(columns, row, strict=True):
-            column.append(value)
-    cursor = conn.execute(_INSERT_ROWS, (project, *columns))
-    if cursor.rowcount != len(new):
-        raise _Raced
+        rows.append((project, doc.id, doc.session_id, seq, doc.agent, doc.document_type, doc.name, list(doc.tags),
+                     created_at, created_at, bytes(doc.body).decode()))
+    with conn.cursor() as cursor:
+        cursor.executemany(_INSERT_ROW, rows)
+        if cursor.rowcount != len(new):
+            raise _Raced
 
 
 # --------------------------------------------------------------------------------------------------

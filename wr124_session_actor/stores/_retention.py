@@ -145,6 +145,14 @@ def prune_documents(
     return report
 
 
+def _before(now: datetime, seconds: float) -> datetime:
+    """``seconds`` before ``now``; a duration reaching past year 1 gives year 1 (nothing is older)."""
+    try:
+        return now - timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 class _Sweep:
     """The statements of one sweep (one policy, one moment)."""
 
@@ -158,8 +166,8 @@ class _Sweep:
         self.batch_size = batch_size
         self.dry_run = dry_run
         self.keep_last = policy.keep_last
-        self.idle_cutoff = None if policy.idle_ttl is None else dialect.time(now - timedelta(seconds=policy.idle_ttl))
-        self.age_cutoff = None if policy.max_age is None else dialect.time(now - timedelta(seconds=policy.max_age))
+        self.idle_cutoff = None if policy.idle_ttl is None else dialect.time(_before(now, policy.idle_ttl))
+        self.age_cutoff = None if policy.max_age is None else dialect.time(_before(now, policy.max_age))
 
     def sessions(self, conn: Any, project: str | None, session_id: str | None) -> list[tuple[str, str, bool, int]]:
         """Every session in scope, with whether it is idle (no write since the idle cutoff) and its

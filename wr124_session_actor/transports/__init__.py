@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Sequence
 
@@ -10,7 +11,7 @@ import sniffio
 from .._exceptions import NoClientError
 from ._base import Params, Response, Transport
 
-__all__ = ["Params", "Response", "Transport", "available_clients", "open_transport"]
+__all__ = ["Params", "Response", "Transport", "available_clients", "open_transport", "preload_clients"]
 
 
 def _importable(module: str) -> bool:
@@ -30,6 +31,19 @@ def available_clients(allowed: Sequence[str], async_library: str) -> list[str]:
             continue
         usable.append(name)
     return usable
+
+
+def preload_clients() -> None:
+    """Import the installed client libraries (blocking: call it in a worker thread).
+
+    Importing aiohttp or httpx takes from a tenth of a second to a second; done on the event loop at the
+    first request, that would stall every task of the loop for as long.
+    """
+    for module in ("._aiohttp", "._httpx", "._urllib"):
+        try:
+            importlib.import_module(module, __name__)
+        except ImportError:
+            continue
 
 
 def open_transport(allowed: Sequence[str], *, timeout: float = 10.0, max_connections: int = 100) -> Transport:

@@ -1,0 +1,141 @@
+"""Many sessions through one write stage, against json-documents services unlike our reference server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from wr124_session_actor import ActorSystem, Config, SessionStateManager
+from wr124_session_actor import SessionStateStatus as S
+
+from .faults.docserver import DocServer, doc_server
+
+pytestmark = pytest.mark.anyio
+
+SESSIONS = 10_000
+RAPID_SESSIONS = 3
+RAPID_SUBMITS = 500
+
+
+def _config(server: DocServer, anyio_backend: str, **changes: Any) -> Config:
+    # aiohttp only runs on asyncio: under trio the client is httpx (the case that lost every state in round 1).
+    client = ("aiohttp",) if anyio_backend == "asyncio" else ("httpx",)
+    values: dict[str, Any] = {"api_url": server.url, "http_clients": client, "timeout": 5.0, **changes}
+    return Config(**values)
+
+
+async def _ten_thousand_sessions_and_three_rapid_ones(system: ActorSystem) -> dict[str, Any]:
+    """Every session submits; returns the states sent by document-to-be (session, state)."""
+    sent: dict[tuple[str, int], int] = {}
+    for n in range(SESSIONS):
+        assert system.handle(f"one-{n}").submit({"n": n}, "task", "agent") is S.SUCCESS
+        sent[(f"one-{n}", n)] = 0
+    for step in range(RAPID_SUBMITS):
+        for r in range(RAPID_SESSIONS):
+            assert system.handle(f"rapid-{r}").submit({"n": step}, "task", "agent") is S.SUCCESS
+            sent[(f"rapid-{r}", step)] = 0
+        await anyio.lowlevel.checkpoint()
+    return sent
+
+
+def _stored(server: DocServer) -> list[tuple[str, int]]:
+    return [(doc["session_id"], doc["content"]["state"]["n"]) for doc in server.docs.values()]
+
+
+class TestManySessions:
+    @pytest.mark.slow
+    async def test_ten_thousand_sessions_without_a_batch_endpoint(self, anyio_backend: str) -> None:
+        """10,000 sessions × 1 submit and 3 × 500 rapid submits (keep="all") against a service without the
+        batch endpoint: every state is stored exactly once with its content, and no outcome is a failure
+        or a timeout (queueing in the write stage is not a store failure)."""
+        with doc_server(batch=False) as server, capture_logs() as logs:
+            # A generous shutdown budget: on a loaded machine the last POSTs may take a while.
+            config = _config(server, anyio_backend, keep="all", shutdown_timeout=300.0)
+            async with ActorSystem(config) as system:
+                sent = await _ten_thousand_sessions_and_three_rapid_ones(system)
+            stats = system.statistics()
+            stored = _stored(server)
+            assert len(stored) == len(sent) == SESSIONS + RAPID_SESSIONS * RAPID_SUBMITS
+            assert set(stored) == set(sent)
+            bad = [e for e in logs if e.get("status") in ("failed", "timeout")]
+            assert bad == [], bad[:3]
+            assert (stats.documents, stats.failed) == (len(sent), 0)
+            assert not any(h.path.endswith("/batch") and h.outcome == "ok" for h in server.hits)
+
+    @pytest.mark.slow
+    async def test_ten_thousand_sessions_share_fifty_writes(self, anyio_backend: str) -> None:
+        """The same 10,000 sessions against a service with the batch endpoint: their batches are merged
+        into at most 50 write requests in all."""
+        with doc_server() as server:
+            async with ActorSystem(_config(server, anyio_backend)) as system:
+                for n in range(SESSIONS):
+                    system.handle(f"one-{n}").submit({"n": n}, "task", "agent")
+            writes = server.writes()
+            assert len(server.docs) == SESSIONS
+            assert len(writes) <= 50, len(writes)
+
+    async def test_sessions_keep_their_order_and_one_batch_in_flight(self, anyio_backend: str) -> None:
+        """Many sessions merged into shared writes: each session's states arrive in submit order."""
+        with doc_server(batch=False) as server:
+            config = _config(server, anyio_backend, keep="all", debounce=0.0)
+            async with ActorSystem(config) as system:
+                for step in range(20):
+                    for n in range(50):
+                        system.handle(f"s{n}").submit({"n": step}, "task", "agent")
+                    await anyio.sleep(0.001)
+            by_session: dict[str, list[int]] = {}
+            for doc in server.docs.values():  # in arrival order
+                by_session.setdefault(doc["session_id"], []).append(doc["content"]["state"]["n"])
+            assert by_session == {f"s{n}": list(range(20)) for n in range(50)}
+
+
+class TestAgentFilter:
+    async def _three_agents(self, manager: SessionStateManager) -> None:
+        for step in range(3):
+            for agent in ("planner", "coder", "critic"):
+                status, _ = await manager.upload_session_state({"agent": agent, "step": step}, "t", agent)
+                assert status is S.SUCCESS
+
+    async def test_a_service_that_reads_repeated_tags_restores_the_right_agent(self, anyio_backend: str) -> None:
+        """Tags go out as repeated parameters, so a list-typed server filters by agent: the agent's own
+        newest state is restored."""
+        with doc_server() as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                await self._three_agents(manager)
+                await manager.upload_session_state({"agent": "other-session"}, "t", "coder")  # same agent name
+                other = SessionStateManager("elsewhere", _config(server, anyio_backend))
+                await other.upload_session_state({"agent": "coder", "step": 99}, "t", "coder")
+                await other.aclose()
+                status, content = await manager.restore_agent_session_state("planner")
+                assert status is S.SUCCESS and content is not None
+                assert content["state"] == {"agent": "planner", "step": 2}
+                status, docs = await manager.download_session_states(limit=10, agent_name="critic")
+                assert status is S.SUCCESS
+                assert [d["content"]["state"]["step"] for d in docs] == [2, 1, 0]
+            finally:
+                await manager.aclose()
+
+    async def test_a_service_that_ignores_tags_never_yields_another_agents_state(self, anyio_backend: str) -> None:
+        """A server that ignores the tags filter returns every agent's documents: the client checks each
+        one, reads further pages when needed, and never hands back another agent's state."""
+        with doc_server(tags="ignore") as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                await self._three_agents(manager)
+                for noise in range(30):  # the planner's newest state is now far down the unfiltered list
+                    await manager.upload_session_state({"agent": "coder", "noise": noise}, "t", "coder")
+                status, content = await manager.restore_agent_session_state("planner")
+                assert status is S.SUCCESS and content is not None
+                assert content["agent_name"] == "planner" and content["state"] == {"agent": "planner", "step": 2}
+                status, docs = await manager.download_session_states(limit=5, agent_name="critic")
+                assert status is S.SUCCESS
+                assert {d["content"]["agent_name"] for d in docs} == {"critic"}
+                assert [d["content"]["state"]["step"] for d in docs] == [2, 1, 0]
+                status, content = await manager.restore_agent_session_state("nobody")
+                assert (status, content) == (S.FAILED, None)
+            finally:
+                await manager.aclose()

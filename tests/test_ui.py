@@ -1,0 +1,192 @@
+"""The browser view at ``/ui``, driven in a real headless Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from wr124_session_actor.server import ServerThread
+
+from .test_server import make_doc
+
+pytestmark = pytest.mark.slow
+
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (``apt-get install chromium``), or ``WR124_CHROMIUM``; never a downloaded build."""
+    for candidate in (os.environ.get("WR124_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium; missing is a failure in CI (``.ci/run`` installs it), a skip elsewhere."""
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: ``$WR124_TEST_ARTIFACTS`` or a temporary folder (printed)."""
+    folder = Path(os.environ.get("WR124_TEST_ARTIFACTS") or tmp_path_factory.mktemp("ui-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nUI screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sqlite file written by ``wr124-session demo`` (short max_delay: several states per agent)."""
+    db = tmp_path_factory.mktemp("ui") / "demo.db"
+    env = {**os.environ, "SESSION_STATE_MAX_DELAY": "0.05"}
+    subprocess.run(
+        [sys.executable, "-m", "wr124_session_actor.cli", "demo", "--url", f"sqlite:///{db}", "--sessions", "3"],
+        check=True, env=env, capture_output=True, timeout=120,
+    )
+    return db
+
+
+@pytest.fixture(scope="module")
+def server(demo_db: Path) -> Iterator[ServerThread]:
+    """``serve`` over the demo's file."""
+    with ServerThread(demo_db) as srv:
+        yield srv
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A desktop-sized page; a JavaScript error in it fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def open_session(page: Page, server: ServerThread, session_id: str) -> None:
+    """Open /ui, find the session with the search box (keyboard only) and open it."""
+    page.goto(f"{server.url}/ui")
+    page.keyboard.press("/")
+    page.keyboard.type(session_id)
+    button = page.locator(f'#sessions [data-session="{session_id}"]')
+    expect(page.locator("#sessions button")).to_have_count(1)
+    button.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#session-title")).to_have_text(session_id)
+    expect(page.locator("#timeline .chip").first).to_be_visible()  # its states have loaded
+
+
+class TestBrowserView:
+    def test_find_a_demo_session_and_see_its_agents_states(self, page: Page, server: ServerThread) -> None:
+        """The demo's session is listed, found by search, opened; each agent has a lane of states."""
+        open_session(page, server, "demo-2")
+        lanes = page.locator("#timeline .lane")
+        expect(lanes).to_have_count(2)
+        assert sorted(lanes.locator(".lane-name").all_inner_texts())[0].startswith("coder")
+        assert page.locator("#timeline .chip").count() >= 4
+        state = page.locator("#state")
+        expect(state.locator('[data-fact="task"]')).to_contain_text("demo-2")
+        expect(state.locator('[data-fact="size"]')).to_contain_text("B")
+        expect(state.locator('li[data-key="history"]')).to_be_visible()
+
+    def test_diff_highlights_the_changed_key(self, page: Page, server: ServerThread) -> None:
+        """A state against the previous one of its agent: the changed key is highlighted."""
+        open_session(page, server, "demo-1")
+        lane = page.locator("#timeline .lane").first
+        chips = lane.locator(".chip")
+        assert chips.count() >= 2
+        chips.nth(1).click()
+        changed = page.locator('#diff li.changed[data-key="model_calls"]')
+        expect(changed).to_be_visible()
+        background = changed.locator(".row").evaluate("el => getComputedStyle(el).backgroundColor")
+        assert background not in ("rgba(0, 0, 0, 0)", "transparent")
+        expect(page.locator('#diff li.changed[data-key="history"]')).to_be_visible()
+        expect(page.locator("#diff .diff-summary")).to_contain_text("changed")
+        assert "base" in (chips.nth(0).get_attribute("class") or "")
+        # Any two states: compare with another one from the menu.
+        page.select_option("#compare", index=1)
+        expect(page.locator("#diff h3")).to_contain_text("→")
+
+    def test_a_new_state_appears_within_two_seconds(self, page: Page, server: ServerThread) -> None:
+        """While the session is open, a state written to the server shows up within 2 s."""
+        open_session(page, server, "demo-3")
+        chips = page.locator("#timeline .chip")
+        before = chips.count()
+        doc = make_doc(session_id="demo-3", name="session_state_demo-3_live",
+                       content={"agent_name": "coder", "task": "live", "state": {"model_calls": 999}},
+                       tags=["session_state", "agent_state", "coder"])
+        written = time.monotonic()
+        httpx.post(f"{server.url}/default/json-documents", json=doc).raise_for_status()
+        expect(chips).to_have_count(before + 1, timeout=2000)
+        assert time.monotonic() - written < 2.5
+        expect(page.locator("#timeline .chip.new")).to_have_count(1)
+
+    def test_screenshots_at_desktop_and_phone_sizes(self, browser: Browser, server: ServerThread,
+                                                    artifacts: Path) -> None:
+        """Readable at 1280×800 and 390×844; the screenshots are saved as artifacts."""
+        for width, height in ((1280, 800), (390, 844)):
+            context = browser.new_context(viewport={"width": width, "height": height})
+            page = context.new_page()
+            open_session(page, server, "demo-1")
+            page.locator("#timeline .lane").first.locator(".chip").nth(1).click()
+            expect(page.locator("#diff li.changed").first).to_be_visible()
+            # Nothing wider than the screen: no horizontal scrolling.
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            path = artifacts / f"ui-{width}x{height}.png"
+            page.screenshot(path=str(path))
+            assert path.stat().st_size > 10_000
+            context.close()
+
+
+    def test_a_long_session_loads_its_newest_states_then_older_ones(self, page: Page, server: ServerThread) -> None:
+        """A session with more states than one page shows the newest, and "Load older" brings the rest."""
+        docs = [make_doc(session_id="long", name=f"state-{n}", tags=["session_state", "agent_state", "a"],
+                         content={"agent_name": "a", "task": "t", "state": {"n": n}}) for n in range(230)]
+        httpx.post(f"{server.url}/default/json-documents/batch", json={"documents": docs}).raise_for_status()
+        open_session(page, server, "long")
+        chips = page.locator("#timeline .chip")
+        expect(chips).to_have_count(200)
+        expect(page.locator("#session-meta")).to_contain_text("newest 200 shown")
+        page.get_by_role("button", name="Load older").click()
+        expect(chips).to_have_count(230)
+        expect(page.get_by_role("button", name="Load older")).to_have_count(0)
+
+
+class TestApiKey:
+    def test_asks_for_the_key_once_and_keeps_it_for_the_tab(self, browser: Browser, demo_db: Path) -> None:
+        """With --api-key the page asks for the key, then lists sessions; a reload does not ask again."""
+        with ServerThread(demo_db, api_key="s3cret") as srv:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(f"{srv.url}/ui")
+            dialog = page.locator("#key-dialog")
+            expect(dialog).to_be_visible()
+            page.fill("#key", "s3cret")
+            page.keyboard.press("Enter")
+            expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
+            assert page.evaluate("sessionStorage.getItem('wr124.apiKey')") == "s3cret"
+            page.reload()
+            expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
+            expect(dialog).to_be_hidden()
+            context.close()

@@ -1,0 +1,81 @@
+"""No write for an unchanged state: a state equal to the agent's last stored one is not written again."""
+
+from __future__ import annotations
+
+import pytest
+
+from wr124_session_actor import ActorSystem, Config, SessionStateManager
+from wr124_session_actor import SessionStateStatus as S
+
+from .conftest import stored_count
+
+pytestmark = pytest.mark.anyio
+
+
+class TestUnchanged:
+    async def test_thousand_equal_uploads_are_one_document(self, sqlite_config: Config) -> None:
+        """1,000 awaited uploads of the same state: one document, 1,000 SUCCESS replies with its id."""
+        async with ActorSystem(sqlite_config) as system:
+            manager = system.manager("s")
+            replies = [await manager.upload_session_state({"same": True}, "t", "a") for _ in range(1000)]
+        assert {status for status, _ in replies} == {S.SUCCESS}
+        assert len({doc_id for _, doc_id in replies}) == 1
+        assert await stored_count(sqlite_config, "s") == 1
+        stats = system.statistics()
+        assert (stats.documents, stats.unchanged, stats.store_writes) == (1, 999, 1)
+
+    async def test_a_state_changing_every_tenth_upload(self, sqlite_config: Config) -> None:
+        """A state that changes every 10th upload becomes 100 documents (keep="all")."""
+        async with ActorSystem(sqlite_config.replace(keep="all")) as system:
+            manager = system.manager("s")
+            for n in range(1000):
+                status, _ = await manager.upload_session_state({"version": n // 10}, "t", "a")
+                assert status is S.SUCCESS
+        assert await stored_count(sqlite_config, "s") == 100
+
+    async def test_submits_count_unchanged(self, sqlite_config: Config) -> None:
+        """Fire-and-forget submits of an unchanged state are counted in statistics().unchanged."""
+        async with ActorSystem(sqlite_config.replace(keep="all")) as system:
+            handle = system.handle("s")
+            for _round in range(3):
+                for _ in range(50):
+                    handle.submit({"same": True}, "t", "a")
+                await handle.flush()
+        assert system.statistics().unchanged == 149
+        assert await stored_count(sqlite_config, "s") == 1
+
+    async def test_agents_are_compared_separately(self, memory_config: Config) -> None:
+        """The same state from two agents is two documents."""
+        manager = SessionStateManager("s", memory_config)
+        _, first = await manager.upload_session_state({"same": True}, "t", "a")
+        _, second = await manager.upload_session_state({"same": True}, "t", "b")
+        _, again = await manager.upload_session_state({"same": True}, "t", "a")
+        assert first != second and again == first
+        assert await stored_count(memory_config, "s") == 2
+
+    async def test_setting_off_writes_every_upload(self, sqlite_config: Config) -> None:
+        """SESSION_STATE_SKIP_UNCHANGED=false: every upload is written."""
+        config = Config.from_env({"ENABLE_SESSION_STATE_UPLOAD": "true", "SESSION_API_URL": sqlite_config.api_url,
+                                  "SESSION_STATE_SKIP_UNCHANGED": "false", "SESSION_STATE_KEEP": "all"})
+        assert config.skip_unchanged is False
+        async with ActorSystem(config) as system:
+            manager = system.manager("s")
+            for _ in range(20):
+                assert (await manager.upload_session_state({"same": True}, "t", "a"))[0] is S.SUCCESS
+        assert await stored_count(sqlite_config, "s") == 20
+
+    async def test_direct_mode_skips_too(self, sqlite_config: Config) -> None:
+        """Direct mode uses the same rule (the core operation is shared)."""
+        manager = SessionStateManager("s", sqlite_config)
+        ids = {(await manager.upload_session_state({"same": True}, "t", "a"))[1] for _ in range(10)}
+        await manager.aclose()
+        assert len(ids) == 1 and await stored_count(sqlite_config, "s") == 1
+
+    async def test_a_deleted_state_is_written_again(self, memory_config: Config) -> None:
+        """After the stored equal state is deleted, the same state is written anew."""
+        manager = SessionStateManager("s", memory_config)
+        _, first = await manager.upload_session_state({"same": True}, "t", "a")
+        assert (await manager.delete_session_state(first))[0] is S.SUCCESS
+        status, second = await manager.upload_session_state({"same": True}, "t", "a")
+        assert status is S.SUCCESS and second != first
+        assert await stored_count(memory_config, "s") == 1

@@ -1,0 +1,109 @@
+"""The write stage: many sessions' batches merged into few store writes, and refusals isolated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from wr124_session_actor import ActorSystem, Config, SessionStateManager
+from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor._document import EncodedDocument
+from wr124_session_actor.stores import DocumentStore, open_store
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingStore:
+    """Wraps a store; records the size of every insert_many and how many run at once."""
+
+    def __init__(self, inner: DocumentStore, delay: float = 0.0) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.writes: list[int] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+        self.writes.append(len(docs))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await anyio.sleep(self.delay)
+            return await self.inner.insert_many(docs)
+        finally:
+            self.in_flight -= 1
+
+
+class TestMerging:
+    async def test_sessions_share_writes_bounded_by_max_batch(self, sqlite_config: Config) -> None:
+        """2,000 sessions with one upload each go to the store in few writes of at most max_batch
+        documents, one write in flight at a time on sqlite."""
+        config = sqlite_config.replace(max_batch=300)
+        store = CountingStore(open_store(config), delay=0.01)
+        async with ActorSystem(config, store=store) as system:
+            for n in range(2000):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+        assert sum(store.writes) == 2000
+        assert max(store.writes) <= 300
+        assert len(store.writes) <= 12
+        assert store.most_in_flight == 1
+        assert system.statistics().store_writes == len(store.writes)
+
+    async def test_concurrency_setting_bounds_writes_in_flight(self, memory_config: Config) -> None:
+        """SESSION_STATE_WRITE_CONCURRENCY bounds the store writes in flight; full writes use the slots."""
+        config = memory_config.replace(write_concurrency=3, max_batch=50)
+        store = CountingStore(open_store(config), delay=0.05)
+        async with ActorSystem(config, store=store) as system:
+            for n in range(1000):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+        assert sum(store.writes) == 1000
+        assert 1 < store.most_in_flight <= 3
+
+    async def test_write_observers_see_every_write(self, memory_config: Config) -> None:
+        """Each store write is reported once to the observers, with its documents and status."""
+        seen: list[tuple[int, S]] = []
+        async with ActorSystem(memory_config) as system:
+            system.add_write_observer(lambda o: seen.append((o.documents, o.status)))
+            for n in range(10):
+                await system.manager(f"s{n}").upload_session_state({"n": n}, "t", "a")
+        assert sum(d for d, _ in seen) == 10 and {s for _, s in seen} == {S.SUCCESS}
+        assert len(seen) == system.statistics().store_writes
+
+
+class TestRefusals:
+    async def test_a_conflict_fails_alone_in_a_merged_write(self, sqlite_config: Config) -> None:
+        """One upload that continues a stale state (parent_seq) is refused with a conflict; the other
+        sessions' uploads in the same merged write are stored."""
+        direct = SessionStateManager("shared", sqlite_config)
+        _, first = await direct.upload_session_state({"v": 1}, "t", "a")
+        await direct.upload_session_state({"v": 2}, "t", "a")
+        status, content = await direct.restore_session_state(first)
+        assert status is S.SUCCESS and content is not None
+        stale_seq = content["seq"]
+        await direct.aclose()
+        async with ActorSystem(sqlite_config.replace(debounce=0.05)) as system:
+            others = [system.manager(f"other-{n}") for n in range(20)]
+            results = await _gather(
+                [lambda m=m: m.upload_session_state({"ok": True}, "t", "a") for m in others]
+                + [lambda: system.manager("shared").upload_session_state({"v": 3}, "t", "a", parent_seq=stale_seq)])
+        *ok, conflict = results
+        assert {s for s, _ in ok} == {S.SUCCESS}
+        assert conflict[0] is S.FAILED and "conflict" in conflict[1]
+
+
+async def _gather(calls: list[Any]) -> list[Any]:
+    results: list[Any] = [None] * len(calls)
+
+    async def run(index: int) -> None:
+        results[index] = await calls[index]()
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(calls)):
+            tg.start_soon(run, index)
+    return results

@@ -1,0 +1,144 @@
+"""Batching policy of one session: what is pending, when it is due, what coalesces, when to try again.
+
+Plain synchronous code with no I/O and no clock of its own (callers pass ``now``), so it is tested
+without an event loop; :class:`~wr124_session_actor._actor.SessionActor` is the task that drives it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from ._backoff import backoff_delay
+from ._config import Config
+from ._document import StateUpload
+from ._ops import UploadOutcome
+from ._status import SessionStateStatus
+
+__all__ = ["PendingBatch", "PendingUpload"]
+
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class PendingUpload(Generic[R]):
+    """An upload waiting in the batch, with every caller (reply slot) its outcome will answer."""
+
+    upload: StateUpload
+    replies: list[R] = field(default_factory=list)
+    coalesced: int = 0
+
+
+def continue_lineage(newer: StateUpload, older: StateUpload) -> None:
+    """A newer state that replaces an older one continues what the older one continued (``parent_seq``)."""
+    if newer.parent_seq is None and older.parent_seq is not None:
+        newer.parent_seq = older.parent_seq
+
+
+class PendingBatch(Generic[R]):
+    """The uploads of one session waiting for their store write.
+
+    Due when the session has been quiet for ``debounce``, ``max_delay`` after the first pending upload,
+    at once while a caller awaits one of them, and never before the retry time after a failure. With
+    ``keep="latest"`` a newer upload of an agent replaces its pending one (the older callers are
+    answered with the newer document's id). While the store fails the batch stays bounded by ``bound``:
+    a new upload then replaces the oldest pending one of its agent.
+
+    Args:
+        config: ``keep``, ``debounce``, ``max_delay``, ``max_batch``, ``retry_backoff`` and ``retry_backoff_max``.
+        bound: the most uploads kept while the store fails.
+    """
+
+    __slots__ = ("_awaited", "_config", "_failures", "_first_at", "_items", "_last_at", "bound", "retry_at")
+
+    def __init__(self, config: Config, *, bound: int) -> None:
+        self._config = config
+        self.bound = bound
+        self._items: dict[str, PendingUpload[R]] = {}
+        self._first_at = 0.0
+        self._last_at = 0.0
+        self._awaited = False
+        self._failures = 0
+        #: No write before this time (after a failed one).
+        self.retry_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, upload: StateUpload, reply: R | None, coalesced: int, now: float) -> tuple[StateUpload | None, int]:
+        """Add an upload; return the upload it replaced (if any) and how many uploads coalesced here."""
+        items = self._items
+        if not items:
+            self._first_at = now
+        self._last_at = now
+        keep_latest = self._config.keep == "latest"
+        key = upload.agent_name if keep_latest else upload.doc_id
+        older = items.pop(key, None) if keep_latest else None
+        if older is None and len(items) >= self.bound:
+            older = self._pop_oldest_of(upload.agent_name)  # the store is failing: stay bounded
+        pending: PendingUpload[R] = PendingUpload(upload, coalesced=coalesced)
+        if older is not None:
+            continue_lineage(upload, older.upload)
+            pending.replies = older.replies
+            pending.coalesced += older.coalesced + 1
+        if reply is not None:
+            pending.replies.append(reply)
+            self._awaited = True
+        items[key] = pending
+        return (None if older is None else older.upload), coalesced + (older is not None)
+
+    def _pop_oldest_of(self, agent_name: str) -> PendingUpload[R] | None:
+        for key, pending in self._items.items():
+            if pending.upload.agent_name == agent_name:
+                return self._items.pop(key)
+        return None
+
+    @property
+    def full(self) -> bool:
+        """Whether ``max_batch`` uploads are pending."""
+        return len(self._items) >= self._config.max_batch
+
+    def due_at(self) -> float:
+        """When the batch should be written (``inf`` when empty)."""
+        if not self._items:
+            return math.inf
+        if self._awaited:
+            return self.retry_at  # a caller is blocked: no reason to wait for quiet
+        config = self._config
+        return max(self.retry_at, min(self._last_at + config.debounce, self._first_at + config.max_delay))
+
+    def take(self) -> list[PendingUpload[R]]:
+        """The uploads to write now, oldest first (they stay pending until :meth:`settle`)."""
+        return list(self._items.values())
+
+    def settle(self, batch: list[PendingUpload[R]], outcomes: Iterable[UploadOutcome],
+               now: float) -> list[tuple[PendingUpload[R], UploadOutcome]]:
+        """Record a write's outcomes; return the uploads that are done (written, or failed for good).
+
+        Uploads that failed for a transient reason stay pending, and the batch waits a backoff.
+        """
+        done = [(pending, outcome) for pending, outcome in zip(batch, outcomes, strict=True)
+                if outcome.status is SessionStateStatus.SUCCESS or not outcome.transient]
+        if len(done) == len(self._items):  # the common case: everything is done
+            self._items.clear()
+            self._awaited = False
+        else:
+            finished = {id(p) for p, _ in done}
+            self._items = {k: p for k, p in self._items.items() if id(p) not in finished}
+            self._awaited = any(p.replies for p in self._items.values())
+        if len(done) < len(batch):
+            self._failures += 1
+            config = self._config
+            self.retry_at = now + backoff_delay(self._failures, config.retry_backoff, config.retry_backoff_max * 4)
+        elif batch:
+            self._failures = 0
+            self.retry_at = 0.0
+        return done
+
+    def clear(self) -> list[PendingUpload[R]]:
+        """Take every pending upload out (giving up on them)."""
+        items = list(self._items.values())
+        self._items.clear()
+        return items

@@ -1,0 +1,208 @@
+"""The write stage: one per store, shared by every session actor of a system.
+
+Actors hand it their due batches; it merges the batches of many sessions into one store write (one
+transaction, one batch request), bounded by ``max_batch`` documents, and bounds the store writes in
+flight. There are no worker tasks: the actor whose batch finds a free slot becomes the *leader* and
+performs the write for every batch it takes from the queue; the other actors wait for their answer.
+So a write always runs in some actor's task and inherits its cancel scope (the shielded flush on
+exit included), and an idle stage costs nothing.
+
+A new write starts while fewer than ``concurrency`` are in flight and either none is in flight (the
+store is idle: go at once) or a full write's worth is queued. Batches arriving while the store is busy
+therefore queue up and leave together: under load, writes grow towards ``max_batch``.
+
+Time spent queued here is never a store failure: the store deadline starts with the write. A write that
+fails for good and carried several batches is tried again batch by batch, and a batch of several
+documents document by document, so that one refused document (a conflict, a rejected body) fails alone.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Final
+
+import anyio
+import structlog
+
+from ._circuit import CircuitBreaker
+from ._config import Config
+from ._document import EncodedDocument
+from ._exceptions import StoreError
+from ._ops import StoreOutcome, call_store
+from ._statistics import SystemCounters
+from ._status import SessionStateStatus
+from .stores import DocumentStore
+
+__all__ = ["WriteStage"]
+
+logger = structlog.get_logger("wr124_session_actor")
+Status = SessionStateStatus
+#: Refusals that are about some document of a write (malformed, too large, a conflict), not the whole
+#: store (auth, a missing route): the write is tried again in parts to find the refused document.
+_DOCUMENT_REFUSALS: Final = frozenset({400, 409, 413, 422})
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """One session's batch waiting for (or in) a store write."""
+
+    docs: list[EncodedDocument]
+    result: StoreOutcome | None = None
+    taken: bool = False
+    wakeup: anyio.Event | None = None
+
+    def answer(self, result: StoreOutcome) -> None:
+        self.result = result
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+
+class WriteStage:
+    """Merges the due batches of many sessions into bounded store writes.
+
+    Args:
+        config: ``max_batch``, the call deadline and retries.
+        store: returns the store (opened lazily).
+        circuit: the store's circuit breaker.
+        counters: the system's counters (store writes, write observers).
+    """
+
+    __slots__ = ("_circuit", "_config", "_counters", "_in_flight", "_queue", "_queued_docs",
+                 "_store", "concurrency")
+
+    def __init__(self, config: Config, store: Callable[[], DocumentStore], circuit: CircuitBreaker,
+                 counters: SystemCounters) -> None:
+        self._config = config
+        self._store = store
+        self._circuit = circuit
+        self._counters = counters
+        #: Store writes in flight at most.
+        self.concurrency = config.store_write_concurrency
+        self._queue: deque[_Job] = deque()
+        self._queued_docs = 0
+        self._in_flight = 0
+
+    @property
+    def queued(self) -> int:
+        """Session batches waiting for a write."""
+        return len(self._queue)
+
+    def _may_lead(self) -> bool:
+        return self._in_flight < self.concurrency and (
+            self._in_flight == 0 or self._queued_docs >= self._config.max_batch)
+
+    def _poke(self) -> None:
+        """Wake the actor of the oldest queued batch when a new write may start."""
+        if self._queue and self._may_lead():
+            wakeup = self._queue[0].wakeup
+            if wakeup is not None:
+                wakeup.set()
+
+    async def write(self, docs: list[EncodedDocument]) -> StoreOutcome:
+        """Store ``docs`` (one session's batch, all or none) in some merged write; return how it went."""
+        job = _Job(docs)
+        self._queue.append(job)
+        self._queued_docs += len(docs)
+        try:
+            while job.result is None:
+                if not job.taken and self._may_lead():
+                    await self._lead()
+                    continue
+                job.wakeup = anyio.Event()
+                await job.wakeup.wait()
+        finally:
+            if job.result is None and not job.taken:  # cancelled while queued: leave no trace
+                self._queue.remove(job)
+                self._queued_docs -= len(job.docs)
+                self._poke()
+        return job.result
+
+    def _take(self) -> list[_Job]:
+        """Take queued batches up to ``max_batch`` documents (at least one batch)."""
+        jobs: list[_Job] = []
+        count = 0
+        limit = self._config.max_batch
+        while self._queue and (not jobs or count + len(self._queue[0].docs) <= limit):
+            job = self._queue.popleft()
+            job.taken = True
+            count += len(job.docs)
+            jobs.append(job)
+        self._queued_docs -= count
+        return jobs
+
+    async def _lead(self) -> None:
+        jobs = self._take()
+        self._in_flight += 1
+        try:
+            await self._write(jobs)
+        finally:
+            self._in_flight -= 1
+            unanswered = [job for job in jobs if job.result is None]
+            for job in reversed(unanswered):  # this leader was cancelled mid-write: hand them back, in order
+                job.taken = False
+                self._queue.appendleft(job)
+                self._queued_docs += len(job.docs)
+            self._poke()
+
+    async def _write(self, jobs: list[_Job]) -> None:
+        docs = [doc for job in jobs for doc in job.docs]
+        store = self._store
+        sessions = sorted({doc.session_id for doc in docs})
+
+        def on_retry(attempt: int, error: StoreError, delay: float) -> None:
+            logger.debug("session_state.retry", op="upload", session_ids=sessions, attempt=attempt, error=str(error),
+                         delay_s=round(delay, 3), batch_size=len(docs), ids=[d.id for d in docs])
+
+        result = await call_store(self._config, self._circuit, store, partial(_insert, store, docs),
+                                  on_retry=on_retry, timeout=self._deadline(len(docs)))
+        self._counters.observe_write(result.duration, len(docs), result.status)
+        if result.status_code in _DOCUMENT_REFUSALS and len(docs) > 1:
+            # Refused for good: find what was refused, so that the rest is not lost with it.
+            if len(jobs) > 1:
+                for job in jobs:
+                    await self._write([job])
+                return
+            await self._write_singly(jobs[0])
+            return
+        position = 0
+        for job in jobs:
+            count = len(job.docs)
+            if result.status is Status.SUCCESS:
+                ids = result.value[position : position + count] if len(result.value) == len(docs) else \
+                    [d.id for d in job.docs]
+                job.answer(StoreOutcome(Status.SUCCESS, ids, attempts=result.attempts, duration=result.duration))
+            else:
+                job.answer(result)
+            position += count
+
+    def _deadline(self, documents: int) -> float:
+        """The store deadline of a write: ``timeout`` per request it takes.
+
+        A batch-capable store takes a merged write in one request (per body-size chunk); a server
+        without the batch endpoint takes one POST per document (sent in parallel, within the store's
+        own bound), so a write of many sessions' documents gets the timeout once per document.
+        """
+        requests = documents if getattr(self._store(), "batch_supported", None) is False else 1
+        return self._config.timeout * requests
+
+    async def _write_singly(self, job: _Job) -> None:
+        """Write a refused batch one document at a time; the batch's outcome is its worst one."""
+        ids: list[str] = []
+        failure: StoreOutcome | None = None
+        store = self._store
+        for doc in job.docs:
+            single = await call_store(self._config, self._circuit, store, partial(_insert, store, [doc]))
+            self._counters.observe_write(single.duration, 1, single.status)
+            if single.status is Status.SUCCESS:
+                ids.extend(single.value)
+            else:
+                failure = failure or single
+                ids.append(doc.id)
+        job.answer(failure if failure is not None else StoreOutcome(Status.SUCCESS, ids))
+
+
+async def _insert(store: Callable[[], DocumentStore], docs: list[EncodedDocument]) -> list[str]:
+    return await store().insert_many(docs)

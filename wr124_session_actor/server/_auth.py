@@ -1,0 +1,15 @@
+"""Bearer keys: one check for the API key and the metrics key."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+__all__ = ["bearer_matches"]
+
+
+def bearer_matches(headers: Mapping[str, str], expected: bytes) -> bool:
+    """Whether ``headers`` carry ``Authorization: Bearer <expected>`` (compared in constant time)."""
+    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+    given = token.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
