@@ -1,4 +1,4 @@
-"""Scenario 7: store growth of a chatty agent, with and without retention, next to LangGraph.
+"""Scenario 9: store growth of a chatty agent, with and without retention, next to LangGraph.
 
 One agent writes a long run of snapshots (10,000 in the full run), every one kept (``keep="all"``,
 as LangGraph keeps every checkpoint). Measured along the way: documents (checkpoints) stored, the

@@ -247,7 +247,12 @@ SESSIONS, AGENTS, SUBMITS = 20, 3, 500
 
 
 async def submit_all(config: Config) -> None:
-    """keep="all": SESSIONS × AGENTS × SUBMITS submits, each agent's states numbered 0..SUBMITS-1."""
+    """keep="all": SESSIONS × AGENTS × SUBMITS submits, each agent's states numbered 0..SUBMITS-1.
+
+    A session's pending batch holds all of its submits (mailbox and ``max_batch``), so that nothing is
+    coalesced and every state reaches the store: the sweep alone decides what stays.
+    """
+    config = config.replace(mailbox_size=4 * AGENTS * SUBMITS, max_batch=AGENTS * SUBMITS)
     async with ActorSystem(config) as system:
         handles = [system.handle(f"s{s}") for s in range(SESSIONS)]
         for i in range(SUBMITS):
@@ -263,7 +268,7 @@ async def assert_newest_five(config: Config) -> None:
     """Every agent has at most 5 states: its 5 newest, in order, ending with its very last."""
     async with ActorSystem(config.replace(keep_last=0)) as system:
         for s in range(SESSIONS):
-            status, docs = await system.handle(f"s{s}").download(limit=1000)
+            status, docs = await system.manager(f"s{s}").download_session_states(limit=1000)
             assert status is S.SUCCESS
             by_agent: dict[str, list[tuple[int, int]]] = {}
             for doc in docs:
@@ -279,7 +284,7 @@ class TestKeepLastUnderLoad:
 
     async def test_sqlite(self, sqlite_url: str, anyio_backend: str) -> None:
         """On the embedded sqlite store (the store trims after its writes)."""
-        config = Config(api_url=sqlite_url, keep="all", keep_last=5, mailbox_size=4096, timeout=120)
+        config = Config(api_url=sqlite_url, keep="all", keep_last=5, timeout=120)
         await submit_all(config)
         await assert_newest_five(config)
 
@@ -288,14 +293,13 @@ class TestKeepLastUnderLoad:
         from wr124_session_actor.server import ServerThread
 
         with ServerThread(tmp_path / "server.db", retention=RetentionPolicy(keep_last=5)) as server:
-            config = Config(api_url=server.url, keep="all", mailbox_size=4096, timeout=120)
+            config = Config(api_url=server.url, keep="all", timeout=120)
             await submit_all(config)
             await assert_newest_five(config)
 
     async def test_postgresql(self, postgres_url: str, project: str, anyio_backend: str) -> None:
         """On PostgreSQL."""
-        config = Config(api_url=postgres_url, project_id=project, keep="all", keep_last=5, mailbox_size=4096,
-                        timeout=120)
+        config = Config(api_url=postgres_url, project_id=project, keep="all", keep_last=5, timeout=120)
         await submit_all(config)
         await assert_newest_five(config)
 
@@ -307,8 +311,8 @@ class TestSweepUnderLoad:
         """A sweep (another engine, as another replica or the CLI would) while 5 writers keep writing:
         no writer fails or waits a second, and every writer's 5 newest states survive."""
         sweeper = open_engine(engine_kind, tmp_path, request)
-        url = (f"sqlite:///{tmp_path / 'retention.db'}" if engine_kind == "sqlite"
-               else request.getfixturevalue("postgres_url"))
+        sqlite_url = f"sqlite:///{tmp_path / 'retention.db'}"
+        url = sqlite_url if engine_kind == "sqlite" else request.getfixturevalue("postgres_url")
         sweeper.ping()  # opens (and migrates) the database before the writers start
         backlog = [state(f"w{w}", "a", -1) for w in range(5) for _ in range(4000)]
         for start in range(0, len(backlog), 1000):

@@ -8,11 +8,14 @@ How a sweep stays safe and cheap:
 
 - It goes session by session, and deletes in batches of at most ``batch_size`` rows, one short
   transaction each, so writers wait at most one batch.
-- Every ``DELETE`` carries its own condition (rank among the agent's states by ``seq``, age, "no
-  recent write"), evaluated inside its transaction. Several sweepers (server replicas, the CLI) may
-  run at once: a row one of them removes is one the policy removes anyway, and a state written while
-  a sweep runs only ever makes older rows more removable, never a newer one. A session that gets a
-  write while it is being removed as idle stops being removed.
+- Each batch picks its rows and deletes them in one transaction, by the policy's rule as of that
+  moment (rank among the agent's states by ``seq``, age; an idle session's ``DELETE`` re-checks that
+  it had no write since the cutoff). Several sweepers (server replicas, the CLI) may run at once: a
+  row one of them removes is one the policy removes anyway, since a state written meanwhile only
+  ever makes older rows more removable, never a newer one; a session that gets a write while it is
+  being removed as idle stops being removed.
+- A sweep removes only states that existed when it reached their session (``seq`` at most the
+  session's highest then), so it ends even while writers keep adding states faster than it deletes.
 - ``seq`` grows per session in commit order, so "the N newest" is the N highest ``seq`` of an agent;
   a sweep run after a batch of writes never leaves fewer than N states of an agent.
 """
@@ -60,6 +63,8 @@ class Dialect:
         time: turns a UTC datetime into the value ``created_at`` compares with.
         forget_session: a statement (params: project, session_id) run after a session was removed
             whole, in the transaction that removed its last documents, when no document is left.
+        id_array: pass a batch's ids as one array parameter (``id = ANY(%s)``) rather than one
+            parameter each (``id IN (?, ?, ...)``).
     """
 
     table: str
@@ -67,6 +72,13 @@ class Dialect:
     size: str
     time: Callable[[datetime], object]
     forget_session: str | None = None
+    id_array: bool = False
+
+    def ids(self, ids: list[object]) -> tuple[str, list[object]]:
+        """The condition "``id`` is one of ``ids``" and its parameters."""
+        if self.id_array:
+            return f"id = ANY({self.param})", [ids]
+        return f"id IN ({', '.join([self.param] * len(ids))})", ids
 
 
 def _iso(moment: datetime) -> str:
@@ -81,6 +93,7 @@ POSTGRES_DIALECT: Final = Dialect(
     "wr124_documents", "%s", "octet_length(body::text)", lambda moment: moment,
     forget_session="DELETE FROM wr124_session_seqs AS s WHERE s.project = %s AND s.session_id = %s"
     " AND NOT EXISTS (SELECT 1 FROM wr124_documents AS d WHERE d.project = s.project AND d.session_id = s.session_id)",
+    id_array=True,
 )
 
 
@@ -121,8 +134,8 @@ def prune_documents(
     sweep = _Sweep(transact, dialect, policy, moment, batch_size, dry_run)
     started = time.monotonic()
     sessions = transact(lambda conn: sweep.sessions(conn, project, session_id))
-    for index, (proj, sid, idle) in enumerate(sessions):
-        done = sweep.remove_session(proj, sid) if idle else sweep.trim_session(proj, sid)
+    for index, (proj, sid, idle, top_seq) in enumerate(sessions):
+        done = sweep.remove_session(proj, sid) if idle else sweep.trim_session(proj, sid, top_seq)
         report += done
         # The budget stops a sweep only right after a session that had something to remove: a sweep
         # started again from the first session passes the ones already done quickly, so it advances.
@@ -156,8 +169,9 @@ class _Sweep:
         self.idle_cutoff = None if policy.idle_ttl is None else dialect.time(_before(now, policy.idle_ttl))
         self.age_cutoff = None if policy.max_age is None else dialect.time(_before(now, policy.max_age))
 
-    def sessions(self, conn: Any, project: str | None, session_id: str | None) -> list[tuple[str, str, bool]]:
-        """Every session in scope, with whether it is idle (no write since the idle cutoff)."""
+    def sessions(self, conn: Any, project: str | None, session_id: str | None) -> list[tuple[str, str, bool, int]]:
+        """Every session in scope, with whether it is idle (no write since the idle cutoff) and its
+        highest ``seq`` now (the sweep touches no row written after it started)."""
         p = self.p
         where = ["session_id IS NOT NULL", "session_id <> ''"]
         args: list[object] = []
@@ -173,11 +187,11 @@ class _Sweep:
             where.append(f"session_id = {p}")
             args.append(session_id)
         rows = conn.execute(
-            f"SELECT project, session_id, {idle} FROM {self.t} WHERE {' AND '.join(where)}"
+            f"SELECT project, session_id, {idle}, max(seq) FROM {self.t} WHERE {' AND '.join(where)}"
             " GROUP BY project, session_id ORDER BY project, session_id",
             args,
         ).fetchall()
-        return [(str(proj), str(sid), bool(flag)) for proj, sid, flag in rows]
+        return [(str(proj), str(sid), bool(flag), int(top)) for proj, sid, flag, top in rows]
 
     def remove_session(self, project: str, session_id: str) -> PruneReport:
         """Remove a whole idle session; stop if it gets a write meanwhile."""
@@ -187,15 +201,11 @@ class _Sweep:
                 f"SELECT count(*), coalesce(sum({self.size}), 0) FROM {t} WHERE project = {p} AND session_id = {p}",
                 (project, session_id)).fetchone())
             return PruneReport(1, int(count), int(size), dry_run=True)
-        sql = (
-            f"DELETE FROM {t} WHERE project = {p} AND id IN"
-            f" (SELECT id FROM {t} WHERE project = {p} AND session_id = {p} LIMIT {p})"
-            f" AND NOT EXISTS (SELECT 1 FROM {t} AS recent WHERE recent.project = {p}"
-            f" AND recent.session_id = {p} AND recent.created_at >= {p})"
-            f" RETURNING {self.size}"
-        )
-        args = (project, project, session_id, self.batch_size, project, session_id, self.idle_cutoff)
-        documents, size = self._delete_batches(sql, args)
+        batch = f"SELECT id FROM {t} WHERE project = {p} AND session_id = {p} LIMIT {p}"
+        recent = (f"NOT EXISTS (SELECT 1 FROM {t} AS recent WHERE recent.project = {p}"
+                  f" AND recent.session_id = {p} AND recent.created_at >= {p})")
+        documents, size = self._delete_batches(batch, (project, session_id, self.batch_size), project, recent,
+                                               (project, session_id, self.idle_cutoff))
         gone = documents > 0 and self.transact(lambda conn: self._forget(conn, project, session_id))
         return PruneReport(int(gone), documents, size)
 
@@ -207,44 +217,60 @@ class _Sweep:
             conn.execute(self.dialect.forget_session, (project, session_id))
         return left is None
 
-    def trim_session(self, project: str, session_id: str) -> PruneReport:
-        """Remove the states of a live session that ``keep_last``/``max_age`` remove."""
+    def trim_session(self, project: str, session_id: str, top_seq: int) -> PruneReport:
+        """Remove the states of a live session that ``keep_last``/``max_age`` remove, among those with
+        ``seq <= top_seq`` (so that a sweep ends even while writers keep adding states)."""
         t, p = self.t, self.p
         rules: list[str] = []
         rule_args: list[object] = []
         if self.keep_last:
-            rules.append(f"pos > {p}")
+            rules.append(f"newest_rank > {p}")
             rule_args.append(self.keep_last)
         if self.age_cutoff is not None:
-            rules.append(f"(created_at < {p} AND pos > 1)")
+            rules.append(f"(created_at < {p} AND newest_rank > 1)")
             rule_args.append(self.age_cutoff)
         if not rules:
             return PruneReport(dry_run=self.dry_run)
-        # Each agent's states numbered newest first by seq; the rules pick by that position and age.
+        # Each agent's states numbered newest first by seq (rows written since the sweep started
+        # count: they only make older ones more removable); the rules pick by position and age.
+        sizes = f"{self.size} AS size, " if self.dry_run else ""  # every row's size only when counting
         ranked = (
-            f"SELECT id, created_at, {self.size} AS size,"
-            " row_number() OVER (PARTITION BY agent ORDER BY seq DESC) AS pos"
+            f"SELECT id, seq, created_at, {sizes}"
+            "row_number() OVER (PARTITION BY agent ORDER BY seq DESC) AS newest_rank"
             f" FROM {t} WHERE project = {p} AND session_id = {p} AND agent IS NOT NULL"
         )
-        picked = f"SELECT id, size FROM ({ranked}) AS ranked WHERE {' OR '.join(rules)}"
-        args = [project, session_id, *rule_args]
+        where = f"seq <= {p} AND ({' OR '.join(rules)})"
+        args = [project, session_id, top_seq, *rule_args]
         if self.dry_run:
-            count, size = self.transact(lambda conn: conn.execute(
-                f"SELECT count(*), coalesce(sum(size), 0) FROM ({picked}) AS picked", args).fetchone())
-            return PruneReport(0, int(count), int(size), dry_run=True)
-        sql = (
-            f"DELETE FROM {t} WHERE project = {p} AND id IN"
-            f" (SELECT id FROM ({picked}) AS picked LIMIT {p}) RETURNING {self.size}"
-        )
-        documents, size = self._delete_batches(sql, [project, *args, self.batch_size])
-        return PruneReport(0, documents, size)
+            count, total = self.transact(lambda conn: conn.execute(
+                f"SELECT count(*), coalesce(sum(size), 0) FROM ({ranked}) AS ranked WHERE {where}", args).fetchone())
+            return PruneReport(0, int(count), int(total), dry_run=True)
+        picked = f"SELECT id FROM ({ranked}) AS ranked WHERE {where}"
+        documents, removed = self._delete_batches(f"{picked} LIMIT {p}", (*args, self.batch_size), project)
+        return PruneReport(0, documents, removed)
 
-    def _delete_batches(self, sql: str, args: Iterable[object]) -> tuple[int, int]:
-        """Run the batch ``DELETE ... RETURNING size`` until a batch comes back short; return rows and bytes."""
-        params = tuple(args)
+    def _delete_batches(self, select: str, select_args: Iterable[object], project: str, condition: str = "",
+                        condition_args: Iterable[object] = ()) -> tuple[int, int]:
+        """Delete in batches until one comes back short: each transaction selects a batch of ids
+        (``select``), then deletes those of them that meet ``condition``; return rows and bytes.
+
+        Two statements, not ``DELETE ... WHERE id IN (SELECT ... LIMIT n)``: PostgreSQL may plan
+        that as a scan of the whole project re-running the subquery per row.
+        """
+        select_params, condition_params = tuple(select_args), tuple(condition_args)
+        where = f"project = {self.p}" + (f" AND {condition}" if condition else "")
+
+        def batch(conn: Any) -> list[Any]:
+            ids = [row[0] for row in conn.execute(select, select_params).fetchall()]
+            if not ids:
+                return []
+            in_batch, id_params = self.dialect.ids(ids)
+            return list(conn.execute(f"DELETE FROM {self.t} WHERE {where} AND {in_batch} RETURNING {self.size}",
+                                     [project, *condition_params, *id_params]).fetchall())
+
         documents = size = 0
         while True:
-            sizes = self.transact(lambda conn: conn.execute(sql, params).fetchall())
+            sizes = self.transact(batch)
             documents += len(sizes)
             size += sum(int(row[0] or 0) for row in sizes)
             if len(sizes) < self.batch_size:
