@@ -124,7 +124,10 @@ class SessionActor:
                 now = monotonic()
                 # A full store write's worth pending across the system: waiting for quiet gains nothing.
                 due = batch.retry_at if self.counters.pending >= self.ops.config.max_batch else batch.due_at()
-                if due <= now or not await mailbox.wait(due - now):
+                # Until due, queued snapshots need no wake-up each: the actor reads them (and when each
+                # came) once the wait ends, or sooner when enough are queued to fill a batch.
+                quiet = min(self.ops.config.max_batch - len(batch), mailbox.max_size // 2)
+                if due <= now or not await mailbox.wait(due - now, quiet_uploads=max(1, quiet)):
                     await self._flush()
         finally:
             # Closed or cancelled: take what is queued, write it under a shield within shutdown_timeout,
@@ -160,7 +163,7 @@ class SessionActor:
     def _add(self, message: Upload) -> None:
         batch = self._batch
         before = len(batch)
-        replaced, coalesced = batch.add(message.upload, message.reply, message.coalesced, monotonic())
+        replaced, coalesced = batch.add(message.upload, message.reply, message.coalesced, message.at or monotonic())
         self.counters.pending += len(batch) - before
         self.counters.coalesced += coalesced
         if replaced is not None and self.outbox is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 import anyio
@@ -51,11 +52,13 @@ class Reply:
 
 @dataclass(slots=True)
 class Upload:
-    """An upload message; ``coalesced`` counts older uploads it replaced while queued."""
+    """An upload message; ``coalesced`` counts older uploads it replaced while queued, ``at`` is when it
+    was queued (``time.monotonic()``; 0 when unknown)."""
 
     upload: StateUpload
     reply: Reply | None
     coalesced: int = 0
+    at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -72,7 +75,7 @@ Message = Upload | Call
 class Mailbox:
     """A bounded FIFO of messages for one consumer."""
 
-    __slots__ = ("_by_agent", "_items", "_readable", "_writable", "closed", "max_size")
+    __slots__ = ("_by_agent", "_items", "_quiet_until", "_readable", "_writable", "closed", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -82,6 +85,7 @@ class Mailbox:
         self._by_agent: dict[str, Upload] | None = None
         self._readable: anyio.Event | None = None
         self._writable: anyio.Event | None = None
+        self._quiet_until = 0
         self.closed = False
 
     def __len__(self) -> int:
@@ -95,8 +99,11 @@ class Mailbox:
             if self._by_agent is None:
                 self._by_agent = {}
             self._by_agent[message.upload.agent_name] = message
-        if self._readable is not None:
-            self._readable.set()
+        readable = self._readable
+        # A consumer waiting for quiet sleeps through fire-and-forget uploads until enough are queued.
+        if readable is not None and (message.__class__ is not Upload or message.reply is not None
+                                     or len(self._items) >= self._quiet_until):
+            readable.set()
             self._readable = None
 
     def put_nowait(self, message: Message) -> bool:
@@ -117,8 +124,9 @@ class Mailbox:
             if queued is not None:
                 replaced, queued.upload = queued.upload, upload
                 queued.coalesced += 1
+                queued.at = monotonic()
                 return replaced
-        self._append(Upload(upload, None))
+        self._append(Upload(upload, None, at=monotonic()))
         return None
 
     async def put(self, message: Message) -> None:
@@ -144,16 +152,22 @@ class Mailbox:
             self._writable = None
         return message
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, timeout: float, *, quiet_uploads: int = 0) -> bool:
         """Wait until a message is queued or the mailbox closes, at most ``timeout`` seconds.
 
+        With ``quiet_uploads`` N, fire-and-forget uploads do not end the wait until N are queued (a
+        consumer waiting for quiet has nothing to do for each one: it reads their ``at`` later).
         Returns whether a message is ready (a cancelled or timed-out wait loses nothing).
         """
         if not self._items and not self.closed:
             if self._readable is None:
                 self._readable = anyio.Event()
-            with anyio.move_on_after(timeout):
-                await self._readable.wait()
+            self._quiet_until = quiet_uploads
+            try:
+                with anyio.move_on_after(timeout):
+                    await self._readable.wait()
+            finally:
+                self._quiet_until = 0
         return bool(self._items)
 
     def close(self) -> None:
