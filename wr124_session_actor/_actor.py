@@ -65,7 +65,7 @@ class SessionActor:
         self.ops = ops
         self.counters = counters
         self.outbox = outbox
-        self.mailbox = Mailbox(config.mailbox_size)
+        self.mailbox = Mailbox(config.mailbox_size, counters)
         self._stage = stage
         self._host = host
         # While the store fails the batch is bounded; with an outbox the bound is the outbox's, so an
@@ -123,7 +123,7 @@ class SessionActor:
                     return
                 now = monotonic()
                 # A full store write's worth pending across the system: waiting for quiet gains nothing.
-                due = batch.retry_at if self.counters.pending >= self.ops.config.max_batch else batch.due_at()
+                due = batch.retry_at if self.counters.under_pressure else batch.due_at()
                 # Until due, queued snapshots need no wake-up each: the actor reads them (and when each
                 # came) once the wait ends, or sooner when enough are queued to fill a batch.
                 quiet = min(self.ops.config.max_batch - len(batch), mailbox.max_size // 2)

@@ -19,6 +19,7 @@ import anyio
 import anyio.lowlevel
 
 from ._document import StateUpload
+from ._statistics import SystemCounters
 
 __all__ = ["Call", "Mailbox", "Message", "Reply", "Upload"]
 
@@ -75,10 +76,11 @@ Message = Upload | Call
 class Mailbox:
     """A bounded FIFO of messages for one consumer."""
 
-    __slots__ = ("_by_agent", "_items", "_quiet_until", "_readable", "_writable", "closed", "max_size")
+    __slots__ = ("_by_agent", "_items", "_load", "_quiet_until", "_readable", "_writable", "closed", "max_size")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, load: SystemCounters | None = None) -> None:
         self.max_size = max_size
+        self._load = load  # the system's counters: uploads queued everywhere, and pressure
         self._items: deque[Message] | None = None  # made on first use: idle sessions stay small
         # The newest queued fire-and-forget upload of each agent: what an overflow coalesces into (made
         # when the mailbox first holds several messages: a session's first message needs none).
@@ -95,14 +97,20 @@ class Mailbox:
         if self._items is None:
             self._items = deque()
         self._items.append(message)
-        if isinstance(message, Upload) and message.reply is None:
-            if self._by_agent is None:
-                self._by_agent = {}
-            self._by_agent[message.upload.agent_name] = message
+        load = self._load
+        if isinstance(message, Upload):
+            if load is not None:
+                load.queued_uploads += 1
+            if message.reply is None:
+                if self._by_agent is None:
+                    self._by_agent = {}
+                self._by_agent[message.upload.agent_name] = message
         readable = self._readable
-        # A consumer waiting for quiet sleeps through fire-and-forget uploads until enough are queued.
+        # A consumer waiting for quiet sleeps through fire-and-forget uploads until enough are queued
+        # here, or a full store write's worth waits across the system.
         if readable is not None and (message.__class__ is not Upload or message.reply is not None
-                                     or len(self._items) >= self._quiet_until):
+                                     or len(self._items) >= self._quiet_until
+                                     or (load is not None and load.under_pressure)):
             readable.set()
             self._readable = None
 
@@ -144,9 +152,12 @@ class Mailbox:
         message = self._items.popleft()
         if not self._items:
             self._items = None  # an idle session keeps no queue
-        by_agent = self._by_agent
-        if by_agent and isinstance(message, Upload) and by_agent.get(message.upload.agent_name) is message:
-            del by_agent[message.upload.agent_name]
+        if isinstance(message, Upload):
+            if self._load is not None:
+                self._load.queued_uploads -= 1
+            by_agent = self._by_agent
+            if by_agent and by_agent.get(message.upload.agent_name) is message:
+                del by_agent[message.upload.agent_name]
         if self._writable is not None:
             self._writable.set()
             self._writable = None

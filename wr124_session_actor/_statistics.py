@@ -36,10 +36,18 @@ class SystemCounters:
     store_writes: int = 0
     failed: int = 0
     actors_started: int = 0
-    #: Uploads pending in all actors' batches (what makes a full store write's worth).
+    #: Uploads pending in all actors' batches, and queued in their mailboxes: with ``full_write`` (the
+    #: documents of a full store write) they tell whether a full write's worth is waiting.
     pending: int = 0
+    queued_uploads: int = 0
+    full_write: int = 500
     failed_by_status: dict[str, int] = field(default_factory=dict)
     write_observers: list[Callable[[WriteObservation], None]] = field(default_factory=list)
+
+    @property
+    def under_pressure(self) -> bool:
+        """Whether a full store write's worth of uploads waits across the system (no reason to wait for quiet)."""
+        return self.pending + self.queued_uploads >= self.full_write
 
     def fail(self, status: SessionStateStatus, count: int = 1) -> None:
         """Count ``count`` uploads that ended with ``status`` (not ``SUCCESS``)."""
