@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
@@ -107,3 +108,32 @@ async def _gather(calls: list[Any]) -> list[Any]:
         for index in range(len(calls)):
             tg.start_soon(run, index)
     return results
+
+
+class TestPressure:
+    async def test_chatty_sessions_still_coalesce(self, memory_config: Config) -> None:
+        """keep="latest": 100 chatty sessions (5,000 queued snapshots in all) are no reason to write early;
+        each session's snapshots coalesce to its newest state."""
+        async with ActorSystem(memory_config) as system:
+            handles = [system.handle(f"s{n}") for n in range(100)]
+            for step in range(50):
+                for handle in handles:
+                    handle.submit({"step": step}, "t", "a")
+                    await anyio.lowlevel.checkpoint()
+        stats = system.statistics()
+        assert stats.documents == 100 and stats.store_writes <= 3
+        assert stats.coalesced == 100 * 50 - 100
+
+    async def test_keep_all_backlog_is_written_without_waiting_for_quiet(self, memory_config: Config) -> None:
+        """keep="all": a full write's worth queued across sessions is written while the agents keep going,
+        long before max_delay."""
+        config = memory_config.replace(keep="all", max_delay=30.0, debounce=30.0, max_batch=100)
+        async with ActorSystem(config) as system:
+            handles = [system.handle(f"s{n}") for n in range(20)]
+            for step in range(20):
+                for handle in handles:
+                    handle.submit({"step": step}, "t", "a")
+                    await anyio.lowlevel.checkpoint()
+            with anyio.fail_after(10):
+                while system.statistics().documents < 300:
+                    await anyio.sleep(0.01)

@@ -69,7 +69,8 @@ class ActorRuntime:
         self._reaper_wakeup: anyio.Event | None = None
         self._running = 0
         self._close_deadline = 0.0
-        self._counters = SystemCounters(full_write=self.config.max_batch)
+        self._counters = SystemCounters(full_write=self.config.max_batch,
+                                        queued_are_documents=self.config.keep == "all")
         self._circuit = CircuitBreaker(self.config.circuit_threshold, self.config.circuit_cooldown)
         self._store_getter: Callable[[], DocumentStore] = lambda: self.store
         self._stage = WriteStage(self.config, self._store_getter, self._circuit, self._counters)

@@ -41,13 +41,17 @@ class SystemCounters:
     pending: int = 0
     queued_uploads: int = 0
     full_write: int = 500
+    #: Whether queued uploads become documents one for one (keep="all"); with keep="latest" they
+    #: coalesce per agent, so only the pending batches tell how much a write would carry.
+    queued_are_documents: bool = False
     failed_by_status: dict[str, int] = field(default_factory=dict)
     write_observers: list[Callable[[WriteObservation], None]] = field(default_factory=list)
 
     @property
     def under_pressure(self) -> bool:
         """Whether a full store write's worth of uploads waits across the system (no reason to wait for quiet)."""
-        return self.pending + self.queued_uploads >= self.full_write
+        queued = self.queued_uploads if self.queued_are_documents else 0
+        return self.pending + queued >= self.full_write
 
     def fail(self, status: SessionStateStatus, count: int = 1) -> None:
         """Count ``count`` uploads that ended with ``status`` (not ``SUCCESS``)."""
