@@ -231,6 +231,21 @@ def agent_state(session: int, step: int, size: int = 2048) -> dict[str, Any]:
     }
 
 
+def run_child(module: str, backend: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m module --child backend *args`` (a measurement in a fresh process); return the JSON
+    figures it prints on its last line."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--child", backend, *args],
+        capture_output=True, text=True, env=env, cwd=str(BENCH_ROOT), timeout=1800, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {backend} child of {module} failed:\n{proc.stderr[-2000:]}")
+    figures: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figures
+
+
 # --------------------------------------------------------------------------------------------------
 # The reference server in its own process
 

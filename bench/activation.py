@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -21,7 +18,7 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 
-from bench._common import BENCH_ROOT, Column, Params, ScenarioResult, Target, fmt_ratio, met, quiet_structlog, ratio
+from bench._common import Column, Params, ScenarioResult, Target, fmt_ratio, met, quiet_structlog, ratio, run_child
 from wr124_session_actor import ActorSystem, Config
 from wr124_session_actor.stores import reset_memory_stores
 
@@ -92,17 +89,7 @@ def child_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spawn(backend: str, sessions: int, reps: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.activation", "--child", backend, "--sessions", str(sessions),
-         "--reps", str(reps)],
-        capture_output=True, text=True, env=env, cwd=str(BENCH_ROOT), timeout=1800, check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {backend} child failed:\n{proc.stderr[-2000:]}")
-    figures: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return figures
+    return run_child("bench.activation", backend, "--sessions", str(sessions), "--reps", str(reps))
 
 
 def run(params: Params) -> ScenarioResult:

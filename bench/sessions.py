@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -23,7 +20,6 @@ import anyio
 import anyio.lowlevel
 
 from bench._common import (
-    BENCH_ROOT,
     Column,
     Params,
     ScenarioResult,
@@ -33,6 +29,7 @@ from bench._common import (
     malloc_trim,
     quiet_structlog,
     rss_bytes,
+    run_child,
 )
 from wr124_session_actor import ActorSystem, Config
 from wr124_session_actor._document import EncodedDocument
@@ -158,17 +155,8 @@ def child_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _spawn(backend: str, counts: list[int], idle_timeout: float) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.sessions", "--child", backend, "--counts", ",".join(map(str, counts)),
-         "--idle-timeout", str(idle_timeout)],
-        capture_output=True, text=True, env=env, cwd=str(BENCH_ROOT), timeout=1800, check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"the {backend} child failed:\n{proc.stderr[-2000:]}")
-    figures: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return figures
+    return run_child("bench.sessions", backend, "--counts", ",".join(map(str, counts)),
+                     "--idle-timeout", str(idle_timeout))
 
 
 def run(params: Params) -> ScenarioResult:
