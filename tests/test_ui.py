@@ -37,7 +37,7 @@ def browser() -> Iterator[Browser]:
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing: .ci/run installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        pytest.skip(reason="chromium is not installed (apt-get install chromium)")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=path, args=["--no-sandbox"])
         yield browser

@@ -43,7 +43,7 @@ class ServerMetrics:
     """One application's registry and metrics."""
 
     registry: CollectorRegistry
-    requests: Counter
+    answered: Counter
     latency: Histogram
     documents: Counter
     database_errors: Counter
@@ -57,7 +57,7 @@ def _new_metrics() -> ServerMetrics:
     registry = CollectorRegistry()
     return ServerMetrics(
         registry=registry,
-        requests=Counter(
+        answered=Counter(
             PREFIX + "requests_total", "Requests answered, by route template, method and status.",
             ["route", "method", "status"], registry=registry,
         ),
@@ -93,7 +93,7 @@ async def _metrics_middleware(request: web.Request, handler: Handler) -> web.Str
         raise
     finally:
         route = _route_of(request)
-        metrics.requests.labels(route, request.method, status).inc()
+        metrics.answered.labels(route, request.method, status).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
 
 
