@@ -125,12 +125,18 @@ def http_config(url: str, client: str, **changes: Any) -> Config:
     return Config(api_url=url, http_clients=(client,), **values)
 
 
-async def stored_count(config: Config, session_id: str) -> int:
-    """How many state documents ``session_id`` has in the store (read with a fresh direct-mode manager)."""
+
+async def stored_states(config: Config, session_id: str, limit: int = 1000) -> list[Any]:
+    """The states stored for ``session_id``, newest first (read with a fresh direct-mode manager)."""
     from wr124_session_actor import SessionStateManager
 
     manager = SessionStateManager(session_id, config.replace(cache_ttl=0))
-    status, docs = await manager.download_session_states(limit=1000)
+    status, docs = await manager.download_session_states(limit=limit)
     await manager.aclose()
     assert status.value == "success"
-    return len(docs)
+    return [d["content"]["state"] for d in docs]
+
+
+async def stored_count(config: Config, session_id: str) -> int:
+    """How many state documents ``session_id`` has in the store."""
+    return len(await stored_states(config, session_id))

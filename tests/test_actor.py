@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
@@ -12,18 +10,10 @@ from structlog.testing import capture_logs
 from wr124_session_actor import ActorSystem, Config, Query, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 
+from .conftest import stored_states
 from .faultserver import closed_port_url
 
 pytestmark = pytest.mark.anyio
-
-
-async def stored_states(config: Config, session_id: str, limit: int = 1000) -> list[Any]:
-    """The states stored for ``session_id``, newest first (read with a fresh direct-mode manager)."""
-    manager = SessionStateManager(session_id, config.replace(cache_ttl=0))
-    status, docs = await manager.download_session_states(limit=limit)
-    await manager.aclose()
-    assert status == S.SUCCESS
-    return [d["content"]["state"] for d in docs]
 
 
 class TestCoalescing:

@@ -197,8 +197,7 @@ class _RandomPool:
     __slots__ = ("_buffer", "_offset")
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._offset = 0
+        self.reset()
 
     def reset(self) -> None:
         """Forget the bytes drawn so far (a forked child must not repeat its parent's ids)."""
