@@ -50,6 +50,27 @@ class TestDocumentFormat:
         assert doc["metadata"]["task_length"] == len("do it")
         datetime.datetime.fromisoformat(doc["metadata"]["upload_timestamp"])
 
+    @pytest.mark.parametrize("details", [
+        {},
+        {"description": 'says "hi"', "agent_description": "ä\n", "agent_color": "red", "tools_count": 3},
+        {"parent_seq": 7},
+        {"tools_count": [1, 2]},  # unhashable: no cached template, same bytes
+    ])
+    @pytest.mark.parametrize("session_id", ["s1", 'sé"s\\x\u2028'])
+    def test_bytes_are_those_of_the_whole_document(self, session_id: str, details: dict[str, object]) -> None:
+        """The cached fixed parts give the same bytes as encoding the whole document at once, twice over."""
+        for _ in range(2):
+            upload = StateUpload(session_id, {"a": [1, {"b": "ü"}]}, 't"ask', 'ag"ent', **details)  # type: ignore[arg-type]
+            body = bytes(encode_document(upload).body)
+            doc = orjson.loads(body)
+            assert orjson.dumps(doc) == body
+            assert doc["session_id"] == session_id
+            assert doc["content"]["agent_name"] == 'ag"ent'
+            assert doc["content"]["tools_count"] == details.get("tools_count", 0)
+            assert doc.get("parent_seq") == details.get("parent_seq")
+            assert doc["description"] == details.get("description",
+                                                     f"Session state of agent ag\"ent in session {session_id}")
+
     def test_state_size_is_bytes_of_the_encoded_state(self) -> None:
         """``state_size`` counts UTF-8 bytes of the JSON-encoded state, not characters."""
         state = {"text": "héllo ✓"}
