@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 import threading
@@ -67,6 +68,7 @@ async def _serve(db_path: str, host: str, port: int) -> None:
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=4096)
         await site.start()
         bound = runner.addresses[0][1]
+        gc.freeze()  # as run_server (the CLI's serve) does once it listens
         print(f"LISTENING http://{host}:{bound}", flush=True)
         await stop.wait()
     finally:

@@ -97,6 +97,9 @@ class ApiError(Exception):
 # Typed application state.
 _ENGINE: Final = web.AppKey[DocumentEngine]("engine")
 _LIMITER: Final = web.AppKey("engine_limiter", anyio.CapacityLimiter)
+#: One worker thread decodes and encodes big bodies: such work holds the GIL, so more threads would
+#: only take turns, and each switch also stalls the event loop and the engine's threads.
+_CPU_LIMITER: Final = web.AppKey("cpu_limiter", anyio.CapacityLimiter)
 _LIMITS: Final = web.AppKey("limits", ServerLimits)
 _API_KEY: Final = web.AppKey("api_key", bytes)  # empty: no key required
 
@@ -476,11 +479,11 @@ async def _engine_call(app: web.Application, func: Callable[..., T], *args: obje
         raise ApiError(503, f"the document store is unavailable: {exc}") from None
 
 
-async def _cpu_call(size: int, func: Callable[..., T], *args: object) -> T:
-    """Run CPU work inline for small inputs, in a worker thread for big ones (never stall the loop)."""
+async def _cpu_call(app: web.Application, size: int, func: Callable[..., T], *args: object) -> T:
+    """Run CPU work inline for small inputs, in the CPU worker thread for big ones (never stall the loop)."""
     if size <= _INLINE_BYTES:
         return func(*args)
-    return await anyio.to_thread.run_sync(func, *args)
+    return await anyio.to_thread.run_sync(func, *args, limiter=app[_CPU_LIMITER])
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -505,7 +508,7 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _create(request: web.Request) -> web.Response:
     body = await _read_body(request)
-    doc = await _cpu_call(len(body), _prepare_single, body, request.app[_LIMITS])
+    doc = await _cpu_call(request.app, len(body), _prepare_single, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     ((doc_id, created),) = await _engine_call(request.app, engine.insert_many, _project(request), [doc])
     await sweep_after_write(request.app, _project(request), [doc])
@@ -516,7 +519,7 @@ async def _create(request: web.Request) -> web.Response:
 
 async def _create_batch(request: web.Request) -> web.Response:
     body = await _read_body(request)
-    docs = await _cpu_call(len(body), _prepare_batch, body, request.app[_LIMITS])
+    docs = await _cpu_call(request.app, len(body), _prepare_batch, body, request.app[_LIMITS])
     engine = request.app[_ENGINE]
     results = await _engine_call(request.app, engine.insert_many, _project(request), docs)
     await sweep_after_write(request.app, _project(request), docs)
@@ -649,6 +652,7 @@ def _engine_context(
         owned = isinstance(db, str | os.PathLike)
         engine = open_engine(db, config) if isinstance(db, str | os.PathLike) else db
         app[_LIMITER] = anyio.CapacityLimiter(max(_ENGINE_THREADS, engine.concurrency))
+        app[_CPU_LIMITER] = anyio.CapacityLimiter(1)
         app[_ENGINE] = engine
         try:
             await anyio.to_thread.run_sync(engine.ping)  # a database that cannot open fails the startup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -271,6 +272,10 @@ async def _serve_forever(
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         bound_port = runner.addresses[0][1]
+        # What exists now (modules, the app) lives as long as the process: keep it out of the cyclic
+        # collector's full passes. A batch of documents allocates thousands of containers, and each full
+        # pass over the startup objects doubled the cost of decoding it (15.6 -> 29 us per document).
+        gc.freeze()
         announce(f"json-documents server listening on {_url(host, bound_port)} (database: {_shown(db_path)})")
         await stop.wait()
     finally:
