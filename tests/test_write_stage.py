@@ -137,3 +137,34 @@ class TestPressure:
             with anyio.fail_after(10):
                 while system.statistics().documents < 300:
                     await anyio.sleep(0.01)
+
+
+class TestEncodingTurns:
+    async def test_sessions_encode_their_batches_one_at_a_time(self, memory_config: Config,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+        """Many sessions' due batches are encoded one batch at a time (each encoding yields to the loop
+        between slices, so the loop polls its sockets after every slice, not after every session's slice)."""
+        import wr124_session_actor._write_stage as stage_module
+        from wr124_session_actor._document import StateUpload, encode_documents
+
+        running = most = 0
+
+        async def watched(uploads: Sequence[StateUpload]) -> list[EncodedDocument | str]:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await anyio.lowlevel.checkpoint()  # a slice boundary: another session could start here
+                return await encode_documents(uploads)
+            finally:
+                running -= 1
+
+        monkeypatch.setattr(stage_module, "encode_documents", watched)
+        config = memory_config.replace(keep="all", max_batch=50)
+        async with ActorSystem(config) as system:
+            for step in range(10):
+                for n in range(30):
+                    system.handle(f"s{n}").submit({"n": n, "step": step}, "t", "a")
+                await anyio.lowlevel.checkpoint()
+        assert system.statistics().documents == 300
+        assert most == 1

@@ -175,7 +175,8 @@ class SessionActor:
             return
         items = batch.take()
         outcomes = await self.ops.write([p.upload for p in items], self._stage.write,
-                                        coalesced=sum(p.coalesced for p in items), final=False)
+                                        coalesced=sum(p.coalesced for p in items), final=False,
+                                        encode=self._stage.encode)
         done = batch.settle(items, outcomes, monotonic())
         self.counters.pending -= len(done)
         self._answer(done)

@@ -34,7 +34,7 @@ from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreErro
 from ._status import SessionStateStatus
 from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, Query
 
-__all__ = ["SessionOps", "StoreOutcome", "UploadOutcome", "Writer", "call_store", "status_of"]
+__all__ = ["Encoder", "SessionOps", "StoreOutcome", "UploadOutcome", "Writer", "call_store", "status_of"]
 
 T = TypeVar("T")
 Status = SessionStateStatus
@@ -131,6 +131,8 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
 
 #: Writes documents and tells how it went (direct mode: the store itself; actor mode: the write stage).
 Writer = Callable[[list[EncodedDocument]], Awaitable[StoreOutcome]]
+#: Encodes uploads (each to its document, or to the message of why it cannot be encoded).
+Encoder = Callable[[Sequence[StateUpload]], Awaitable[list[EncodedDocument | str]]]
 
 
 @dataclass(slots=True)
@@ -254,9 +256,9 @@ class SessionOps:
         return await call_store(self.config, self.circuit, self._store, lambda: self._store().insert_many(docs),
                                 on_retry=self._retry_hook("upload", {"ids": [d.id for d in docs]}))
 
-    async def _prepare(self, uploads: Sequence[StateUpload]) -> _PreparedWrite:
+    async def _prepare(self, uploads: Sequence[StateUpload], encode: Encoder) -> _PreparedWrite:
         """Encode ``uploads``; answer at once those that cannot be encoded or that need no write."""
-        encoded = await encode_documents(uploads)
+        encoded = await encode(uploads)
         prepared = _PreparedWrite([None] * len(uploads), [], [])
         skip = self.config.skip_unchanged
         last = self._last_stored or {}
@@ -285,15 +287,16 @@ class SessionOps:
         return prepared
 
     async def write(self, uploads: Sequence[StateUpload], writer: Writer | None = None, *, coalesced: int = 0,
-                    final: bool = True) -> list[UploadOutcome]:
+                    final: bool = True, encode: Encoder = encode_documents) -> list[UploadOutcome]:
         """Encode ``uploads`` and store them in one write; return one outcome per upload, in order.
 
         A state that cannot be encoded fails alone (``FAILED`` naming the type); the rest are written. A
         state equal to the agent's last stored one (``skip_unchanged``) is not written: its outcome names
-        the stored document. ``writer`` is the store itself when omitted (direct mode). ``final`` false:
-        the caller keeps transient failures for a later try (logged as retries).
+        the stored document. ``writer`` is the store itself when omitted (direct mode), and ``encode``
+        encodes the uploads (on the spot when omitted). ``final`` false: the caller keeps transient
+        failures for a later try (logged as retries).
         """
-        prepared = await self._prepare(uploads)
+        prepared = await self._prepare(uploads, encode)
         outcomes = prepared.outcomes
         if prepared.docs:
             docs = prepared.docs

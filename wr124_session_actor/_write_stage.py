@@ -19,7 +19,7 @@ documents document by document, so that one refused document (a conflict, a reje
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -29,7 +29,7 @@ import structlog
 
 from ._circuit import CircuitBreaker
 from ._config import Config
-from ._document import EncodedDocument
+from ._document import EncodedDocument, StateUpload, encode_documents
 from ._exceptions import StoreError
 from ._ops import StoreOutcome, call_store
 from ._statistics import SystemCounters
@@ -70,7 +70,7 @@ class WriteStage:
         counters: the system's counters (store writes, write observers).
     """
 
-    __slots__ = ("_circuit", "_config", "_counters", "_in_flight", "_queue", "_queued_docs",
+    __slots__ = ("_circuit", "_config", "_counters", "_encoding", "_in_flight", "_queue", "_queued_docs",
                  "_store", "concurrency")
 
     def __init__(self, config: Config, store: Callable[[], DocumentStore], circuit: CircuitBreaker,
@@ -84,6 +84,7 @@ class WriteStage:
         self._queue: deque[_Job] = deque()
         self._queued_docs = 0
         self._in_flight = 0
+        self._encoding: anyio.Lock | None = None  # made on first use (in the event loop)
 
     @property
     def queued(self) -> int:
@@ -100,6 +101,19 @@ class WriteStage:
             wakeup = self._queue[0].wakeup
             if wakeup is not None:
                 wakeup.set()
+
+    async def encode(self, uploads: Sequence[StateUpload]) -> list[EncodedDocument | str]:
+        """Encode a due batch, one session's batch at a time across the system.
+
+        Encoding yields to the event loop every ~256 KB, but N sessions encoding at once would each
+        take such a slice in every turn of the loop, so the loop would poll its sockets only every N
+        slices. Taking turns keeps it to one slice: writes in flight, and everything else on the loop,
+        are served while a flood of batches is encoded.
+        """
+        if self._encoding is None:
+            self._encoding = anyio.Lock(fast_acquire=True)
+        async with self._encoding:
+            return await encode_documents(uploads)
 
     async def write(self, docs: list[EncodedDocument]) -> StoreOutcome:
         """Store ``docs`` (one session's batch, all or none) in some merged write; return how it went."""
