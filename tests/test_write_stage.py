@@ -140,31 +140,30 @@ class TestPressure:
 
 
 class TestEncodingTurns:
-    async def test_sessions_encode_their_batches_one_at_a_time(self, memory_config: Config,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-        """Many sessions' due batches are encoded one batch at a time (each encoding yields to the loop
-        between slices, so the loop polls its sockets after every slice, not after every session's slice)."""
-        import wr124_session_actor._write_stage as stage_module
-        from wr124_session_actor._document import StateUpload, encode_documents
+    async def test_long_encodings_take_turns(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Sessions whose batches are long to encode (they yield to the loop) take turns: after its first
+        slice, each batch is encoded to its end before the next one goes on. Short batches never wait."""
+        import wr124_session_actor._document as document
 
-        running = most = 0
+        order: list[str] = []
+        real = document.encode_document
 
-        async def watched(uploads: Sequence[StateUpload]) -> list[EncodedDocument | str]:
-            nonlocal running, most
-            running += 1
-            most = max(most, running)
-            try:
-                await anyio.lowlevel.checkpoint()  # a slice boundary: another session could start here
-                return await encode_documents(uploads)
-            finally:
-                running -= 1
+        def recorded(upload: document.StateUpload, *args: Any, **kwargs: Any) -> EncodedDocument:
+            order.append(upload.session_id)
+            return real(upload, *args, **kwargs)
 
-        monkeypatch.setattr(stage_module, "encode_documents", watched)
-        config = memory_config.replace(keep="all", max_batch=50)
-        async with ActorSystem(config) as system:
-            for step in range(10):
-                for n in range(30):
-                    system.handle(f"s{n}").submit({"n": n, "step": step}, "t", "a")
-                await anyio.lowlevel.checkpoint()
-        assert system.statistics().documents == 300
-        assert most == 1
+        monkeypatch.setattr(document, "encode_document", recorded)
+        turn = anyio.Lock()
+        state = {"text": "x" * 20_000}  # 10 documents: ~200 KB; 40 per batch: 3 slices of ~256 KB
+        batches = {f"s{n}": [document.StateUpload(f"s{n}", dict(state)) for _ in range(40)] for n in range(4)}
+        short = [document.StateUpload("short", {"n": 1})]
+        async with anyio.create_task_group() as group:
+            for uploads in batches.values():
+                group.start_soon(document.encode_documents, uploads, turn)
+            group.start_soon(document.encode_documents, short, turn)
+        assert sorted(order) == sorted([f"s{n}" for n in range(4) for _ in range(40)] + ["short"])
+        assert order.index("short") <= 4 * 13  # before any long one went past its first slice: no wait
+        for session in batches:
+            positions = [i for i, s in enumerate(order) if s == session]
+            rest = positions[13:]  # after its first slice (13 documents reach 256 KB)
+            assert rest == list(range(rest[0], rest[0] + len(rest))), session

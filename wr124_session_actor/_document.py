@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -38,7 +38,7 @@ __all__ = [
 #: The tag every state document carries; with ``session_id`` it defines "this session's states".
 STATE_TAG: Final = "session_state"
 AGENT_TAG: Final = "agent_state"
-_STATE_MARK: Final = orjson.Fragment(b"\0")
+_MARK: Final = orjson.Fragment(b"\0")
 DOCUMENT_TYPE: Final = "user_data"
 
 _OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -147,12 +147,37 @@ def encode_state_pieces(state: object, depth: int = 0) -> Iterator[bytes]:
     yield encode(state)
 
 
-async def encode_documents(uploads: Iterable[StateUpload]) -> list[EncodedDocument | str]:
+async def encode_documents(uploads: Iterable[StateUpload],
+                           turn: anyio.Lock | None = None) -> list[EncodedDocument | str]:
     """Encode uploads on the event loop, yielding to it at least every ~256 KB encoded (small batches of
     small states need no yield: the store write that follows is the next checkpoint).
 
+    ``turn``, shared by the encoders of many sessions, is taken at the first yield and held to the end,
+    so that only one long encoding proceeds at a time: N of them at once would each encode a slice in
+    every turn of the event loop, which would then poll its sockets only every N slices.
+
     A state that cannot be encoded becomes its error message; the others are unaffected.
     """
+    holding = False
+
+    async def pause() -> None:
+        nonlocal holding
+        if turn is not None and not holding:
+            await turn.acquire()  # yields to the loop, and waits while another long encoding runs
+            holding = True
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    try:
+        return await _encode_documents(uploads, pause)
+    finally:
+        if holding:
+            assert turn is not None
+            turn.release()
+
+
+async def _encode_documents(uploads: Iterable[StateUpload],
+                            pause: Callable[[], Awaitable[None]]) -> list[EncodedDocument | str]:
     out: list[EncodedDocument | str] = []
     produced = 0
     uploaded = utc_now_iso()  # one upload timestamp for the documents encoded together
@@ -167,7 +192,7 @@ async def encode_documents(uploads: Iterable[StateUpload]) -> list[EncodedDocume
                 produced += len(document.body)
                 if produced >= _YIELD_EVERY:
                     produced = 0
-                    await anyio.lowlevel.checkpoint()
+                    await pause()
                 continue
             pieces: list[bytes] = []
             digest = _state_digest()
@@ -177,7 +202,7 @@ async def encode_documents(uploads: Iterable[StateUpload]) -> list[EncodedDocume
                 produced += len(piece)
                 if produced >= _YIELD_EVERY:
                     produced = 0
-                    await anyio.lowlevel.checkpoint()
+                    await pause()
             # A large state: assemble the body piece by piece too (one big copy is a long hold as well).
             name, tags, head, tail = _frame(upload, sum(map(len, pieces)), uploaded)
             body = bytearray(head)
@@ -186,7 +211,7 @@ async def encode_documents(uploads: Iterable[StateUpload]) -> list[EncodedDocume
                 produced += len(piece)
                 if produced >= _YIELD_EVERY:
                     produced = 0
-                    await anyio.lowlevel.checkpoint()
+                    await pause()
             body += tail
             upload.encoded = _encoded(upload, name, tags, body, digest.digest())
             out.append(upload.encoded)
@@ -312,14 +337,8 @@ class _Template:
 
     name_prefix: str
     tags: tuple[str, ...]
-    #: From the description to ``"state":``.
-    before_state: bytes
-    #: From after the timestamp to ``"upload_timestamp":``.
-    after_timestamp: bytes
-    #: From after the upload timestamp to ``"state_size":``.
-    before_size: bytes
-    #: From after the size to the end.
-    end: bytes
+    #: The document's JSON cut where its id, name, state, timestamp, upload timestamp and state size go.
+    parts: tuple[bytes, ...]
 
 
 #: Templates by the upload fields they are made of; cleared when it holds :data:`_TEMPLATES_MAX`.
@@ -344,24 +363,37 @@ def _template(upload: StateUpload) -> _Template:
 
 
 def _make_template(upload: StateUpload) -> _Template:
-    dumps = orjson.dumps
     agent = upload.agent_name
     tags = (STATE_TAG, AGENT_TAG, agent)
-    description = upload.description or f"Session state of agent {agent} in session {upload.session_id}"
-    parent = b"" if upload.parent_seq is None else b',"parent_seq":' + dumps(upload.parent_seq)
-    # The same bytes, in the same key order, as orjson.dumps of the whole document (tests check this).
-    return _Template(
-        name_prefix=f"session_state_{upload.session_id}_",
-        tags=tags,
-        before_state=b',"description":' + dumps(description) + b',"document_type":' + dumps(DOCUMENT_TYPE)
-        + b',"content":{"agent_name":' + dumps(agent) + b',"task":' + dumps(upload.task) + b',"state":',
-        after_timestamp=b',"tools_count":' + dumps(upload.tools_count)
-        + b',"session_metadata":{"agent_description":' + dumps(upload.agent_description)
-        + b',"agent_color":' + dumps(upload.agent_color) + b'}},"session_id":' + dumps(upload.session_id)
-        + b',"tags":' + dumps(list(tags)) + b',"metadata":{"upload_timestamp":',
-        before_size=b',"task_length":' + dumps(len(upload.task)) + b',"state_size":',
-        end=b'},"is_public":false' + parent + b"}",
-    )
+    doc: dict[str, object] = {
+        "id": _MARK,
+        "name": _MARK,
+        "description": upload.description or f"Session state of agent {agent} in session {upload.session_id}",
+        "document_type": DOCUMENT_TYPE,
+        "content": {
+            "agent_name": agent,
+            "task": upload.task,
+            "state": _MARK,
+            "timestamp": _MARK,
+            "tools_count": upload.tools_count,
+            "session_metadata": {
+                "agent_description": upload.agent_description,
+                "agent_color": upload.agent_color,
+            },
+        },
+        "session_id": upload.session_id,
+        "tags": list(tags),
+        "metadata": {
+            "upload_timestamp": _MARK,
+            "task_length": len(upload.task),
+            "state_size": _MARK,
+        },
+        "is_public": False,
+    }
+    if upload.parent_seq is not None:
+        doc["parent_seq"] = upload.parent_seq
+    # orjson escapes every control character inside strings, so a raw NUL byte marks each gap.
+    return _Template(f"session_state_{upload.session_id}_", tags, tuple(orjson.dumps(doc).split(b"\0")))
 
 
 def _frame(upload: StateUpload, state_size: int,
@@ -376,10 +408,10 @@ def _frame(upload: StateUpload, state_size: int,
     template = _template(upload)
     # The original named documents with a compact local timestamp; we keep the shape, in UTC.
     name = template.name_prefix + timestamp[:26].replace("-", "").replace(":", "").replace("T", "_").replace(".", "_")
-    head = b'{"id":' + dumps(upload.doc_id) + b',"name":' + dumps(name) + template.before_state
-    tail = b"".join((b',"timestamp":', dumps(timestamp), template.after_timestamp,
-                     dumps(uploaded or utc_now_iso()), template.before_size, str(state_size).encode(),
-                     template.end))
+    id_, name_, state_, timestamp_, uploaded_, size_, end = template.parts
+    head = b"".join((id_, dumps(upload.doc_id), name_, dumps(name), state_))
+    tail = b"".join((timestamp_, dumps(timestamp), uploaded_, dumps(uploaded or utc_now_iso()), size_,
+                     str(state_size).encode(), end))
     return name, template.tags, head, tail
 
 

@@ -103,17 +103,10 @@ class WriteStage:
                 wakeup.set()
 
     async def encode(self, uploads: Sequence[StateUpload]) -> list[EncodedDocument | str]:
-        """Encode a due batch, one session's batch at a time across the system.
-
-        Encoding yields to the event loop every ~256 KB, but N sessions encoding at once would each
-        take such a slice in every turn of the loop, so the loop would poll its sockets only every N
-        slices. Taking turns keeps it to one slice: writes in flight, and everything else on the loop,
-        are served while a flood of batches is encoded.
-        """
+        """Encode a due batch; long encodings (those that yield to the loop) take turns across the system."""
         if self._encoding is None:
-            self._encoding = anyio.Lock(fast_acquire=True)
-        async with self._encoding:
-            return await encode_documents(uploads)
+            self._encoding = anyio.Lock()
+        return await encode_documents(uploads, self._encoding)
 
     async def write(self, docs: list[EncodedDocument]) -> StoreOutcome:
         """Store ``docs`` (one session's batch, all or none) in some merged write; return how it went."""
