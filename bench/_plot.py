@@ -34,6 +34,7 @@ def write_charts(results: Sequence[ScenarioResult], folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -80,7 +81,7 @@ def write_charts(results: Sequence[ScenarioResult], folder: Path) -> list[Path]:
                             va="center", fontsize=7)
         for ax in list(axes.flat)[len(columns):]:
             ax.axis("off")
-        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+        handles = [Rectangle((0, 0), 1, 1, color=c) for c in colors]
         fig.legend(handles, [result.labels[k] for k in keys], loc="lower center", ncol=1, fontsize=8, frameon=False)
         fig.suptitle(result.title, fontsize=11, fontweight="bold")
         fig.tight_layout(rect=(0, legend_height / size[1], 1, 1))

@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import anyio
@@ -31,7 +32,7 @@ from bench._common import (
     rss_bytes,
     run_child,
 )
-from wr124_session_actor import ActorSystem, Config
+from wr124_session_actor import ActorSystem, Config, PruneReport, RetentionPolicy
 from wr124_session_actor._document import EncodedDocument
 from wr124_session_actor.stores import Document, Query, QueryResult
 
@@ -72,6 +73,12 @@ class NullStore:
     async def health(self) -> None:
         """Always healthy."""
         await anyio.lowlevel.checkpoint()
+
+    async def prune(self, policy: RetentionPolicy | None = None, *, session_id: str | None = None,
+                    dry_run: bool = False, now: datetime | None = None) -> PruneReport:
+        """Nothing is kept, so nothing is removed."""
+        await anyio.lowlevel.checkpoint()
+        return PruneReport(dry_run=dry_run)
 
     async def aclose(self) -> None:
         """Nothing to release."""
