@@ -174,9 +174,10 @@ class SessionActor:
         if not batch:
             return
         items = batch.take()
-        outcomes = await self.ops.write([p.upload for p in items], self._stage.write,
+        stage = self._stage
+        outcomes = await self.ops.write([p.upload for p in items], stage.writer,
                                         coalesced=sum(p.coalesced for p in items), final=False,
-                                        encode=self._stage.encode)
+                                        encode=stage.encoder)
         done = batch.settle(items, outcomes, monotonic())
         self.counters.pending -= len(done)
         self._answer(done)

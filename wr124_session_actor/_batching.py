@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ._backoff import backoff_delay
@@ -27,7 +27,8 @@ class PendingUpload(Generic[R]):
     """An upload waiting in the batch, with every caller (reply slot) its outcome will answer."""
 
     upload: StateUpload
-    replies: list[R] = field(default_factory=list)
+    #: The callers waiting for this upload's outcome (a list made for the first one: most have none).
+    replies: list[R] | tuple[()] = ()
     coalesced: int = 0
 
 
@@ -84,7 +85,10 @@ class PendingBatch(Generic[R]):
             pending.replies = older.replies
             pending.coalesced += older.coalesced + 1
         if reply is not None:
-            pending.replies.append(reply)
+            if pending.replies:
+                pending.replies.append(reply)  # non-empty: a list
+            else:
+                pending.replies = [reply]
             self._awaited = True
         items[key] = pending
         return (None if older is None else older.upload), coalesced + (older is not None)

@@ -31,7 +31,7 @@ from ._circuit import CircuitBreaker
 from ._config import Config
 from ._document import EncodedDocument, StateUpload, encode_documents
 from ._exceptions import StoreError
-from ._ops import StoreOutcome, call_store
+from ._ops import Encoder, StoreOutcome, Writer, call_store
 from ._statistics import SystemCounters
 from ._status import SessionStateStatus
 from .stores import DocumentStore
@@ -71,7 +71,7 @@ class WriteStage:
     """
 
     __slots__ = ("_circuit", "_config", "_counters", "_encoding", "_in_flight", "_queue", "_queued_docs",
-                 "_store", "concurrency")
+                 "_store", "concurrency", "encoder", "writer")
 
     def __init__(self, config: Config, store: Callable[[], DocumentStore], circuit: CircuitBreaker,
                  counters: SystemCounters) -> None:
@@ -85,6 +85,10 @@ class WriteStage:
         self._queued_docs = 0
         self._in_flight = 0
         self._encoding: anyio.Lock | None = None  # made on first use (in the event loop)
+        #: :meth:`write` and :meth:`encode` bound once: every session's write passes them (and a waiting
+        #: one holds them), so a new bound method per write would be two more objects per waiting session.
+        self.writer: Writer = self.write
+        self.encoder: Encoder = self.encode
 
     @property
     def queued(self) -> int:
