@@ -113,8 +113,9 @@ async def _gather(calls: list[Any]) -> list[Any]:
 class TestPressure:
     async def test_chatty_sessions_still_coalesce(self, memory_config: Config) -> None:
         """keep="latest": 100 chatty sessions (5,000 queued snapshots in all) are no reason to write early;
-        each session's snapshots coalesce to its newest state."""
-        async with ActorSystem(memory_config) as system:
+        each session's snapshots coalesce to its newest state. (Quiet and max_delay are far away, so that
+        only pressure could make a write early, not a pause of the machine.)"""
+        async with ActorSystem(memory_config.replace(debounce=30.0, max_delay=60.0)) as system:
             handles = [system.handle(f"s{n}") for n in range(100)]
             for step in range(50):
                 for handle in handles:
