@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from time import monotonic
 from typing import Final, Protocol
 
@@ -11,11 +12,11 @@ import structlog
 from ._batching import PendingBatch, PendingUpload
 from ._document import StateUpload
 from ._mailbox import Call, Mailbox, Message, Reply, Upload
-from ._ops import SessionOps, UploadOutcome
+from ._ops import PreparedWrite, SessionOps, StoreOutcome, UploadOutcome
 from ._outbox import Outbox
 from ._statistics import SystemCounters
 from ._status import SessionStateStatus
-from ._write_stage import WriteStage
+from ._write_stage import Job, WriteStage
 
 __all__ = ["CLOSED_MESSAGE", "ActorHost", "SessionActor"]
 
@@ -32,7 +33,11 @@ class ActorHost(Protocol):
         ...
 
     def on_idle(self, actor: SessionActor) -> None:
-        """``actor.run()`` ended: nothing queued, nothing pending."""
+        """``actor.run()`` ended: nothing queued, and nothing pending but perhaps a batch in the stage."""
+        ...
+
+    def rest(self, actor: SessionActor) -> None:
+        """``actor`` has no task, and its batch in the stage was answered with nothing left to do."""
         ...
 
 
@@ -44,10 +49,11 @@ class SessionActor:
 
     Messages are handled in order by :meth:`run`, a task that runs only while there is work: the
     first message starts it (through ``start``), and it ends once the mailbox is empty and nothing is
-    pending. An idle actor is then a few small objects, which the system forgets after
-    ``idle_timeout`` (its read cache goes with it). Uploads wait in a :class:`PendingBatch` until due,
-    then go to the store through the shared :class:`WriteStage`; at most one batch per session is in
-    flight because the actor does one thing at a time.
+    pending, or once its due batch is handed to the shared :class:`WriteStage` (which answers it through
+    a callback, or wakes the actor to lead its write). An idle actor is then a few small objects, which
+    the system forgets after ``idle_timeout`` (its read cache goes with it). Uploads wait in a
+    :class:`PendingBatch` until due; at most one batch per session is in the stage at a time, so a
+    session's writes stay in order.
 
     Args:
         ops: the session's core operations.
@@ -57,7 +63,7 @@ class SessionActor:
         outbox: the durable outbox, if the system has one.
     """
 
-    __slots__ = ("_batch", "_host", "_stage", "busy", "counters", "mailbox", "ops", "outbox", "running")
+    __slots__ = ("_batch", "_host", "_job", "_stage", "busy", "counters", "mailbox", "ops", "outbox", "running")
 
     def __init__(self, ops: SessionOps, counters: SystemCounters, stage: WriteStage, host: ActorHost,
                  outbox: Outbox | None = None) -> None:
@@ -72,6 +78,8 @@ class SessionActor:
         # accepted keep="all" state is never coalesced away before the outbox itself is full.
         self._batch: PendingBatch[Reply] = PendingBatch(
             config, bound=config.spool_max_documents if outbox is not None else config.max_batch)
+        #: The batch handed to the write stage and not answered yet (at most one per session).
+        self._job: Job | None = None
         #: True while the task runs (or is about to): a message then needs no new start.
         self.running = False
         #: True while the actor handles a message or writes (read by handles serving cache hits).
@@ -86,6 +94,13 @@ class SessionActor:
         if not self.running:
             self.running = True
             self._host.start(self)
+
+    def close(self) -> None:
+        """Refuse new messages; the task writes what is held and ends (one is started for a batch still
+        in the stage, so that it is waited for)."""
+        self.mailbox.close()
+        if self._job is not None:
+            self._wake()
 
     def submit(self, upload: StateUpload) -> StateUpload | None:
         """Queue a fire-and-forget upload (coalescing past the bound); return the upload it replaced."""
@@ -106,11 +121,23 @@ class SessionActor:
         self._wake()
 
     async def run(self) -> None:
-        """Serve the mailbox until it is empty with nothing pending, or closed; never leave work behind."""
+        """Serve the mailbox until it is empty with nothing pending, or closed; never leave work behind.
+
+        A due batch is handed to the write stage, which answers it through :meth:`_written` in the task
+        that writes it; meanwhile this task ends unless it may lead that write itself (a session
+        waiting for its write then holds no task). Closed or cancelled, it waits for that answer.
+        """
         mailbox = self.mailbox
         batch = self._batch
+        stage = self._stage
+        parked = False
         try:
             while not mailbox.closed:
+                if self._job is not None and batch.full:
+                    # The batch in the stage fills the bound: wait for it before taking more uploads
+                    # (they would coalesce), leading its write when it may.
+                    await stage.wait(self._job)
+                    continue
                 message = mailbox.get_nowait()
                 if message is not None:
                     self.busy = True
@@ -119,6 +146,13 @@ class SessionActor:
                     finally:
                         self.busy = False
                     continue
+                job = self._job
+                if job is not None:  # a batch in the stage: lead its write, or leave it to the stage
+                    if stage.may_lead(job):
+                        await stage.wait(job)
+                        continue
+                    parked = True
+                    return
                 if not batch:
                     return
                 now = monotonic()
@@ -128,12 +162,12 @@ class SessionActor:
                 # came) once the wait ends, or sooner when enough are queued to fill a batch.
                 quiet = min(self.ops.config.max_batch - len(batch), mailbox.max_size // 2)
                 if due <= now or not await mailbox.wait(due - now, quiet_uploads=max(1, quiet)):
-                    await self._flush()
+                    await self._hand_over()
         finally:
             # Closed or cancelled: take what is queued, write it under a shield within shutdown_timeout,
             # and answer every waiting caller. Nothing to do (the common case) costs no cancel scope.
             try:
-                if batch or len(mailbox):
+                if not parked and (batch or len(mailbox)):
                     with anyio.CancelScope(shield=True), anyio.move_on_after(self.ops.config.shutdown_timeout):
                         await self._drain()
                     self._give_up()
@@ -144,8 +178,8 @@ class SessionActor:
     async def _handle(self, message: Message) -> None:
         if isinstance(message, Upload):
             self._add(message)
-            if self._batch.full and monotonic() >= self._batch.retry_at:
-                await self._flush()
+            if self._batch.full and self._job is None and monotonic() >= self._batch.retry_at:
+                await self._hand_over()
             return
         if message.reply.abandoned:
             return  # its caller gave up (timed out or cancelled): do not keep the session busy for nobody
@@ -169,18 +203,44 @@ class SessionActor:
         if replaced is not None and self.outbox is not None:
             self.outbox.settle((replaced.doc_id,))
 
-    async def _flush(self) -> None:
+    async def _hand_over(self) -> None:
+        """Encode the due batch and queue it in the write stage (answered later, by :meth:`_written`)."""
         batch = self._batch
-        if not batch:
+        if not batch or self._job is not None:
             return
         items = batch.take()
         stage = self._stage
-        outcomes = await self.ops.write([p.upload for p in items], stage.writer,
-                                        coalesced=sum(p.coalesced for p in items), final=False,
-                                        encode=stage.encoder)
-        done = batch.settle(items, outcomes, monotonic())
+        prepared = await self.ops.prepare([p.upload for p in items], stage.encoder)
+        coalesced = sum(p.coalesced for p in items)
+        if not prepared.docs:  # nothing to write (unchanged states, or none could be encoded)
+            self._settle(items, self.ops.finish(prepared, None, coalesced=coalesced, final=False))
+            return
+        self._job = stage.submit(prepared.docs, partial(self._written, items, prepared, coalesced), self._wake)
+
+    def _written(self, items: list[PendingUpload[Reply]], prepared: PreparedWrite, coalesced: int,
+                 result: StoreOutcome) -> None:
+        """The stage's answer to the batch handed over (called in the task that wrote it)."""
+        self._job = None
+        self._settle(items, self.ops.finish(prepared, result, coalesced=coalesced, final=False))
+        if self.running:
+            return
+        if self._batch or len(self.mailbox):
+            self._wake()  # a retry to schedule, or uploads that came meanwhile
+        else:
+            self._host.rest(self)
+
+    def _settle(self, items: list[PendingUpload[Reply]], outcomes: list[UploadOutcome]) -> None:
+        done = self._batch.settle(items, outcomes, monotonic())
         self.counters.pending -= len(done)
         self._answer(done)
+
+    async def _flush(self) -> None:
+        """Write everything pending now and wait for it: the batch in the stage, then the rest (once)."""
+        if self._job is not None:
+            await self._stage.wait(self._job)
+        await self._hand_over()
+        if self._job is not None:
+            await self._stage.wait(self._job)
 
     def _answer(self, done: list[tuple[PendingUpload[Reply], UploadOutcome]]) -> None:
         counters = self.counters
@@ -198,13 +258,19 @@ class SessionActor:
 
     async def _drain(self) -> None:
         calls: list[Call] = []
-        while (message := self.mailbox.get_nowait()) is not None:
+        while True:
+            if self._job is not None and self._batch.full:
+                await self._stage.wait(self._job)  # as while running: no coalescing for want of room
+            if (message := self.mailbox.get_nowait()) is None:
+                break
             if isinstance(message, Upload):
                 self._add(message)
                 if self._batch.full and monotonic() >= self._batch.retry_at:  # as while running: not coalesced
                     await self._flush()
             else:
                 calls.append(message)
+        if self._job is not None:
+            await self._stage.wait(self._job)
         while self._batch:
             await anyio.sleep(max(0.0, self._batch.retry_at - monotonic()))
             await self._flush()
@@ -213,6 +279,9 @@ class SessionActor:
 
     def _give_up(self) -> None:
         """Log (and answer) what could not be written before ``shutdown_timeout``; never drop silently."""
+        if self._job is not None:  # still in the stage: its late answer must not settle it twice
+            self._job.done = None
+            self._job = None
         left = self._batch.clear()
         if not left:
             return

@@ -34,7 +34,9 @@ from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreErro
 from ._status import SessionStateStatus
 from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, Query
 
-__all__ = ["Encoder", "SessionOps", "StoreOutcome", "UploadOutcome", "Writer", "call_store", "status_of"]
+__all__ = [
+    "Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "Writer", "call_store", "status_of",
+]
 
 T = TypeVar("T")
 Status = SessionStateStatus
@@ -136,7 +138,7 @@ Encoder = Callable[[Sequence[StateUpload]], Awaitable[list[EncodedDocument | str
 
 
 @dataclass(slots=True)
-class _PreparedWrite:
+class PreparedWrite:
     """Uploads encoded for one write: outcomes known before writing, and the documents to write."""
 
     outcomes: list[UploadOutcome | None]
@@ -256,10 +258,10 @@ class SessionOps:
         return await call_store(self.config, self.circuit, self._store, lambda: self._store().insert_many(docs),
                                 on_retry=self._retry_hook("upload", {"ids": [d.id for d in docs]}))
 
-    async def _prepare(self, uploads: Sequence[StateUpload], encode: Encoder) -> _PreparedWrite:
+    async def prepare(self, uploads: Sequence[StateUpload], encode: Encoder = encode_documents) -> PreparedWrite:
         """Encode ``uploads``; answer at once those that cannot be encoded or that need no write."""
         encoded = await encode(uploads)
-        prepared = _PreparedWrite([None] * len(uploads), [], [])
+        prepared = PreparedWrite([None] * len(uploads), [], [])
         skip = self.config.skip_unchanged
         last = self._last_stored or {}
         in_batch: dict[str, tuple[bytes | None, int]] = {}
@@ -296,11 +298,18 @@ class SessionOps:
         encodes the uploads (on the spot when omitted). ``final`` false: the caller keeps transient
         failures for a later try (logged as retries).
         """
-        prepared = await self._prepare(uploads, encode)
+        prepared = await self.prepare(uploads, encode)
+        result = await (writer or self._insert)(prepared.docs) if prepared.docs else None
+        return self.finish(prepared, result, coalesced=coalesced, final=final)
+
+    def finish(self, prepared: PreparedWrite, result: StoreOutcome | None, *, coalesced: int = 0,
+               final: bool = True) -> list[UploadOutcome]:
+        """The outcomes of a prepared write once its documents' write ended with ``result`` (``None``:
+        there were none to write); logs it and remembers what was stored (see :meth:`write`)."""
         outcomes = prepared.outcomes
         if prepared.docs:
+            assert result is not None
             docs = prepared.docs
-            result = await (writer or self._insert)(docs)
             self.log("upload", result, final=final, ids=[d.id for d in docs], batch_size=len(docs),
                      coalesced=coalesced)
             if result.status is Status.SUCCESS:
@@ -308,7 +317,6 @@ class SessionOps:
                 # The ids the store answered: ours when it honours client ids, its own when it does not.
                 ids = [str(i) for i in result.value] if len(result.value) == len(docs) else [d.id for d in docs]
                 self._remember(docs, ids)
-            if result.status is Status.SUCCESS:
                 for index, doc_id in zip(prepared.uploads_of_docs, ids, strict=True):
                     outcomes[index] = UploadOutcome(Status.SUCCESS, doc_id)
             else:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from time import monotonic
@@ -63,7 +64,9 @@ class ActorRuntime:
         self._stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._actors: dict[str, SessionActor] = {}
-        self._idle: dict[str, tuple[float, SessionActor]] = {}  # oldest first
+        # Oldest first. An OrderedDict, because the reaper takes from the front: a plain dict's first
+        # item is found by skipping the slots of the items deleted before it (quadratic in a burst).
+        self._idle: OrderedDict[str, tuple[float, SessionActor]] = OrderedDict()
         self._to_start: list[SessionActor] = []
         self._spawner_wakeup: anyio.Event | None = None
         self._reaper_wakeup: anyio.Event | None = None
@@ -155,7 +158,7 @@ class ActorRuntime:
         self._state = _State.CLOSED
         self._close_deadline = monotonic() + self.config.shutdown_timeout
         for actor in self._actors.values():
-            actor.mailbox.close()  # a running actor writes what it holds and ends
+            actor.close()  # a running actor writes what it holds and ends; one whose batch is in the stage starts
         for event in (self._spawner_wakeup, self._reaper_wakeup):
             if event is not None:
                 event.set()
@@ -187,14 +190,24 @@ class ActorRuntime:
         self._counters.actors_started += 1
         self._running += 1
         self._idle.pop(actor.ops.session_id, None)
+        if self._state is not _State.OPEN and self._task_group is not None:
+            # Closing: the spawner may have ended already (cancelled first). An actor started now has a
+            # batch in the write stage to wait for, or an answer to act on; start it here.
+            self._task_group.start_soon(actor.run, name=_ACTOR_TASK)
+            return
         self._to_start.append(actor)
         if self._spawner_wakeup is not None:
             self._spawner_wakeup.set()
             self._spawner_wakeup = None
 
     def on_idle(self, actor: SessionActor) -> None:
-        """``actor`` has no work left (internal to actors): forget it after ``idle_timeout``."""
+        """``actor``'s task ended (internal to actors): forget the actor after ``idle_timeout`` unless it
+        has work by then."""
         self._running -= 1
+        self.rest(actor)
+
+    def rest(self, actor: SessionActor) -> None:
+        """``actor`` has no task and no work (internal to actors): forget it after ``idle_timeout``."""
         session_id = actor.ops.session_id
         if self._actors.get(session_id) is actor:
             self._idle.pop(session_id, None)

@@ -3,9 +3,11 @@
 Actors hand it their due batches; it merges the batches of many sessions into one store write (one
 transaction, one batch request), bounded by ``max_batch`` documents, and bounds the store writes in
 flight. There are no worker tasks: the actor whose batch finds a free slot becomes the *leader* and
-performs the write for every batch it takes from the queue; the other actors wait for their answer.
-So a write always runs in some actor's task and inherits its cancel scope (the shielded flush on
-exit included), and an idle stage costs nothing.
+performs the write for every batch it takes from the queue, answering each through its callback. The
+other actors hand their batch over and end their task (a session waiting for its write holds no
+task); when a new write may start, the owner of the oldest queued batch is woken to lead it. So a
+write always runs in some actor's task and inherits its cancel scope (the shielded flush on exit
+included), and an idle stage costs nothing.
 
 A new write starts while fewer than ``concurrency`` are in flight and either none is in flight (the
 store is idle: go at once) or a full write's worth is queued. Batches arriving while the store is busy
@@ -36,7 +38,7 @@ from ._statistics import SystemCounters
 from ._status import SessionStateStatus
 from .stores import DocumentStore
 
-__all__ = ["WriteStage"]
+__all__ = ["Job", "WriteStage"]
 
 logger = structlog.get_logger("wr124_session_actor")
 Status = SessionStateStatus
@@ -46,16 +48,24 @@ _DOCUMENT_REFUSALS: Final = frozenset({400, 409, 413, 422})
 
 
 @dataclass(slots=True, eq=False)
-class _Job:
-    """One session's batch waiting for (or in) a store write."""
+class Job:
+    """One session's batch waiting for (or in) a store write.
+
+    ``done`` is called with the outcome, in the task that wrote it; ``wake`` is called when the job may
+    lead a write and nobody waits on it (its actor handed it over and went idle).
+    """
 
     docs: list[EncodedDocument]
+    done: Callable[[StoreOutcome], None] | None = None
+    wake: Callable[[], None] | None = None
     result: StoreOutcome | None = None
     taken: bool = False
     wakeup: anyio.Event | None = None
 
     def answer(self, result: StoreOutcome) -> None:
         self.result = result
+        if self.done is not None:
+            self.done(result)
         if self.wakeup is not None:
             self.wakeup.set()
 
@@ -81,7 +91,7 @@ class WriteStage:
         self._counters = counters
         #: Store writes in flight at most.
         self.concurrency = config.store_write_concurrency
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[Job] = deque()
         self._queued_docs = 0
         self._in_flight = 0
         self._encoding: anyio.Lock | None = None  # made on first use (in the event loop)
@@ -100,11 +110,45 @@ class WriteStage:
             self._in_flight == 0 or self._queued_docs >= self._config.max_batch)
 
     def _poke(self) -> None:
-        """Wake the actor of the oldest queued batch when a new write may start."""
+        """Wake the oldest queued job's waiter, or its actor, when a new write may start."""
         if self._queue and self._may_lead():
-            wakeup = self._queue[0].wakeup
-            if wakeup is not None:
-                wakeup.set()
+            job = self._queue[0]
+            if job.wakeup is not None:
+                job.wakeup.set()
+            elif job.wake is not None:
+                job.wake()
+
+    def submit(self, docs: list[EncodedDocument], done: Callable[[StoreOutcome], None],
+               wake: Callable[[], None]) -> Job:
+        """Queue one session's batch (all or none) without waiting: ``done`` gets its outcome, and
+        ``wake`` is called when it may lead a write and nobody waits (see :meth:`wait`)."""
+        job = Job(docs, done, wake)
+        self._queue.append(job)
+        self._queued_docs += len(docs)
+        return job
+
+    def may_lead(self, job: Job) -> bool:
+        """Whether ``job`` is queued and a new write may start now (its owner should lead it)."""
+        return not job.taken and job.result is None and self._may_lead()
+
+    async def wait(self, job: Job) -> StoreOutcome:
+        """Wait until ``job`` is written, leading writes (of the oldest queued batches) while one may start."""
+        try:
+            while job.result is None:
+                if not job.taken and self._may_lead():
+                    await self._lead()
+                    continue
+                job.wakeup = anyio.Event()
+                await job.wakeup.wait()
+        finally:
+            job.wakeup = None
+            if job.result is None and not job.taken and job.done is None:
+                # A caller that waited and gave up (cancelled while queued): leave no trace.
+                self._queue.remove(job)
+                self._queued_docs -= len(job.docs)
+                self._poke()
+        assert job.result is not None
+        return job.result
 
     async def encode(self, uploads: Sequence[StateUpload]) -> list[EncodedDocument | str]:
         """Encode a due batch; long encodings (those that yield to the loop) take turns across the system."""
@@ -114,26 +158,14 @@ class WriteStage:
 
     async def write(self, docs: list[EncodedDocument]) -> StoreOutcome:
         """Store ``docs`` (one session's batch, all or none) in some merged write; return how it went."""
-        job = _Job(docs)
+        job = Job(docs)
         self._queue.append(job)
         self._queued_docs += len(docs)
-        try:
-            while job.result is None:
-                if not job.taken and self._may_lead():
-                    await self._lead()
-                    continue
-                job.wakeup = anyio.Event()
-                await job.wakeup.wait()
-        finally:
-            if job.result is None and not job.taken:  # cancelled while queued: leave no trace
-                self._queue.remove(job)
-                self._queued_docs -= len(job.docs)
-                self._poke()
-        return job.result
+        return await self.wait(job)
 
-    def _take(self) -> list[_Job]:
+    def _take(self) -> list[Job]:
         """Take queued batches up to ``max_batch`` documents (at least one batch)."""
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         count = 0
         limit = self._config.max_batch
         while self._queue and (not jobs or count + len(self._queue[0].docs) <= limit):
@@ -158,7 +190,7 @@ class WriteStage:
                 self._queued_docs += len(job.docs)
             self._poke()
 
-    async def _write(self, jobs: list[_Job]) -> None:
+    async def _write(self, jobs: list[Job]) -> None:
         docs = [doc for job in jobs for doc in job.docs]
         store = self._store
         sessions = sorted({doc.session_id for doc in docs})
@@ -199,7 +231,7 @@ class WriteStage:
         requests = documents if getattr(self._store(), "batch_supported", None) is False else 1
         return self._config.timeout * requests
 
-    async def _write_singly(self, job: _Job) -> None:
+    async def _write_singly(self, job: Job) -> None:
         """Write a refused batch one document at a time; the batch's outcome is its worst one."""
         ids: list[str] = []
         failure: StoreOutcome | None = None
