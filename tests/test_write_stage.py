@@ -77,6 +77,26 @@ class TestMerging:
         assert len(seen) == system.statistics().store_writes
 
 
+class TestWaitingSessions:
+    async def test_sessions_waiting_for_their_write_hold_no_task(self, sqlite_config: Config) -> None:
+        """While a slow write is in flight, 1,000 sessions whose batches wait in the stage run no task;
+        each is still written, once, when its turn comes (and closing waits for them)."""
+        config = sqlite_config.replace(max_batch=300, debounce=0.0)
+        store = CountingStore(open_store(config), delay=0.2)
+        async with ActorSystem(config, store=store) as system:
+            for n in range(1000):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+            with anyio.fail_after(10):
+                while store.in_flight == 0 or system.statistics().write_queue < 900:
+                    await anyio.sleep(0.01)
+            stats = system.statistics()
+            assert stats.running_actors <= 2  # the leader (and at most one about to park)
+            assert stats.live_actors == 1000 and stats.pending == 1000
+        stats = system.statistics()
+        assert (stats.documents, stats.failed, stats.pending, stats.running_actors) == (1000, 0, 0, 0)
+        assert sum(store.writes) == 1000 and max(store.writes) <= 300
+
+
 class TestRefusals:
     async def test_a_conflict_fails_alone_in_a_merged_write(self, sqlite_config: Config) -> None:
         """One upload that continues a stale state (parent_seq) is refused with a conflict; the other
