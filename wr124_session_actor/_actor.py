@@ -105,7 +105,8 @@ class SessionActor:
     def submit(self, upload: StateUpload) -> StateUpload | None:
         """Queue a fire-and-forget upload (coalescing past the bound); return the upload it replaced."""
         replaced = self.mailbox.submit(upload)
-        self._wake()
+        if self._job is None:  # else it waits in the mailbox: the stage's answer wakes the actor
+            self._wake()
         return replaced
 
     def put_nowait(self, message: Message) -> bool:
