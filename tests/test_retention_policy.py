@@ -49,12 +49,18 @@ class TestRetentionPolicy:
         assert policy == RetentionPolicy(5, 604800.0, 3600.0)
         assert policy.describe() == "keep_last=5 max_age=1w idle_ttl=1h"
         assert RetentionPolicy.parse() == RetentionPolicy()
+        assert RetentionPolicy.parse(keep_last=2**63 - 1).keep_last == 2**63 - 1
+        assert RetentionPolicy.parse(keep_last=" 123456789012345678 ").keep_last == 123456789012345678
 
     @pytest.mark.parametrize(
         ("values", "field"),
         [({"keep_last": -1}, "keep_last"), ({"keep_last": "x"}, "keep_last"), ({"keep_last": 1.5}, "keep_last"),
          ({"keep_last": True}, "keep_last"), ({"max_age": "soon"}, "max_age"), ({"idle_ttl": [1]}, "idle_ttl"),
-         ({"idle_ttl": -3}, "idle_ttl")],
+         ({"idle_ttl": -3}, "idle_ttl"),
+         # Past a 64-bit count (what schemathesis sent: a huge JSON number reads as a float), or text
+         # longer than the 18 digits the OpenAPI schema allows.
+         ({"keep_last": 2**63}, "keep_last"), ({"keep_last": 2.385e26}, "keep_last"),
+         ({"keep_last": "1" * 19}, "keep_last"), ({"keep_last": "²"}, "keep_last")],
     )
     def test_parse_names_the_bad_field(self, values: dict[str, object], field: str) -> None:
         """A malformed value is a ValueError naming the field."""

@@ -178,16 +178,22 @@ class PruneReport:
         return cls(counts[0], counts[1], counts[2], dry_run)  # type: ignore[arg-type]
 
 
+#: The largest count a store can hold (a signed 64-bit integer in sqlite and PostgreSQL).
+_MAX_COUNT: Final = 2**63 - 1
+#: A count as text: up to 18 digits (always below ``_MAX_COUNT``), as the server's OpenAPI schema says.
+_COUNT_TEXT: Final = re.compile(r"\s*[0-9]{1,18}\s*")
+
+
 def _parse_count(name: str, value: object) -> int:
     if value is None:
         return 0
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, str) and _COUNT_TEXT.fullmatch(value):
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
         value = int(value)  # JSON has one number type: 5.0 is the whole number 5
-    if type(value) is int and value >= 0:
+    if type(value) is int and 0 <= value <= _MAX_COUNT:
         return value
-    raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    raise ValueError(f"{name} must be a whole number from 0 to {_MAX_COUNT}, got {value!r}")
 
 
 def _parse_optional_duration(name: str, value: object) -> float | None:
