@@ -341,40 +341,51 @@ class _Template:
     parts: tuple[bytes, ...]
 
 
-#: Templates by the upload fields they are made of; cleared when it holds :data:`_TEMPLATES_MAX`.
-_TEMPLATES: Final[dict[tuple[object, ...], _Template]] = {}
+#: Templates by the upload fields they are made of (``None``: seen once, not made yet); cleared when it
+#: holds :data:`_TEMPLATES_MAX`.
+_TEMPLATES: Final[dict[tuple[object, ...], _Template | None]] = {}
 _TEMPLATES_MAX: Final = 4096
 
 
-def _template(upload: StateUpload) -> _Template:
-    """The document's fixed parts for ``upload``: made once per session, agent, task and details."""
+def _template(upload: StateUpload) -> _Template | None:
+    """The document's fixed parts for ``upload``, made the second time a session, agent, task and
+    details are seen (``None`` the first time: a session that uploads once never pays for one)."""
     key = (upload.session_id, upload.agent_name, upload.task, upload.description, upload.agent_description,
            upload.agent_color, upload.tools_count, upload.parent_seq)
     try:
-        return _TEMPLATES[key]
+        template = _TEMPLATES[key]
     except KeyError:
-        pass
-    except TypeError:  # an unhashable detail (tools_count): made each time
-        return _make_template(upload)
-    if len(_TEMPLATES) >= _TEMPLATES_MAX:
-        _TEMPLATES.clear()
-    template = _TEMPLATES[key] = _make_template(upload)
+        if len(_TEMPLATES) >= _TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = None
+        return None
+    except TypeError:  # an unhashable detail (tools_count): no template
+        return None
+    if template is None:
+        template = _TEMPLATES[key] = _Template(f"session_state_{upload.session_id}_", _tags(upload),
+                                               tuple(_encode_document_with_gaps(upload, _MARK, _MARK, _MARK,
+                                                                                _MARK, _MARK)))
     return template
 
 
-def _make_template(upload: StateUpload) -> _Template:
+def _tags(upload: StateUpload) -> tuple[str, ...]:
+    return (STATE_TAG, AGENT_TAG, upload.agent_name)
+
+
+def _encode_document_with_gaps(upload: StateUpload, doc_id: object, name: object, timestamp: object,
+                               uploaded: object, state_size: object) -> list[bytes]:
+    """The document encoded, cut where ``_MARK`` is given (the state always): the JSON between the gaps."""
     agent = upload.agent_name
-    tags = (STATE_TAG, AGENT_TAG, agent)
     doc: dict[str, object] = {
-        "id": _MARK,
-        "name": _MARK,
+        "id": doc_id,
+        "name": name,
         "description": upload.description or f"Session state of agent {agent} in session {upload.session_id}",
         "document_type": DOCUMENT_TYPE,
         "content": {
             "agent_name": agent,
             "task": upload.task,
             "state": _MARK,
-            "timestamp": _MARK,
+            "timestamp": timestamp,
             "tools_count": upload.tools_count,
             "session_metadata": {
                 "agent_description": upload.agent_description,
@@ -382,18 +393,18 @@ def _make_template(upload: StateUpload) -> _Template:
             },
         },
         "session_id": upload.session_id,
-        "tags": list(tags),
+        "tags": list(_tags(upload)),
         "metadata": {
-            "upload_timestamp": _MARK,
+            "upload_timestamp": uploaded,
             "task_length": len(upload.task),
-            "state_size": _MARK,
+            "state_size": state_size,
         },
         "is_public": False,
     }
     if upload.parent_seq is not None:
         doc["parent_seq"] = upload.parent_seq
     # orjson escapes every control character inside strings, so a raw NUL byte marks each gap.
-    return _Template(f"session_state_{upload.session_id}_", tags, tuple(orjson.dumps(doc).split(b"\0")))
+    return orjson.dumps(doc).split(b"\0")
 
 
 def _frame(upload: StateUpload, state_size: int,
@@ -403,15 +414,20 @@ def _frame(upload: StateUpload, state_size: int,
     ``uploaded`` is the upload timestamp (now when omitted: callers encoding many documents at once
     pass one).
     """
-    dumps = orjson.dumps
     timestamp = upload.created
-    template = _template(upload)
     # The original named documents with a compact local timestamp; we keep the shape, in UTC.
-    name = template.name_prefix + timestamp[:26].replace("-", "").replace(":", "").replace("T", "_").replace(".", "_")
+    stamp = timestamp[:26].replace("-", "").replace(":", "").replace("T", "_").replace(".", "_")
+    uploaded = uploaded or utc_now_iso()
+    template = _template(upload)
+    if template is None:
+        name = f"session_state_{upload.session_id}_{stamp}"
+        head, tail = _encode_document_with_gaps(upload, upload.doc_id, name, timestamp, uploaded, state_size)
+        return name, _tags(upload), head, tail
+    dumps = orjson.dumps
+    name = template.name_prefix + stamp
     id_, name_, state_, timestamp_, uploaded_, size_, end = template.parts
     head = b"".join((id_, dumps(upload.doc_id), name_, dumps(name), state_))
-    tail = b"".join((timestamp_, dumps(timestamp), uploaded_, dumps(uploaded or utc_now_iso()), size_,
-                     str(state_size).encode(), end))
+    tail = b"".join((timestamp_, dumps(timestamp), uploaded_, dumps(uploaded), size_, str(state_size).encode(), end))
     return name, template.tags, head, tail
 
 
