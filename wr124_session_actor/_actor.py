@@ -134,11 +134,8 @@ class SessionActor:
         parked = False
         try:
             while not mailbox.closed:
-                if self._job is not None and batch.full:
-                    # The batch in the stage fills the bound: wait for it before taking more uploads
-                    # (they would coalesce), leading its write when it may.
-                    await stage.wait(self._job)
-                    continue
+                if self._job is not None:
+                    await self._make_room()
                 message = mailbox.get_nowait()
                 if message is not None:
                     self.busy = True
@@ -204,6 +201,12 @@ class SessionActor:
         if replaced is not None and self.outbox is not None:
             self.outbox.settle((replaced.doc_id,))
 
+    async def _make_room(self) -> None:
+        """While the batch in the stage fills the bound, wait for it (leading its write when it may):
+        taking more uploads now would coalesce them."""
+        if self._job is not None and self._batch.full:
+            await self._stage.wait(self._job)
+
     async def _hand_over(self) -> None:
         """Encode the due batch and queue it in the write stage (answered later, by :meth:`_written`)."""
         batch = self._batch
@@ -211,7 +214,7 @@ class SessionActor:
             return
         items = batch.take()
         stage = self._stage
-        prepared = await self.ops.prepare([p.upload for p in items], stage.encoder)
+        prepared = await self.ops.prepare([p.upload for p in items], stage.encode)
         coalesced = sum(p.coalesced for p in items)
         if not prepared.docs:  # nothing to write (unchanged states, or none could be encoded)
             self._settle(items, self.ops.finish(prepared, None, coalesced=coalesced, final=False))
@@ -260,8 +263,7 @@ class SessionActor:
     async def _drain(self) -> None:
         calls: list[Call] = []
         while True:
-            if self._job is not None and self._batch.full:
-                await self._stage.wait(self._job)  # as while running: no coalescing for want of room
+            await self._make_room()
             if (message := self.mailbox.get_nowait()) is None:
                 break
             if isinstance(message, Upload):

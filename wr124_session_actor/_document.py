@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -147,78 +147,89 @@ def encode_state_pieces(state: object, depth: int = 0) -> Iterator[bytes]:
     yield encode(state)
 
 
+class _Pacer:
+    """Counts the bytes encoded and yields to the event loop after every ~256 KB.
+
+    With a ``turn`` shared by the encoders of many sessions, the first yield takes it and the pacer
+    holds it until :meth:`release`: only one long encoding proceeds at a time. (N of them at once would
+    each encode a slice in every turn of the event loop, which would then poll its sockets only every
+    N slices.) An encoding that never yields never waits for the turn.
+    """
+
+    __slots__ = ("_holding", "_produced", "_turn")
+
+    def __init__(self, turn: anyio.Lock | None) -> None:
+        self._turn = turn
+        self._holding = False
+        self._produced = 0
+
+    def count(self, size: int) -> bool:
+        """Count ``size`` bytes encoded; return whether it is time to :meth:`pause`."""
+        self._produced += size
+        return self._produced >= _YIELD_EVERY
+
+    async def pause(self) -> None:
+        """Yield to the event loop (taking the turn, the first time: it waits while another holds it)."""
+        self._produced = 0
+        if self._turn is not None and not self._holding:
+            await self._turn.acquire()  # a checkpoint when free
+            self._holding = True
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    def release(self) -> None:
+        """Give the turn back, if this pacer took it."""
+        if self._turn is not None and self._holding:
+            self._holding = False
+            self._turn.release()
+
+
 async def encode_documents(uploads: Iterable[StateUpload],
                            turn: anyio.Lock | None = None) -> list[EncodedDocument | str]:
     """Encode uploads on the event loop, yielding to it at least every ~256 KB encoded (small batches of
     small states need no yield: the store write that follows is the next checkpoint).
 
-    ``turn``, shared by the encoders of many sessions, is taken at the first yield and held to the end,
-    so that only one long encoding proceeds at a time: N of them at once would each encode a slice in
-    every turn of the event loop, which would then poll its sockets only every N slices.
-
+    ``turn``, shared by the encoders of many sessions, makes long encodings take turns (:class:`_Pacer`).
     A state that cannot be encoded becomes its error message; the others are unaffected.
     """
-    holding = False
-
-    async def pause() -> None:
-        nonlocal holding
-        if turn is not None and not holding:
-            await turn.acquire()  # yields to the loop, and waits while another long encoding runs
-            holding = True
-        else:
-            await anyio.lowlevel.checkpoint()
-
-    try:
-        return await _encode_documents(uploads, pause)
-    finally:
-        if holding:
-            assert turn is not None
-            turn.release()
-
-
-async def _encode_documents(uploads: Iterable[StateUpload],
-                            pause: Callable[[], Awaitable[None]]) -> list[EncodedDocument | str]:
     out: list[EncodedDocument | str] = []
-    produced = 0
+    pacer = _Pacer(turn)
     uploaded = utc_now_iso()  # one upload timestamp for the documents encoded together
-    for upload in uploads:
-        if upload.encoded is not None:
-            out.append(upload.encoded)
-            continue
-        try:
-            if _is_small(upload.state) > 0:  # the common case: one orjson call
-                document = encode_document(upload, uploaded=uploaded)
-                out.append(document)
-                produced += len(document.body)
-                if produced >= _YIELD_EVERY:
-                    produced = 0
-                    await pause()
+    try:
+        for upload in uploads:
+            if upload.encoded is not None:
+                out.append(upload.encoded)
                 continue
-            pieces: list[bytes] = []
-            digest = _state_digest()
-            for piece in encode_state_pieces(upload.state):
-                pieces.append(piece)
-                digest.update(piece)
-                produced += len(piece)
-                if produced >= _YIELD_EVERY:
-                    produced = 0
-                    await pause()
-            # A large state: assemble the body piece by piece too (one big copy is a long hold as well).
-            name, tags, head, tail = _frame(upload, sum(map(len, pieces)), uploaded)
-            body = bytearray(head)
-            for piece in pieces:
-                body += piece
-                produced += len(piece)
-                if produced >= _YIELD_EVERY:
-                    produced = 0
-                    await pause()
-            body += tail
-            upload.encoded = _encoded(upload, name, tags, body, digest.digest())
-            out.append(upload.encoded)
-        except StateEncodeError as exc:
-            out.append(str(exc))
-        except RuntimeError as exc:  # the caller mutated the state while it was being encoded
-            out.append(f"state changed while being encoded ({exc}); submit a snapshot (save_state())")
+            try:
+                if _is_small(upload.state) > 0:  # the common case: one orjson call
+                    document = encode_document(upload, uploaded=uploaded)
+                    out.append(document)
+                    if pacer.count(len(document.body)):
+                        await pacer.pause()
+                    continue
+                pieces: list[bytes] = []
+                digest = _state_digest()
+                for piece in encode_state_pieces(upload.state):
+                    pieces.append(piece)
+                    digest.update(piece)
+                    if pacer.count(len(piece)):
+                        await pacer.pause()
+                # A large state: assemble the body piece by piece too (one big copy is a long hold as well).
+                name, tags, head, tail = _frame(upload, sum(map(len, pieces)), uploaded)
+                body = bytearray(head)
+                for piece in pieces:
+                    body += piece
+                    if pacer.count(len(piece)):
+                        await pacer.pause()
+                body += tail
+                upload.encoded = _encoded(upload, name, tags, body, digest.digest())
+                out.append(upload.encoded)
+            except StateEncodeError as exc:
+                out.append(str(exc))
+            except RuntimeError as exc:  # the caller mutated the state while it was being encoded
+                out.append(f"state changed while being encoded ({exc}); submit a snapshot (save_state())")
+    finally:
+        pacer.release()
     return out
 
 

@@ -34,9 +34,7 @@ from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreErro
 from ._status import SessionStateStatus
 from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, Query
 
-__all__ = [
-    "Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "Writer", "call_store", "status_of",
-]
+__all__ = ["Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "call_store", "status_of"]
 
 T = TypeVar("T")
 Status = SessionStateStatus
@@ -132,7 +130,6 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
 
 
 #: Writes documents and tells how it went (direct mode: the store itself; actor mode: the write stage).
-Writer = Callable[[list[EncodedDocument]], Awaitable[StoreOutcome]]
 #: Encodes uploads (each to its document, or to the message of why it cannot be encoded).
 Encoder = Callable[[Sequence[StateUpload]], Awaitable[list[EncodedDocument | str]]]
 
@@ -288,24 +285,23 @@ class SessionOps:
             prepared.docs.append(item)
         return prepared
 
-    async def write(self, uploads: Sequence[StateUpload], writer: Writer | None = None, *, coalesced: int = 0,
-                    final: bool = True, encode: Encoder = encode_documents) -> list[UploadOutcome]:
-        """Encode ``uploads`` and store them in one write; return one outcome per upload, in order.
+    async def write(self, uploads: Sequence[StateUpload]) -> list[UploadOutcome]:
+        """Encode ``uploads`` and store them in one write (direct mode); return one outcome per upload.
 
         A state that cannot be encoded fails alone (``FAILED`` naming the type); the rest are written. A
         state equal to the agent's last stored one (``skip_unchanged``) is not written: its outcome names
-        the stored document. ``writer`` is the store itself when omitted (direct mode), and ``encode``
-        encodes the uploads (on the spot when omitted). ``final`` false: the caller keeps transient
-        failures for a later try (logged as retries).
+        the stored document. (Actors write through the write stage: :meth:`prepare`, the stage, then
+        :meth:`finish`.)
         """
-        prepared = await self.prepare(uploads, encode)
-        result = await (writer or self._insert)(prepared.docs) if prepared.docs else None
-        return self.finish(prepared, result, coalesced=coalesced, final=final)
+        prepared = await self.prepare(uploads)
+        result = await self._insert(prepared.docs) if prepared.docs else None
+        return self.finish(prepared, result)
 
     def finish(self, prepared: PreparedWrite, result: StoreOutcome | None, *, coalesced: int = 0,
                final: bool = True) -> list[UploadOutcome]:
         """The outcomes of a prepared write once its documents' write ended with ``result`` (``None``:
-        there were none to write); logs it and remembers what was stored (see :meth:`write`)."""
+        there were none to write); logs it and remembers what was stored (see :meth:`write`). ``final``
+        false: the caller keeps transient failures for a later try (logged as retries)."""
         outcomes = prepared.outcomes
         if prepared.docs:
             assert result is not None

@@ -33,7 +33,7 @@ from ._circuit import CircuitBreaker
 from ._config import Config
 from ._document import EncodedDocument, StateUpload, encode_documents
 from ._exceptions import StoreError
-from ._ops import Encoder, StoreOutcome, Writer, call_store
+from ._ops import StoreOutcome, call_store
 from ._statistics import SystemCounters
 from ._status import SessionStateStatus
 from .stores import DocumentStore
@@ -81,7 +81,7 @@ class WriteStage:
     """
 
     __slots__ = ("_circuit", "_config", "_counters", "_encoding", "_in_flight", "_queue", "_queued_docs",
-                 "_store", "concurrency", "encoder", "writer")
+                 "_store", "concurrency")
 
     def __init__(self, config: Config, store: Callable[[], DocumentStore], circuit: CircuitBreaker,
                  counters: SystemCounters) -> None:
@@ -95,10 +95,6 @@ class WriteStage:
         self._queued_docs = 0
         self._in_flight = 0
         self._encoding: anyio.Lock | None = None  # made on first use (in the event loop)
-        #: :meth:`write` and :meth:`encode` bound once: every session's write passes them (and a waiting
-        #: one holds them), so a new bound method per write would be two more objects per waiting session.
-        self.writer: Writer = self.write
-        self.encoder: Encoder = self.encode
 
     @property
     def queued(self) -> int:
@@ -141,12 +137,7 @@ class WriteStage:
                 job.wakeup = anyio.Event()
                 await job.wakeup.wait()
         finally:
-            job.wakeup = None
-            if job.result is None and not job.taken and job.done is None:
-                # A caller that waited and gave up (cancelled while queued): leave no trace.
-                self._queue.remove(job)
-                self._queued_docs -= len(job.docs)
-                self._poke()
+            job.wakeup = None  # cancelled while queued, the job stays: the stage wakes its actor later
         assert job.result is not None
         return job.result
 
@@ -155,13 +146,6 @@ class WriteStage:
         if self._encoding is None:
             self._encoding = anyio.Lock()
         return await encode_documents(uploads, self._encoding)
-
-    async def write(self, docs: list[EncodedDocument]) -> StoreOutcome:
-        """Store ``docs`` (one session's batch, all or none) in some merged write; return how it went."""
-        job = Job(docs)
-        self._queue.append(job)
-        self._queued_docs += len(docs)
-        return await self.wait(job)
 
     def _take(self) -> list[Job]:
         """Take queued batches up to ``max_batch`` documents (at least one batch)."""
