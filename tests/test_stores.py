@@ -3,6 +3,8 @@ test_http_store.py; PostgreSQL specifics: test_postgres.py)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -243,3 +245,53 @@ class TestEngineBatches:
             got = engine.get("p", d.id)
             assert got is not None
             assert got["content"]["state"] == orjson.loads(d.body)["content"]["state"]
+
+
+class TestCheckpoints:
+    """A sqlite file's WAL is checkpointed by the engine's own thread, not inside the writes."""
+
+    THREAD = "wr124-sqlite-checkpoint"
+
+    @classmethod
+    def checkpoint_threads(cls) -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == cls.THREAD]
+
+    def test_writes_reach_the_database_file_without_a_writer_checkpoint(self, tmp_path: Path) -> None:
+        """6 MB written stay far under the writer's own checkpoint mark (16,000 pages), yet the
+        database file soon holds them: the thread copied the WAL into it."""
+        path = tmp_path / "c.db"
+        engine = SqliteDocuments(path)
+        try:
+            for i in range(3):
+                engine.insert_many("p", [doc(i=i, blob=str(i) * (2 * 1024 * 1024))])
+            deadline = time.monotonic() + 10
+            while path.stat().st_size < 6 * 1024 * 1024 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert path.stat().st_size >= 6 * 1024 * 1024
+            assert engine.query("p", Query(limit=10))[1] == 3
+        finally:
+            engine.close()
+
+    def test_close_joins_the_thread_and_a_later_write_starts_it_again(self, tmp_path: Path) -> None:
+        """Closing leaves no checkpoint thread behind and checkpoints the whole WAL; the engine opens
+        again on the next call, with its thread."""
+        path = tmp_path / "c.db"
+        engine = SqliteDocuments(path)
+        for i in range(2):
+            before = set(self.checkpoint_threads())
+            engine.insert_many("p", [doc(i=i)])
+            (started,) = set(self.checkpoint_threads()) - before
+            engine.close()
+            assert not started.is_alive()
+            assert not Path(f"{path}-wal").exists()  # the last connection closed checkpointed everything
+        reopened = SqliteDocuments(path)
+        assert reopened.query("p", Query(limit=10))[1] == 2
+        reopened.close()
+
+    def test_memory_engine_has_no_thread(self) -> None:
+        """``":memory:"`` has no WAL: no checkpoint thread."""
+        before = set(self.checkpoint_threads())
+        engine = SqliteDocuments(":memory:")
+        engine.insert_many("p", [doc(i=1)])
+        assert set(self.checkpoint_threads()) == before
+        engine.close()

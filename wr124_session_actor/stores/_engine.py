@@ -25,6 +25,7 @@ from .._document import EncodedDocument, utc_now_iso
 from .._exceptions import StoreError, StoreUnavailable
 from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
+from ._checkpoint import INLINE_CHECKPOINT_PAGES, Checkpointer
 from ._retention import SQLITE_DIALECT, prune_documents
 
 __all__ = ["SqliteDocuments", "open_sqlite"]
@@ -110,6 +111,8 @@ class SqliteDocuments:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._applied: list[int] = []
+        # A file's WAL is checkpointed by a thread, not by the writer (see ._checkpoint).
+        self._checkpointer = None if self.path == ":memory:" else Checkpointer(self.path)
 
     @property
     def concurrency(self) -> int:
@@ -125,6 +128,8 @@ class SqliteDocuments:
                 if self._conn is None:
                     conn = open_sqlite(self.path, _SCHEMA, synchronous="NORMAL")
                     try:
+                        if self._checkpointer is not None:
+                            conn.execute(f"PRAGMA wal_autocheckpoint={INLINE_CHECKPOINT_PAGES}")
                         self._applied = _migrate(conn)
                     except BaseException:
                         conn.close()
@@ -175,7 +180,13 @@ class SqliteDocuments:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        self._wrote()
         return results
+
+    def _wrote(self) -> None:
+        """A write committed: the WAL grew, a checkpoint is due soon."""
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
 
     def query(self, project: str, query: Query) -> tuple[list[Document], int]:
         """Return one page of matching documents and the count of all matches."""
@@ -244,6 +255,7 @@ class SqliteDocuments:
         """Delete a document; return whether it existed."""
         with self._connection() as conn:
             cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
+        self._wrote()
         return cursor.rowcount > 0
 
     def prune(
@@ -269,7 +281,8 @@ class SqliteDocuments:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
-                return result
+            self._wrote()
+            return result
 
         return prune_documents(transact, SQLITE_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
                                now=now, batch_size=batch_size, time_budget=time_budget)
@@ -280,7 +293,9 @@ class SqliteDocuments:
             conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
-        """Close the connection (a later call opens it again)."""
+        """Close the connection (a later call opens it again), after the checkpoint thread."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()  # first: the last connection closed checkpoints the whole WAL
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
