@@ -48,6 +48,7 @@ def test_the_server_keeps_its_contract(case: schemathesis.Case, live: ServerThre
     case.call_and_validate(base_url=live.url, excluded_checks=[allow_header_conformance])
 
 
+@pytest.mark.slow  # it counts what the slow test above sent: the fast set leaves both out
 def test_every_route_got_a_few_hundred_requests(live: ServerThread) -> None:
     """The server's own metrics count the generated requests per route (runs after the test above): no 5xx."""
     text = httpx.get(f"{live.url}/metrics").text
