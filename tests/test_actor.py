@@ -99,6 +99,30 @@ class TestCoalescing:
         assert len(await stored_states(config, "s")) == 2
 
 
+    async def test_keep_all_stores_each_state_as_it_was_submitted(self, memory_config: Config) -> None:
+        """keep="all": a state changed by the caller after submit() is stored as it was then; a state
+        that cannot be encoded still fails alone, and a large one (encoded later, in pieces) is stored."""
+        config = memory_config.replace(keep="all")
+        large = {"items": list(range(5000))}
+        async with ActorSystem(config) as system:
+            handle = system.handle("s")
+            state: dict[str, object] = {"step": 0, "messages": ["hello"]}
+            for step in range(1, 4):
+                assert handle.submit(state, "t", "a") == S.SUCCESS
+                state["step"] = step  # the agent goes on with the same object
+                state["messages"].append(f"m{step}")  # type: ignore[attr-defined]
+            assert handle.submit({"bad": object()}, "t", "a") == S.SUCCESS
+            assert handle.submit(large, "t", "a") == S.SUCCESS
+            assert await handle.flush() == (S.FAILED, "1 uploads were refused for good (see the log)")
+            stats = system.statistics()
+        assert stats.documents == 4 and stats.failed == 1
+        assert (await stored_states(config, "s"))[::-1] == [
+            {"step": 0, "messages": ["hello"]},
+            {"step": 1, "messages": ["hello", "m1"]},
+            {"step": 2, "messages": ["hello", "m1", "m2"]},
+            large,
+        ]
+
 class TestFlushTriggers:
     async def test_debounce_flushes_after_quiet(self, memory_config: Config) -> None:
         """A lone submit is written once the session has been quiet for ``debounce``."""

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from wr124_session_actor import StateEncodeError
-from wr124_session_actor._document import StateUpload, encode_document, normalize_timestamp
+from wr124_session_actor._document import StateUpload, encode_document, encode_if_small, normalize_timestamp
 
 
 class Color(enum.Enum):
@@ -157,3 +157,18 @@ class TestPieces:
         results = await encode_documents([good, bad])
         assert not isinstance(results[0], str)
         assert isinstance(results[1], str) and "object" in results[1]
+
+
+def test_encode_if_small_encodes_small_states_only() -> None:
+    """A small state is encoded at once and let go; a large one (left for the write, in pieces) and one
+    that cannot be encoded (left to fail there) are kept as they are."""
+    small = StateUpload("s", {"n": [1, 2]}, "t", "a")
+    encode_if_small(small)
+    assert small.state is None and small.encoded is not None
+    assert orjson.loads(small.encoded.body)["content"]["state"] == {"n": [1, 2]}
+    large_state = {"items": list(range(5000))}
+    bad_state = {"x": object()}
+    for state in (large_state, bad_state):
+        upload = StateUpload("s", state, "t", "a")
+        encode_if_small(upload)
+        assert upload.state is state and upload.encoded is None

@@ -28,6 +28,7 @@ __all__ = [
     "encode",
     "encode_document",
     "encode_documents",
+    "encode_if_small",
     "encode_state",
     "encode_state_pieces",
     "new_document_id",
@@ -461,6 +462,24 @@ def encode_document(upload: StateUpload, state_bytes: bytes | None = None,
     name, tags, head, tail = _frame(upload, len(state_bytes), uploaded)
     upload.encoded = _encoded(upload, name, tags, head + state_bytes + tail, state_hash)
     return upload.encoded
+
+
+def encode_if_small(upload: StateUpload) -> None:
+    """Encode ``upload`` now if its state is small (one short orjson call), and let go of the state.
+
+    For ``keep="all"``, where every snapshot is written: the library then holds bytes instead of the
+    caller's objects until the write (less memory, and no work for the garbage collector, which
+    otherwise walks every waiting snapshot), and a state the caller changes after submitting it is
+    stored as it was. A large state is left for the write, which encodes it in pieces between yields
+    to the event loop; one that cannot be encoded is left too, and fails there with its message.
+    """
+    if upload.encoded is not None or _is_small(upload.state) <= 0:
+        return
+    try:
+        encode_document(upload)
+    except StateEncodeError:
+        return
+    upload.state = None
 
 
 def _state_digest(data: bytes = b"") -> hashlib._Hash:

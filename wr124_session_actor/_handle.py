@@ -10,7 +10,7 @@ import anyio.lowlevel
 import structlog
 
 from ._actor import CLOSED_MESSAGE
-from ._document import StateUpload
+from ._document import StateUpload, encode_if_small
 from ._mailbox import Call, Message, Reply, Upload
 from ._ops import SessionOps
 from ._runtime import ActorRuntime
@@ -41,14 +41,17 @@ class SessionHandle:
         """Queue an upload and return at once: ``SUCCESS`` when accepted (the outcome is logged).
 
         Past the mailbox bound the upload replaces the queued one of the same agent instead of
-        growing memory. Returns ``DISABLED`` when uploads are disabled, ``FAILED`` when the system is
-        closed or the arguments are wrong.
+        growing memory. With ``keep="all"`` a small state is encoded here, so that later changes to
+        the caller's object do not reach the stored snapshot. Returns ``DISABLED`` when uploads are
+        disabled, ``FAILED`` when the system is closed or the arguments are wrong.
         """
         runtime = self._runtime
         if not runtime.config.enabled:
             return Status.DISABLED
         try:
             upload = StateUpload(self.session_id, state, task, agent_name, **details)
+            if runtime.config.keep == "all":  # every snapshot is written: hold its bytes, not the caller's objects
+                encode_if_small(upload)
             replaced = runtime.actor(self.session_id).submit(upload)
         except anyio.ClosedResourceError:
             logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
