@@ -476,7 +476,7 @@ def encode_if_small(upload: StateUpload) -> None:
     if upload.encoded is not None or _is_small(upload.state) <= 0:
         return
     try:
-        encode_document(upload)
+        encode_document(upload, uploaded=upload.created)  # uploaded as submitted, like the original
     except StateEncodeError:
         return
     upload.state = None
