@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from wr124_session_actor import Config
 from wr124_session_actor.stores import close_shared_postgres, reset_memory_stores
 
 
-def _drop(_logger: Any, _name: str, _event: dict[str, Any]) -> dict[str, Any]:
+def _drop(_logger: Any, _name: str, _event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     raise structlog.DropEvent
 
 

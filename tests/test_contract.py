@@ -41,7 +41,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 @pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-def test_the_server_keeps_its_contract(case: schemathesis.Case, live: ServerThread) -> None:
+def test_the_server_keeps_its_contract(case: schemathesis.Case[Any], live: ServerThread) -> None:
     """Generated requests (valid and invalid) get no 5xx, and every answer matches the contract."""
     # ``/{project}/json-documents/batch`` also matches ``/{project}/json-documents/{doc_id}`` (a document
     # may be named "batch"), so its Allow header rightly lists GET and DELETE too.
@@ -76,11 +76,11 @@ class RecordingParams(MultiDict[str]):
         super().__init__()
         self.asked: set[str] = set()
 
-    def getall(self, key: str, default: Any = ()) -> Any:  # type: ignore[override]
+    def getall(self, key: str, default: Any = ()) -> Any:
         self.asked.add(key)
         return super().getall(key, default)
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         self.asked.add(key)
         return super().get(key, default)
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -85,7 +86,8 @@ def test_replicas_with_one_killed_mid_run(postgres_db: str) -> None:
                                             env=env, stdout=subprocess.PIPE, text=True))
         with psycopg.connect(postgres_db) as conn:  # kill once writes flow
             end = time.monotonic() + 60
-            while (at_kill := conn.execute("SELECT count(*) FROM wr124_documents").fetchone()) < (100,):
+            while (at_kill := conn.execute("SELECT count(*) FROM wr124_documents").fetchone()) is None \
+                    or at_kill[0] < 100:
                 assert time.monotonic() < end, "no writes arrived"
                 time.sleep(0.05)
         replicas[0].send_signal(signal.SIGKILL)
@@ -99,7 +101,8 @@ def test_replicas_with_one_killed_mid_run(postgres_db: str) -> None:
             assert writer.returncode == 0
             acked.extend(json.loads(out))
     finally:
-        for proc in [*writers, *replicas]:
+        procs: list[subprocess.Popen[Any]] = [*writers, *replicas]
+        for proc in procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()

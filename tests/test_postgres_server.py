@@ -61,6 +61,7 @@ def scenario(url: str, api_key: str) -> list[tuple[str, tuple[int, Any]]]:
         record("batch again", c.post(f"{col}/batch", json={"documents": batch}))
         record("batch conflict", c.post(f"{col}/batch", json={"documents": [body("b5"), body("b1", agent="q")]}))
         record("b5 not stored", c.get(f"{col}/b5"))
+        params: Any
         for label, params in [
             ("all", {}), ("session", {"session_id": "s1"}),
             ("tags repeated", [("tags", "a"), ("tags", "session_state")]),

@@ -34,5 +34,6 @@ class TestStatus:
 
     def test_is_a_str(self) -> None:
         """Statuses compare equal to their strings, as the original's ``str`` Enum."""
-        assert SessionStateStatus.SUCCESS == "success"
+        success: str = SessionStateStatus.SUCCESS
+        assert success == "success"
         assert str(SessionStateStatus.TIMEOUT) == "timeout"

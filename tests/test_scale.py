@@ -27,7 +27,7 @@ def _config(server: DocServer, anyio_backend: str, **changes: Any) -> Config:
     return Config(**values)
 
 
-async def _ten_thousand_sessions_and_three_rapid_ones(system: ActorSystem) -> dict[str, Any]:
+async def _ten_thousand_sessions_and_three_rapid_ones(system: ActorSystem) -> dict[tuple[str, int], int]:
     """Every session submits; returns the states sent by document-to-be (session, state)."""
     sent: dict[tuple[str, int], int] = {}
     for n in range(SESSIONS):
