@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -64,6 +65,7 @@ class HttpStore:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._max_body = max_body_bytes
+        self._concurrency = concurrency
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._closed = False
         #: ``None`` until known; ``False`` after the server answered 404/405 to the batch endpoint.
@@ -120,24 +122,30 @@ class HttpStore:
 
     async def _insert_singly(self, docs: list[EncodedDocument]) -> list[str]:
         """One POST per document (a server without the batch endpoint): the sessions' documents go in
-        parallel, at most ``concurrency`` requests at once, and each session's in order."""
+        parallel, at most ``concurrency`` requests at once, and each session's in order.
+
+        A few workers take the sessions one after another (a task per session would cost more than its
+        POST when thousands of sessions wrote one document each)."""
         by_session: dict[str, list[int]] = {}
         for index, doc in enumerate(docs):
             by_session.setdefault(doc.session_id, []).append(index)
         ids: list[str] = [""] * len(docs)
+        sessions = deque(by_session.values())
 
-        async def post_in_order(indexes: list[int]) -> None:
-            for index in indexes:
-                async with self._limiter:
-                    resp = await self._request("POST", self._collection, content=bytes(docs[index].body))
-                ids[index] = str(_expect(resp, "id", str))
+        async def post_sessions_in_order() -> None:
+            while sessions:
+                for index in sessions.popleft():
+                    async with self._limiter:
+                        resp = await self._request("POST", self._collection, content=bytes(docs[index].body))
+                    ids[index] = str(_expect(resp, "id", str))
 
-        if len(by_session) == 1:
-            await post_in_order(next(iter(by_session.values())))
+        workers = min(len(sessions), self._concurrency)
+        if workers == 1:
+            await post_sessions_in_order()
             return ids
         async with anyio.create_task_group() as group:
-            for indexes in by_session.values():
-                group.start_soon(post_in_order, indexes)
+            for _ in range(workers):
+                group.start_soon(post_sessions_in_order)
         return ids
 
     async def query(self, query: Query) -> QueryResult:

@@ -1,0 +1,61 @@
+"""The HTTP store's single POSTs (a server without the batch endpoint), over a fake transport."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+import orjson
+import pytest
+
+from wr124_session_actor._document import StateUpload, encode_document
+from wr124_session_actor.stores._http import HttpStore
+from wr124_session_actor.transports import Params, Response
+
+pytestmark = pytest.mark.anyio
+
+
+class NoBatchTransport:
+    """Answers the batch endpoint with 405 and each single POST after a short wait; records the POSTs
+    in the order they started and the most in flight at once."""
+
+    name = "mock"
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, int]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                      content: bytes | None = None) -> Response:
+        if url.endswith("/batch"):
+            await anyio.lowlevel.checkpoint()
+            return Response(405, {}, b'{"error": "no batch endpoint"}')
+        assert method == "POST" and content is not None
+        doc = orjson.loads(content)
+        self.posted.append((doc["session_id"], doc["content"]["state"]["n"]))
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await anyio.sleep(0.001)
+        self.in_flight -= 1
+        return Response(201, {}, orjson.dumps({"id": f"server-{doc['id']}"}))
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_single_posts_are_bounded_parallel_and_in_order_per_session() -> None:
+    """40 documents of 10 sessions, concurrency 3: at most 3 POSTs at once (and more than one), each
+    session's documents in order, and every id in its document's place."""
+    transport = NoBatchTransport()
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=3)
+    docs = [encode_document(StateUpload(f"s{n % 10}", {"n": n}, "t", "a")) for n in range(40)]
+    ids = await store.insert_many(docs)
+    assert ids == [f"server-{d.id}" for d in docs]
+    assert store.batch_supported is False
+    assert 1 < transport.most_in_flight <= 3
+    assert sorted(transport.posted) == sorted((f"s{n % 10}", n) for n in range(40))
+    for session in range(10):
+        steps = [n for s, n in transport.posted if s == f"s{session}"]
+        assert steps == sorted(steps)
+    await store.aclose()
