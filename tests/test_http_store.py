@@ -8,6 +8,7 @@ import anyio
 import orjson
 import pytest
 
+from wr124_session_actor import StoreBadResponse
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor.stores._http import HttpStore
 from wr124_session_actor.transports import Params, Response
@@ -58,4 +59,36 @@ async def test_single_posts_are_bounded_parallel_and_in_order_per_session() -> N
     for session in range(10):
         steps = [n for s, n in transport.posted if s == f"s{session}"]
         assert steps == sorted(steps)
+    await store.aclose()
+
+
+class UnderscoreIdTransport(NoBatchTransport):
+    """A service that names the created id ``_id`` (a string, or a number), as the original client allowed."""
+
+    async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                      content: bytes | None = None) -> Response:
+        resp = await super().request(method, url, headers=headers, params=params, content=content)
+        if resp.status != 201:
+            return resp
+        n = len(self.posted)
+        return Response(201, {}, orjson.dumps({"_id": n} if n % 2 else {"_id": f"doc-{n}"}))
+
+
+async def test_a_created_id_may_be_named_underscore_id() -> None:
+    """``{"_id": ...}`` answers are taken (a number as its text); an answer with neither is a bad response."""
+    transport = UnderscoreIdTransport()
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=1)
+    docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(4)]
+    assert await store.insert_many(docs) == ["1", "doc-2", "3", "doc-4"]
+    await store.aclose()
+
+    class NoIdTransport(NoBatchTransport):
+        async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                          content: bytes | None = None) -> Response:
+            resp = await super().request(method, url, headers=headers, params=params, content=content)
+            return resp if resp.status != 201 else Response(201, {}, b'{"ok": true}')
+
+    store = HttpStore("http://127.0.0.1:1", "p", NoIdTransport, concurrency=1)
+    with pytest.raises(StoreBadResponse, match="no 'id'"):
+        await store.insert_many(docs[:1])
     await store.aclose()

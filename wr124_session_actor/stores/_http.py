@@ -137,7 +137,7 @@ class HttpStore:
                 for index in sessions.popleft():
                     async with self._limiter:
                         resp = await self._request("POST", self._collection, content=bytes(docs[index].body))
-                    ids[index] = str(_expect(resp, "id", str))
+                    ids[index] = _created_id(resp)
 
         workers = min(len(sessions), self._concurrency)
         if workers == 1:
@@ -277,6 +277,18 @@ def _body(resp: Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise StoreBadResponse(f"HTTP {resp.status}: expected a JSON object, got {type(body).__name__}")
     return body
+
+
+def _created_id(resp: Response) -> str:
+    """The id a single POST answered: ``id``, or ``_id`` as some services name it (the original client took
+    either); a number is taken as its text."""
+    _check_status(resp, None)
+    body = _body(resp)
+    for key in ("id", "_id"):
+        value = body.get(key)
+        if (isinstance(value, str) and value) or type(value) is int:
+            return str(value)
+    raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'id' (nor '_id')")
 
 
 def _expect(resp: Response, key: str, kind: type) -> Any:
