@@ -44,8 +44,6 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        #: Background checkpoints run so far (for tests and curiosity).
-        self.checkpoints = 0
 
     def poke(self) -> None:
         """Ask for a checkpoint soon (called after a write commits; cheap when one is already due)."""
@@ -86,7 +84,6 @@ class Checkpointer:
                 self._due.clear()
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self.checkpoints += 1
                 except sqlite3.Error as exc:  # the writer's own checkpoint still bounds the WAL
                     logger.warning("sqlite_checkpoint_failed", path=self.path, error=str(exc))
                 if self._stop.wait(CHECKPOINT_INTERVAL):
