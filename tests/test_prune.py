@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from wr124_session_actor import Config, PruneReport, RetentionPolicy, StoreRejected
 from wr124_session_actor._document import StateUpload, encode_document
@@ -97,6 +98,10 @@ class TestEndpoint:
         """Omitted fields are the server's own policy; null or 0 turns a rule off."""
         server_policy = RetentionPolicy(keep_last=3, idle_ttl=86400)
         assert _parse_body(b"", server_policy) == (server_policy, None, False)
+        assert _parse_body(b" \t\r\n", server_policy) == (server_policy, None, False)
+        for not_json in (b"\x0c", b"\x0b", b" \x1f "):  # whitespace to bytes.strip(), not to JSON (schemathesis)
+            with pytest.raises(web.HTTPBadRequest):
+                _parse_body(not_json, server_policy)
         assert _parse_body(b'{"keep_last": null, "dry_run": true}', server_policy) == (
             RetentionPolicy(idle_ttl=86400), None, True)
         assert _parse_body(b'{"idle_ttl": 0, "max_age": "1h"}', server_policy)[0] == RetentionPolicy(3, 3600.0)
