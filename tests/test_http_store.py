@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 import orjson
@@ -16,13 +17,19 @@ from wr124_session_actor.transports import Params, Response
 pytestmark = pytest.mark.anyio
 
 
+def server_id(posted: int, doc: dict[str, Any]) -> object:
+    """The answer of a service that assigns ids of its own."""
+    return {"id": f"server-{doc['id']}"}
+
+
 class NoBatchTransport:
-    """Answers the batch endpoint with 405 and each single POST after a short wait; records the POSTs
-    in the order they started and the most in flight at once."""
+    """Answers the batch endpoint with 405 and each single POST, after a short wait, with ``answer(number
+    of POSTs so far, the document)``; records the POSTs in the order they started and the most in flight."""
 
     name = "mock"
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Callable[[int, dict[str, Any]], object] = server_id) -> None:
+        self.answer = answer
         self.posted: list[tuple[str, int]] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -39,7 +46,7 @@ class NoBatchTransport:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await anyio.sleep(0.001)
         self.in_flight -= 1
-        return Response(201, {}, orjson.dumps({"id": f"server-{doc['id']}"}))
+        return Response(201, {}, orjson.dumps(self.answer(len(self.posted), doc)))
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -62,33 +69,17 @@ async def test_single_posts_are_bounded_parallel_and_in_order_per_session() -> N
     await store.aclose()
 
 
-class UnderscoreIdTransport(NoBatchTransport):
-    """A service that names the created id ``_id`` (a string, or a number), as the original client allowed."""
-
-    async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
-                      content: bytes | None = None) -> Response:
-        resp = await super().request(method, url, headers=headers, params=params, content=content)
-        if resp.status != 201:
-            return resp
-        n = len(self.posted)
-        return Response(201, {}, orjson.dumps({"_id": n} if n % 2 else {"_id": f"doc-{n}"}))
-
-
 async def test_a_created_id_may_be_named_underscore_id() -> None:
     """``{"_id": ...}`` answers are taken (a number as its text); an answer with neither is a bad response."""
-    transport = UnderscoreIdTransport()
+    # As the original client allowed: ``_id``, a string or a number.
+    transport = NoBatchTransport(lambda n, _doc: {"_id": n} if n % 2 else {"_id": f"doc-{n}"})
     store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=1)
     docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(4)]
     assert await store.insert_many(docs) == ["1", "doc-2", "3", "doc-4"]
     await store.aclose()
 
-    class NoIdTransport(NoBatchTransport):
-        async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
-                          content: bytes | None = None) -> Response:
-            resp = await super().request(method, url, headers=headers, params=params, content=content)
-            return resp if resp.status != 201 else Response(201, {}, b'{"ok": true}')
-
-    store = HttpStore("http://127.0.0.1:1", "p", NoIdTransport, concurrency=1)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: NoBatchTransport(lambda _n, _doc: {"ok": True}),
+                      concurrency=1)
     with pytest.raises(StoreBadResponse, match="no 'id'"):
         await store.insert_many(docs[:1])
     await store.aclose()

@@ -129,7 +129,6 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
                         getattr(error, "status_code", None))
 
 
-#: Writes documents and tells how it went (direct mode: the store itself; actor mode: the write stage).
 #: Encodes uploads (each to its document, or to the message of why it cannot be encoded).
 Encoder = Callable[[Sequence[StateUpload]], Awaitable[list[EncodedDocument | str]]]
 

@@ -43,7 +43,6 @@ class Checkpointer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stopping = False
 
     def poke(self) -> None:
         """Ask for a checkpoint soon (called after a write commits; cheap when one is already due)."""
@@ -51,7 +50,7 @@ class Checkpointer:
             return
         if self._thread is None:
             with self._lock:
-                if self._thread is None and not self._stopping:
+                if self._thread is None and not self._stop.is_set():
                     self._thread = threading.Thread(target=self._run, name="wr124-sqlite-checkpoint", daemon=True)
                     self._thread.start()
         self._due.set()
@@ -60,13 +59,11 @@ class Checkpointer:
         """Stop the thread and wait for it (a checkpoint under way finishes first)."""
         with self._lock:
             thread, self._thread = self._thread, None
-            self._stopping = True
+            self._stop.set()  # no new thread until the old one has ended
         if thread is not None:
-            self._stop.set()
             self._due.set()
             thread.join()
         with self._lock:
-            self._stopping = False
             self._stop.clear()
             self._due.clear()
 

@@ -65,7 +65,6 @@ class HttpStore:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._max_body = max_body_bytes
-        self._concurrency = concurrency
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._closed = False
         #: ``None`` until known; ``False`` after the server answered 404/405 to the batch endpoint.
@@ -139,7 +138,7 @@ class HttpStore:
                         resp = await self._request("POST", self._collection, content=bytes(docs[index].body))
                     ids[index] = _created_id(resp)
 
-        workers = min(len(sessions), self._concurrency)
+        workers = min(len(sessions), int(self._limiter.total_tokens))
         if workers == 1:
             await post_sessions_in_order()
             return ids
