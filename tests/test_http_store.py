@@ -23,13 +23,15 @@ def server_id(posted: int, doc: dict[str, Any]) -> object:
 
 
 class NoBatchTransport:
-    """Answers the batch endpoint with 405 and each single POST, after a short wait, with ``answer(number
-    of POSTs so far, the document)``; records the POSTs in the order they started and the most in flight."""
+    """Answers the batch endpoint with ``batch_status`` (405) and each single POST, after a short wait,
+    with ``answer(number of POSTs so far, the document)``; records the POSTs in the order they started
+    and the most in flight."""
 
     name = "mock"
 
-    def __init__(self, answer: Callable[[int, dict[str, Any]], object] = server_id) -> None:
+    def __init__(self, answer: Callable[[int, dict[str, Any]], object] = server_id, batch_status: int = 405) -> None:
         self.answer = answer
+        self.batch_status = batch_status
         self.posted: list[tuple[str, int]] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -38,7 +40,7 @@ class NoBatchTransport:
                       content: bytes | None = None) -> Response:
         if url.endswith("/batch"):
             await anyio.lowlevel.checkpoint()
-            return Response(405, {}, b'{"error": "no batch endpoint"}')
+            return Response(self.batch_status, {}, b'{"error": "no batch endpoint"}')
         assert method == "POST" and content is not None
         doc = orjson.loads(content)
         self.posted.append((doc["session_id"], doc["content"]["state"]["n"]))
@@ -66,6 +68,23 @@ async def test_single_posts_are_bounded_parallel_and_in_order_per_session() -> N
     for session in range(10):
         steps = [n for s, n in transport.posted if s == f"s{session}"]
         assert steps == sorted(steps)
+    await store.aclose()
+
+
+@pytest.mark.parametrize("status", [404, 405, 501])
+async def test_a_server_without_the_batch_endpoint_gets_single_posts(status: int) -> None:
+    """Not Found, Method Not Allowed and Not Implemented all mean no batch endpoint: the documents go
+    as single POSTs (every one, once), and the store asks the batch endpoint no more."""
+    transport = NoBatchTransport(batch_status=status)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=2)
+    first = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(3)]
+    later = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(3, 5)]
+    assert await store.insert_many(first) == [f"server-{d.id}" for d in first]
+    assert store.batch_supported is False
+    sent = store.requests_sent
+    assert await store.insert_many(later) == [f"server-{d.id}" for d in later]
+    assert store.requests_sent == sent + 2  # no new batch request
+    assert [n for _, n in transport.posted] == [0, 1, 2, 3, 4]
     await store.aclose()
 
 

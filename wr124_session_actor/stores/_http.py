@@ -30,6 +30,9 @@ __all__ = ["MAX_SERVER_BATCH", "HttpStore"]
 #: The most documents the reference server takes in one batch request.
 MAX_SERVER_BATCH: Final = 1000
 _ENVELOPE: Final = len(b'{"documents":[]}')
+#: What a server without the batch endpoint answers to it: Not Found, Method Not Allowed (a route
+#: ``/{id}`` without POST), Not Implemented.
+_NO_BATCH_ENDPOINT: Final = frozenset({404, 405, 501})
 
 
 class HttpStore:
@@ -67,7 +70,7 @@ class HttpStore:
         self._max_body = max_body_bytes
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._closed = False
-        #: ``None`` until known; ``False`` after the server answered 404/405 to the batch endpoint.
+        #: ``None`` until known; ``False`` after the server answered 404, 405 or 501 to the batch endpoint.
         self.batch_supported: bool | None = None
         #: HTTP requests sent (the "store writes" and reads benchmarks count).
         self.requests_sent = 0
@@ -109,7 +112,7 @@ class HttpStore:
             if self.batch_supported is not False:
                 body = b'{"documents":[' + b",".join(d.body for d in chunk) + b"]}"
                 resp = await self._request("POST", f"{self._collection}/batch", content=body)
-                if resp.status in (404, 405):
+                if resp.status in _NO_BATCH_ENDPOINT:
                     self.batch_supported = False  # an older server: remember, and fall back
                 else:
                     self.batch_supported = True
