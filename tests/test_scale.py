@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -10,6 +12,9 @@ from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor._document import StateUpload, encode_document
+from wr124_session_actor.stores import MemoryStore
+from wr124_session_actor.stores._base import MAX_QUERY_LIMIT, Query, QueryResult
 
 from .faults.docserver import DocServer, doc_server
 
@@ -139,3 +144,61 @@ class TestAgentFilter:
                 assert (status, content) == (S.FAILED, None)
             finally:
                 await manager.aclose()
+
+    async def test_a_service_that_ignores_tags_and_skip_yields_each_state_once(self, anyio_backend: str) -> None:
+        """A server that ignores the tags filter and ``skip`` answers every page from its first document:
+        the client's further pages repeat what it has, and no document comes back twice."""
+        with doc_server(tags="ignore", paging=False) as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                await self._three_agents(manager)
+                # The first page (critic 2, coder 2) holds one of the critic's states; the next repeats it.
+                status, docs = await manager.download_session_states(limit=2, agent_name="critic")
+                assert status is S.SUCCESS
+                assert [d["content"]["state"]["step"] for d in docs] == [2, 1]
+                for noise in range(30):
+                    await manager.upload_session_state({"agent": "coder", "noise": noise}, "t", "coder")
+                status, docs = await manager.download_session_states(limit=5, agent_name="critic")
+                assert status is S.SUCCESS
+                assert [d["content"]["state"]["step"] for d in docs] == [2, 1, 0]
+                status, docs = await manager.download_session_states(limit=10)
+                assert status is S.SUCCESS
+                assert len({d["id"] for d in docs}) == len(docs) == 10
+                status, content = await manager.restore_agent_session_state("planner")
+                assert status is S.SUCCESS and content is not None
+                assert content["state"] == {"agent": "planner", "step": 2}
+                # The second page of a lookup (all documents, fewer than a page) ends it: no more reads.
+                reads = [h for h in server.hits if h.method == "GET"]
+                assert len(reads) == 2 + 2 + 1 + 2, len(reads)
+            finally:
+                await manager.aclose()
+
+
+class PagelessStore(MemoryStore):
+    """A store that ignores ``skip`` and ``tags``: every page is the newest documents of the session."""
+
+    def __init__(self) -> None:
+        super().__init__(f"pageless-{uuid.uuid4().hex}")
+        self.reads = 0
+
+    async def query(self, query: Query) -> QueryResult:
+        self.reads += 1
+        return await super().query(replace(query, skip=0, tags=()))
+
+
+async def test_a_store_that_repeats_its_first_page_ends_the_reading() -> None:
+    """More than a full page of another agent's states, then a store that repeats it whatever ``skip``
+    says: the lookup stops at the page that brings nothing new (no reading up to the page bound), and
+    finds nothing rather than a wrong agent's state."""
+    store = PagelessStore()
+    uploads = [StateUpload("s", {"n": n}, "t", "coder") for n in range(MAX_QUERY_LIMIT + 10)]
+    await store.insert_many([encode_document(u) for u in [StateUpload("s", {"n": -1}, "t", "planner"), *uploads]])
+    async with ActorSystem(Config(api_url="memory://"), store=store) as system:
+        manager = system.manager("s")
+        status, content = await manager.restore_agent_session_state("planner")
+        assert (status, content) == (S.FAILED, None)
+        assert store.reads == 3  # the first page (1), a full page (1,000), the same again: nothing new
+        status, docs = await manager.download_session_states(limit=3, agent_name="coder")
+        assert status is S.SUCCESS
+        assert [d["content"]["state"]["n"] for d in docs] == [MAX_QUERY_LIMIT + 9, MAX_QUERY_LIMIT + 8,
+                                                              MAX_QUERY_LIMIT + 7]

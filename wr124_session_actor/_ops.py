@@ -373,15 +373,26 @@ class SessionOps:
         return True
 
     async def _query_states(self, query: Query) -> list[Document]:
-        """The documents of ``query``, each checked against it; pages on when a store ignored a filter."""
+        """The documents of ``query``, each checked against it and each once; pages on when a store
+        ignored a filter, and stops when a page brings nothing new (a store that ignores ``skip``)."""
         store = self._store()
         kept: list[Document] = []
+        seen: set[str | int] = set()
         page_query = query
         for _ in range(_MAX_PAGES):
             page = (await store.query(page_query)).data
-            matching = [doc for doc in page if self._matches(doc, query)]
-            kept += matching
-            if len(kept) >= query.limit or len(page) < page_query.limit or len(matching) == len(page):
+            fresh = matching = 0
+            for doc in page:
+                doc_id = doc.get("id", doc.get("_id"))
+                if isinstance(doc_id, str | int):
+                    if doc_id in seen:
+                        continue
+                    seen.add(doc_id)
+                fresh += 1
+                if self._matches(doc, query):
+                    kept.append(doc)
+                    matching += 1
+            if len(kept) >= query.limit or len(page) < page_query.limit or matching == len(page) or not fresh:
                 break
             # The store sent documents we did not ask for: read further, in large pages.
             page_query = replace(query, skip=page_query.skip + len(page), limit=MAX_QUERY_LIMIT)

@@ -13,7 +13,8 @@ their client-made ids, so a fault test can tell exactly what arrived after retri
 ``/health`` always answers 200 so that the client's circuit-breaker probes do not add faults.
 
 Like services the client has never seen, it may lack the batch endpoint (``batch=False``: the POST
-answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags="ignore"``).
+answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags="ignore"``), and
+ignore ``skip`` (``paging=False``: every page starts at the first document).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class DocServer:
 
     def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
-                 tags: TagsMode = "repeated") -> None:
+                 tags: TagsMode = "repeated", paging: bool = True) -> None:
         self.batch = batch
+        self.paging = paging
         self.tags = tags
         self.mode = mode
         self.rate = rate
@@ -153,7 +155,7 @@ class DocServer:
         self._record(request, "ok")
         session_id = request.query.get("session_id")
         limit = int(request.query.get("limit", "10"))
-        skip = int(request.query.get("skip", "0"))
+        skip = int(request.query.get("skip", "0")) if self.paging else 0
         # Each tags value is one tag, as a list-typed query parameter reads it: a comma-joined value is
         # one (unknown) tag here, so a client must send repeated parameters.
         wanted = request.query.getall("tags", []) if self.tags == "repeated" else []
