@@ -26,6 +26,10 @@ class CountingStore:
         self.writes: list[int] = []
         self.in_flight = 0
         self.most_in_flight = 0
+        #: The writes in flight as each write started (itself included).
+        self.started_with: list[int] = []
+        #: As an HTTP store says it (``False``: a server without the batch endpoint), when set.
+        self.batch_supported: bool | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -33,12 +37,37 @@ class CountingStore:
     async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
         self.writes.append(len(docs))
         self.in_flight += 1
+        self.started_with.append(self.in_flight)
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await anyio.sleep(self.delay)
             return await self.inner.insert_many(docs)
         finally:
             self.in_flight -= 1
+
+
+class GatedStore(CountingStore):
+    """A counting store whose writes end when the test opens ``gate``."""
+
+    def __init__(self, inner: DocumentStore) -> None:
+        super().__init__(inner)
+        self.gate = anyio.Event()
+
+    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+        self.writes.append(len(docs))
+        self.in_flight += 1
+        self.started_with.append(self.in_flight)
+        try:
+            await self.gate.wait()
+            return await self.inner.insert_many(docs)
+        finally:
+            self.in_flight -= 1
+
+    async def started(self, writes: int) -> None:
+        """Wait until ``writes`` writes have started."""
+        with anyio.fail_after(5):
+            while len(self.writes) < writes:
+                await anyio.sleep(0.001)
 
 
 class TestMerging:
@@ -65,6 +94,36 @@ class TestMerging:
                 system.handle(f"s{n}").submit({"n": n}, "t", "a")
         assert sum(store.writes) == 1000
         assert 1 < store.most_in_flight <= 3
+
+    @pytest.mark.parametrize("batch_supported", [True, False])
+    async def test_without_a_batch_endpoint_writes_do_not_wait_to_merge(self, memory_config: Config,
+                                                                        batch_supported: bool) -> None:
+        """Three sessions' batches, one write slow in flight: with a batch endpoint the other two wait
+        and leave merged; without one (each document a POST anyway) they start at once, each alone."""
+        config = memory_config.replace(write_concurrency=4, debounce=0.0)
+        store = CountingStore(open_store(config), delay=0.2)
+        store.batch_supported = batch_supported
+        async with ActorSystem(config, store=store) as system:
+            for n in range(3):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+        assert sorted(store.writes) == ([1, 2] if batch_supported else [1, 1, 1])
+        assert store.most_in_flight == (1 if batch_supported else 3)
+
+    async def test_two_slots_freed_at_once_start_two_writes(self, memory_config: Config) -> None:
+        """Two writes in flight end together while two batches wait: both start at once (one woken
+        leader per free slot), not the second only after the first one ends."""
+        config = memory_config.replace(write_concurrency=2, debounce=0.0, max_batch=1)  # a write per batch
+        store = GatedStore(open_store(config))
+        async with ActorSystem(config, store=store) as system:
+            for n in range(4):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+            await store.started(2)
+            first, store.gate = store.gate, anyio.Event()
+            first.set()  # the two writes in flight end together
+            await store.started(4)  # the other two start while neither has ended
+            store.gate.set()
+        assert store.writes == [1, 1, 1, 1]
+        assert store.started_with == [1, 2, 1, 2]
 
     async def test_write_observers_see_every_write(self, memory_config: Config) -> None:
         """Each store write is reported once to the observers, with its documents and status."""

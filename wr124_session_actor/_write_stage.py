@@ -11,7 +11,9 @@ included), and an idle stage costs nothing.
 
 A new write starts while fewer than ``concurrency`` are in flight and either none is in flight (the
 store is idle: go at once) or a full write's worth is queued. Batches arriving while the store is busy
-therefore queue up and leave together: under load, writes grow towards ``max_batch``.
+therefore queue up and leave together: under load, writes grow towards ``max_batch``. Against a server
+without the batch endpoint merging saves no request (each document is a POST of its own), so there a
+write starts whenever a slot is free: a session's long run of POSTs does not wait for the others'.
 
 Time spent queued here is never a store failure: the store deadline starts with the write. A write that
 fails for good and carried several batches is tried again batch by batch, and a batch of several
@@ -24,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import Final
 
 import anyio
@@ -103,12 +106,20 @@ class WriteStage:
 
     def _may_lead(self) -> bool:
         return self._in_flight < self.concurrency and (
-            self._in_flight == 0 or self._queued_docs >= self._config.max_batch)
+            self._in_flight == 0 or self._queued_docs >= self._config.max_batch or self._posts_singly())
+
+    def _posts_singly(self) -> bool:
+        """Whether the store sends one request per document (a server without the batch endpoint)."""
+        return getattr(self._store(), "batch_supported", None) is False
 
     def _poke(self) -> None:
-        """Wake the oldest queued job's waiter, or its actor, when a new write may start."""
-        if self._queue and self._may_lead():
-            job = self._queue[0]
+        """When new writes may start, wake the waiters (or actors) of the oldest queued jobs: one per
+        write that may start, so that two slots freed before a woken leader runs are both used."""
+        if not self._queue or not self._may_lead():
+            return
+        free = self.concurrency - self._in_flight
+        writes = len(self._queue) if self._posts_singly() else -(-self._queued_docs // self._config.max_batch)
+        for job in islice(self._queue, min(free, writes)):
             if job.wakeup is not None:
                 job.wakeup.set()
             elif job.wake is not None:
@@ -124,14 +135,16 @@ class WriteStage:
         return job
 
     def may_lead(self, job: Job) -> bool:
-        """Whether ``job`` is queued and a new write may start now (its owner should lead it)."""
-        return not job.taken and job.result is None and self._may_lead()
+        """Whether ``job`` is not written yet and a new write (of the oldest queued batches) may start now:
+        its owner should lead it. Its own batch may already be in another leader's write: two slots freed
+        at once wake two owners, and the one that runs first takes the oldest batch, maybe the other's."""
+        return job.result is None and bool(self._queue) and self._may_lead()
 
     async def wait(self, job: Job) -> StoreOutcome:
         """Wait until ``job`` is written, leading writes (of the oldest queued batches) while one may start."""
         try:
             while job.result is None:
-                if not job.taken and self._may_lead():
+                if self._queue and self._may_lead():
                     await self._lead()
                     continue
                 job.wakeup = anyio.Event()
@@ -212,7 +225,7 @@ class WriteStage:
         without the batch endpoint takes one POST per document (sent in parallel, within the store's
         own bound), so a write of many sessions' documents gets the timeout once per document.
         """
-        requests = documents if getattr(self._store(), "batch_supported", None) is False else 1
+        requests = documents if self._posts_singly() else 1
         return self._config.timeout * requests
 
     async def _write_singly(self, job: Job) -> None:
