@@ -184,19 +184,30 @@ class DocServer:
 def doc_server(mode: Mode = "ok", **options: Any) -> Iterator[DocServer]:
     """Serve a :class:`DocServer` on 127.0.0.1 in a background thread for the ``with`` block."""
     server = DocServer(mode, **options)
+    with serve_app(server.app(), name=f"docserver-{mode}") as url:
+        server.url = url
+        yield server
+
+
+@contextmanager
+def serve_app(app: web.Application, name: str = "test-server") -> Iterator[str]:
+    """Serve an aiohttp application on 127.0.0.1 in a background thread; yields its URL."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None, shutdown_timeout=0.1)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.1)
+    url = ""
 
     def serve() -> None:
+        nonlocal url
         asyncio.set_event_loop(loop)
 
         async def start() -> None:
+            nonlocal url
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             port = runner.addresses[0][1]
-            server.url = f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{port}"
 
         loop.run_until_complete(start())
         # Ready once the loop runs forever: a stop asked for sooner would be lost before run_forever.
@@ -205,12 +216,12 @@ def doc_server(mode: Mode = "ok", **options: Any) -> Iterator[DocServer]:
         loop.run_until_complete(runner.cleanup())
         loop.close()
 
-    thread = threading.Thread(target=serve, name=f"docserver-{mode}", daemon=True)
+    thread = threading.Thread(target=serve, name=name, daemon=True)
     thread.start()
     if not ready.wait(10):
-        raise RuntimeError("the fault server did not start")
+        raise RuntimeError(f"the {name} did not start")
     try:
-        yield server
+        yield url
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
