@@ -74,3 +74,17 @@ async def test_an_unreachable_server_is_unavailable() -> None:
     with serve_app(peers.app()) as url:
         assert (await transport.request("GET", f"{url}/slow", headers={})).status == 200
     await transport.aclose()
+
+
+async def test_a_cancelled_request_leaves_the_transport_usable() -> None:
+    """A request cancelled mid-flight (the caller's deadline) gives its pool back; the next request on it
+    gets a fresh answer, not the cancelled one's."""
+    peers = Peers()
+    with serve_app(peers.app()) as url:
+        transport = HttpxTransport(max_connections=1)
+        with anyio.move_on_after(0.01):
+            await transport.request("GET", f"{url}/slow", headers={})
+        for _ in range(2):
+            response = await transport.request("GET", f"{url}/slow", headers={})
+            assert response.status == 200 and response.content == b'{"ok": true}'
+        await transport.aclose()
