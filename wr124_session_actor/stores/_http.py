@@ -44,7 +44,8 @@ class HttpStore:
         transport_factory: makes the transport on first use, inside the running event loop.
         api_key: sent as ``Authorization: Bearer`` when set.
         max_body_bytes: batches are split so that no request body is larger.
-        concurrency: single POSTs in flight at once when the server has no batch endpoint.
+        concurrency: single POSTs in flight at once when the server has no batch endpoint (the
+            configuration's write concurrency when the store is opened from it; 8, as for HTTP there).
     """
 
     def __init__(
@@ -55,7 +56,7 @@ class HttpStore:
         *,
         api_key: str | None = None,
         max_body_bytes: int = 64 * 1024 * 1024,
-        concurrency: int = 4,
+        concurrency: int = 8,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.project = project
