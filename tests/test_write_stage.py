@@ -40,10 +40,14 @@ class CountingStore:
         self.started_with.append(self.in_flight)
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            await anyio.sleep(self.delay)
+            await self._hold()
             return await self.inner.insert_many(docs)
         finally:
             self.in_flight -= 1
+
+    async def _hold(self) -> None:
+        """What a write waits for before it reaches the inner store."""
+        await anyio.sleep(self.delay)
 
 
 class GatedStore(CountingStore):
@@ -53,15 +57,8 @@ class GatedStore(CountingStore):
         super().__init__(inner)
         self.gate = anyio.Event()
 
-    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
-        self.writes.append(len(docs))
-        self.in_flight += 1
-        self.started_with.append(self.in_flight)
-        try:
-            await self.gate.wait()
-            return await self.inner.insert_many(docs)
-        finally:
-            self.in_flight -= 1
+    async def _hold(self) -> None:
+        await self.gate.wait()
 
     async def started(self, writes: int) -> None:
         """Wait until ``writes`` writes have started."""

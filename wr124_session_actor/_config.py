@@ -23,9 +23,9 @@ _FALSE: Final = frozenset({"0", "false", "no", "off", ""})
 
 T = TypeVar("T")
 
-
 #: Store writes in flight by store kind, when ``write_concurrency`` is 0.
 _WRITE_CONCURRENCY: Final = {"sqlite": 1, "memory": 1, "postgresql": 4, "http": 8}
+
 
 @dataclass(frozen=True, slots=True)
 class Config:

@@ -62,7 +62,6 @@ class Job:
     done: Callable[[StoreOutcome], None] | None = None
     wake: Callable[[], None] | None = None
     result: StoreOutcome | None = None
-    taken: bool = False
     wakeup: anyio.Event | None = None
 
     def answer(self, result: StoreOutcome) -> None:
@@ -105,7 +104,8 @@ class WriteStage:
         return len(self._queue)
 
     def _may_lead(self) -> bool:
-        return self._in_flight < self.concurrency and (
+        """Whether a new write (of the oldest queued batches) may start now."""
+        return bool(self._queue) and self._in_flight < self.concurrency and (
             self._in_flight == 0 or self._queued_docs >= self._config.max_batch or self._posts_singly())
 
     def _posts_singly(self) -> bool:
@@ -115,7 +115,7 @@ class WriteStage:
     def _poke(self) -> None:
         """When new writes may start, wake the waiters (or actors) of the oldest queued jobs: one per
         write that may start, so that two slots freed before a woken leader runs are both used."""
-        if not self._queue or not self._may_lead():
+        if not self._may_lead():
             return
         free = self.concurrency - self._in_flight
         writes = len(self._queue) if self._posts_singly() else -(-self._queued_docs // self._config.max_batch)
@@ -138,13 +138,13 @@ class WriteStage:
         """Whether ``job`` is not written yet and a new write (of the oldest queued batches) may start now:
         its owner should lead it. Its own batch may already be in another leader's write: two slots freed
         at once wake two owners, and the one that runs first takes the oldest batch, maybe the other's."""
-        return job.result is None and bool(self._queue) and self._may_lead()
+        return job.result is None and self._may_lead()
 
     async def wait(self, job: Job) -> StoreOutcome:
         """Wait until ``job`` is written, leading writes (of the oldest queued batches) while one may start."""
         try:
             while job.result is None:
-                if self._queue and self._may_lead():
+                if self._may_lead():
                     await self._lead()
                     continue
                 job.wakeup = anyio.Event()
@@ -167,7 +167,6 @@ class WriteStage:
         limit = self._config.max_batch
         while self._queue and (not jobs or count + len(self._queue[0].docs) <= limit):
             job = self._queue.popleft()
-            job.taken = True
             count += len(job.docs)
             jobs.append(job)
         self._queued_docs -= count
@@ -182,7 +181,6 @@ class WriteStage:
             self._in_flight -= 1
             unanswered = [job for job in jobs if job.result is None]
             for job in reversed(unanswered):  # this leader was cancelled mid-write: hand them back, in order
-                job.taken = False
                 self._queue.appendleft(job)
                 self._queued_docs += len(job.docs)
             self._poke()
