@@ -173,6 +173,27 @@ class TestAgentFilter:
             finally:
                 await manager.aclose()
 
+    async def test_a_service_that_ignores_the_order_still_gives_the_newest_state(self, anyio_backend: str) -> None:
+        """A server that answers oldest first whatever ``sort_by``/``sort_order`` say (and ignores tags):
+        the client sees an older document before a newer one, reads on and sorts, so restores and
+        downloads give the newest states, for a limit of 1 too."""
+        with doc_server(tags="ignore", sorting=False) as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                await self._three_agents(manager)
+                status, content = await manager.restore_agent_session_state("planner")
+                assert status is S.SUCCESS and content is not None
+                assert content["state"] == {"agent": "planner", "step": 2}
+                status, docs = await manager.download_session_states(limit=2, agent_name="critic")
+                assert status is S.SUCCESS
+                assert [d["content"]["state"]["step"] for d in docs] == [2, 1]
+                status, docs = await manager.download_session_states(limit=3)
+                assert status is S.SUCCESS
+                assert [d["content"]["state"] for d in docs] == [
+                    {"agent": agent, "step": 2} for agent in ("critic", "coder", "planner")]
+            finally:
+                await manager.aclose()
+
 
 class PagelessStore(MemoryStore):
     """A store that ignores ``skip`` and ``tags``: every page is the newest documents of the session."""
@@ -197,7 +218,7 @@ async def test_a_store_that_repeats_its_first_page_ends_the_reading() -> None:
         manager = system.manager("s")
         status, content = await manager.restore_agent_session_state("planner")
         assert (status, content) == (S.FAILED, None)
-        assert store.reads == 3  # the first page (1), a full page (1,000), the same again: nothing new
+        assert store.reads == 3  # the first page (2), a full page (1,000), the same again: nothing new
         status, docs = await manager.download_session_states(limit=3, agent_name="coder")
         assert status is S.SUCCESS
         assert [d["content"]["state"]["n"] for d in docs] == [MAX_QUERY_LIMIT + 9, MAX_QUERY_LIMIT + 8,

@@ -41,7 +41,7 @@ Status = SessionStateStatus
 logger = structlog.get_logger("wr124_session_actor")
 
 _SUMMARY_FIELDS: Final = ("name", "description", "created_at", "updated_at", "tags")
-#: Pages read at most when a store answers a query with documents it was not asked for.
+#: Pages read at most when a store answers a query with documents it was not asked for, or not newest first.
 _MAX_PAGES: Final = 10
 
 
@@ -363,22 +363,25 @@ class SessionOps:
         if not all(tag in tags for tag in query.tags):
             return False
         if query.created_after is not None or query.created_before is not None:
-            try:
-                created = normalize_timestamp(str(doc.get("created_at")))
-            except ValueError:
-                return False
-            if (query.created_after is not None and created < query.created_after) or (
+            created = _created(doc)
+            if created is None or (query.created_after is not None and created < query.created_after) or (
                     query.created_before is not None and created > query.created_before):
                 return False
         return True
 
     async def _query_states(self, query: Query) -> list[Document]:
-        """The documents of ``query``, each checked against it and each once; pages on when a store
-        ignored a filter, and stops when a page brings nothing new (a store that ignores ``skip``)."""
+        """The documents of ``query``, newest first, each checked against it and each once.
+
+        Pages on when a store ignored a filter, or its order (an older document before a newer one:
+        then every page is read and the documents sorted here); stops when a page brings nothing new
+        (a store that ignores ``skip``)."""
         store = self._store()
         kept: list[Document] = []
         seen: set[str | int] = set()
-        page_query = query
+        newest_first = True
+        previous: str | None = None
+        # Two documents at least, so that a store answering oldest first shows it even for a limit of 1.
+        page_query = replace(query, limit=max(query.limit, 2))
         for _ in range(_MAX_PAGES):
             page = (await store.query(page_query)).data
             fresh = matching = 0
@@ -389,13 +392,20 @@ class SessionOps:
                         continue
                     seen.add(doc_id)
                 fresh += 1
+                created = _created(doc)
+                if created is not None:
+                    newest_first = newest_first and (previous is None or created <= previous)
+                    previous = created
                 if self._matches(doc, query):
                     kept.append(doc)
                     matching += 1
-            if len(kept) >= query.limit or len(page) < page_query.limit or matching == len(page) or not fresh:
+            if len(page) < page_query.limit or not fresh or (
+                    newest_first and (len(kept) >= query.limit or matching == len(page))):
                 break
-            # The store sent documents we did not ask for: read further, in large pages.
+            # The store sent documents we did not ask for, or not newest first: read further, in large pages.
             page_query = replace(query, skip=page_query.skip + len(page), limit=MAX_QUERY_LIMIT)
+        if not newest_first:
+            kept.sort(key=lambda doc: _created(doc) or "", reverse=True)  # stable: ties keep the store's order
         return kept[: query.limit]
 
     async def download(self, limit: int = 10, agent_name: str | None = None,
@@ -467,6 +477,17 @@ class SessionOps:
             {"id": doc.get("_id", doc.get("id")), **{k: doc.get(k) for k in _SUMMARY_FIELDS}} for doc in docs
         ]
         return status, summaries
+
+
+def _created(doc: Document) -> str | None:
+    """The document's ``created_at`` in the UTC form that compares as text, or ``None`` without one."""
+    raw = doc.get("created_at")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return normalize_timestamp(raw)
+    except ValueError:
+        return None
 
 
 def _content(doc: Document) -> dict[str, Any] | None:

@@ -14,7 +14,8 @@ their client-made ids, so a fault test can tell exactly what arrived after retri
 
 Like services the client has never seen, it may lack the batch endpoint (``batch=False``: the POST
 answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags="ignore"``), and
-ignore ``skip`` (``paging=False``: every page starts at the first document).
+ignore ``skip`` (``paging=False``: every page starts at the first document), and ignore the order asked
+(``sorting=False``: oldest first, as stored).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -60,13 +62,15 @@ class DocServer:
         status: the HTTP status of ``"status"`` mode.
         retry_after: the ``Retry-After`` header of ``"status"`` mode, in seconds.
         fail_first: how many write requests fail in ``"status"`` mode (``None``: all).
+        batch, tags, paging, sorting: how it departs from the API (see the module docstring).
     """
 
     def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
-                 tags: TagsMode = "repeated", paging: bool = True) -> None:
+                 tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True) -> None:
         self.batch = batch
         self.paging = paging
+        self.sorting = sorting
         self.tags = tags
         self.mode = mode
         self.rate = rate
@@ -121,7 +125,8 @@ class DocServer:
             for doc in docs:
                 doc_id = str(doc["id"])
                 if doc_id not in self.docs:
-                    self.docs[doc_id] = {**doc, "_id": doc_id, "created_at": time.time(), "updated_at": time.time()}
+                    now = datetime.now(UTC).isoformat()
+                    self.docs[doc_id] = {**doc, "_id": doc_id, "created_at": now, "updated_at": now}
                 ids.append(doc_id)
         return ids
 
@@ -162,7 +167,8 @@ class DocServer:
         with self._lock:
             docs = [d for d in self.docs.values() if (session_id is None or d.get("session_id") == session_id)
                     and all(tag in d.get("tags", ()) for tag in wanted)]
-        docs.reverse()  # newest first
+        if self.sorting:
+            docs.reverse()  # newest first
         return web.json_response({"data": docs[skip:skip + limit], "total": len(docs)})
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
