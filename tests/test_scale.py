@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._document import StateUpload, encode_document
+from wr124_session_actor._write_stage import MAX_PACE
 from wr124_session_actor.stores import MemoryStore
 from wr124_session_actor.stores._base import MAX_QUERY_LIMIT, Query, QueryResult
 
@@ -81,6 +82,24 @@ class TestManySessions:
             writes = server.writes()
             assert len(server.docs) == SESSIONS
             assert len(writes) <= 50, len(writes)
+
+    @pytest.mark.slow
+    async def test_ten_thousand_sessions_arriving_over_time_share_paced_writes(self, anyio_backend: str) -> None:
+        """The same 10,000 sessions arriving 20 per millisecond instead of at once: each is due on its own
+        and the server is faster than their arrival (idle between them), yet they share one write per
+        pace, not one write each."""
+        with doc_server() as server:
+            async with ActorSystem(_config(server, anyio_backend)) as system:
+                started = anyio.current_time()
+                for n in range(SESSIONS):
+                    system.handle(f"one-{n}").submit({"n": n}, "task", "agent")
+                    if n % 20 == 19:
+                        await anyio.sleep(0.001)
+                elapsed = anyio.current_time() - started
+            writes = server.writes()
+            assert len(server.docs) == SESSIONS
+            assert len(writes) <= elapsed / MAX_PACE + 5, (len(writes), elapsed)
+            assert len(writes) <= SESSIONS / 100
 
     async def test_sessions_keep_their_order_and_one_batch_in_flight(self, anyio_backend: str) -> None:
         """Many sessions merged into shared writes: each session's states arrive in submit order."""

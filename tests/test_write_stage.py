@@ -11,7 +11,9 @@ import pytest
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor import _write_stage as write_stage
 from wr124_session_actor._document import EncodedDocument
+from wr124_session_actor._write_stage import MAX_PACE
 from wr124_session_actor.stores import DocumentStore, open_store
 
 pytestmark = pytest.mark.anyio
@@ -131,6 +133,43 @@ class TestMerging:
                 await system.manager(f"s{n}").upload_session_state({"n": n}, "t", "a")
         assert sum(d for d, _ in seen) == 10 and {s for _, s in seen} == {S.SUCCESS}
         assert len(seen) == system.statistics().store_writes
+
+
+class TestPacing:
+    async def test_sessions_that_trickle_in_share_paced_writes(self, memory_config: Config) -> None:
+        """Sessions that arrive one by one, each due on its own while the store is idle (it is faster than
+        their arrival): they share a write per pace instead of one write each."""
+        store = CountingStore(open_store(memory_config))
+        sessions = 300
+        async with ActorSystem(memory_config, store=store) as system:
+            started = anyio.current_time()
+            for n in range(sessions):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+                await anyio.sleep(0.001)
+            elapsed = anyio.current_time() - started
+        assert sum(store.writes) == sessions
+        # One write per pace while they arrive, then the last ones (due after a debounce) and the exit.
+        assert len(store.writes) <= elapsed / MAX_PACE + 3, (len(store.writes), elapsed)
+        assert len(store.writes) < sessions / 5
+
+    async def test_awaited_uploads_and_flushes_are_not_paced(self, memory_config: Config,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """A caller waiting for its write is not held by the pace, nor is the final flush; a batch nobody
+        waits for is (here a pace of 30 s: it is written only by the flush at exit)."""
+        monkeypatch.setattr(write_stage, "MAX_PACE", 30.0)
+        config = memory_config.replace(debounce=30.0, max_delay=0.0)
+        store = CountingStore(open_store(config))
+        with anyio.fail_after(5):
+            async with ActorSystem(config, store=store) as system:
+                for n in range(3):  # each right after the other's write: an idle store, within the pace
+                    status, _ = await system.manager(f"a{n}").upload_session_state({"n": n}, "t", "a")
+                    assert status is S.SUCCESS
+                system.handle("quiet").submit({"n": 0}, "t", "a")  # due at once (max_delay 0), then paced
+                await anyio.sleep(0.1)
+                assert store.writes == [1, 1, 1]
+                status, _ = await system.manager("other").upload_session_state({"n": 1}, "t", "a")
+                assert status is S.SUCCESS  # an urgent write takes the paced batch along
+        assert store.writes == [1, 1, 1, 2]
 
 
 class TestWaitingSessions:

@@ -145,8 +145,8 @@ class SessionActor:
                         self.busy = False
                     continue
                 job = self._job
-                if job is not None:  # a batch in the stage: lead its write, or leave it to the stage
-                    if stage.may_lead(job):
+                if job is not None:  # a batch in the stage: lead (or time) its write, or leave it to the stage
+                    if stage.needs_owner(job):
                         await stage.wait(job)
                         continue
                     parked = True
@@ -207,8 +207,9 @@ class SessionActor:
         if self._job is not None and self._batch.full:
             await self._stage.wait(self._job)
 
-    async def _hand_over(self) -> None:
-        """Encode the due batch and queue it in the write stage (answered later, by :meth:`_written`)."""
+    async def _hand_over(self, *, urgent: bool = False) -> None:
+        """Encode the due batch and queue it in the write stage (answered later, by :meth:`_written`);
+        ``urgent`` (or a caller awaiting one of its uploads): the stage writes it without pacing."""
         batch = self._batch
         if not batch or self._job is not None:
             return
@@ -219,7 +220,8 @@ class SessionActor:
         if not prepared.docs:  # nothing to write (unchanged states, or none could be encoded)
             self._settle(items, self.ops.finish(prepared, None, coalesced=coalesced, final=False))
             return
-        self._job = stage.submit(prepared.docs, partial(self._written, items, prepared, coalesced), self._wake)
+        self._job = stage.submit(prepared.docs, partial(self._written, items, prepared, coalesced), self._wake,
+                                 urgent=urgent or batch.awaited)
 
     def _written(self, items: list[PendingUpload[Reply]], prepared: PreparedWrite, coalesced: int,
                  result: StoreOutcome) -> None:
@@ -242,7 +244,7 @@ class SessionActor:
         """Write everything pending now and wait for it: the batch in the stage, then the rest (once)."""
         if self._job is not None:
             await self._stage.wait(self._job)
-        await self._hand_over()
+        await self._hand_over(urgent=True)
         if self._job is not None:
             await self._stage.wait(self._job)
 

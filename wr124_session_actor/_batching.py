@@ -100,6 +100,11 @@ class PendingBatch(Generic[R]):
         return None
 
     @property
+    def awaited(self) -> bool:
+        """Whether a caller waits for one of the pending uploads."""
+        return self._awaited
+
+    @property
     def full(self) -> bool:
         """Whether ``max_batch`` uploads are pending."""
         return len(self._items) >= self._config.max_batch

@@ -9,11 +9,15 @@ task); when a new write may start, the owner of the oldest queued batch is woken
 write always runs in some actor's task and inherits its cancel scope (the shielded flush on exit
 included), and an idle stage costs nothing.
 
-A new write starts while fewer than ``concurrency`` are in flight and either none is in flight (the
-store is idle: go at once) or a full write's worth is queued. Batches arriving while the store is busy
-therefore queue up and leave together: under load, writes grow towards ``max_batch``. Against a server
-without the batch endpoint merging saves no request (each document is a POST of its own), so there a
-write starts whenever a slot is free: a session's long run of POSTs does not wait for the others'.
+A new write starts while fewer than ``concurrency`` are in flight and either a full write's worth is
+queued, or none is in flight (the store is idle) and the write is *paced*: the last write started at
+least ``debounce`` ago (:data:`MAX_PACE` at most), or a caller waits for one of the queued batches (an
+awaited upload, a flush, the final flush). Batches arriving while the store is busy therefore queue up
+and leave together: under load, writes grow towards ``max_batch``; and sessions that trickle in (each
+due on its own, a store faster than their arrival) share one write per pace instead of one write each. The owner of the
+oldest queued batch stays to start a paced write when its time comes. Against a server without the
+batch endpoint merging saves no request (each document is a POST of its own), so there a write starts
+whenever a slot is free: a session's long run of POSTs does not wait for the others'.
 
 Time spent queued here is never a store failure: the store deadline starts with the write. A write that
 fails for good and carried several batches is tried again batch by batch, and a batch of several
@@ -22,11 +26,13 @@ documents document by document, so that one refused document (a conflict, a reje
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
+from time import monotonic
 from typing import Final
 
 import anyio
@@ -41,13 +47,16 @@ from ._statistics import SystemCounters
 from ._status import SessionStateStatus
 from .stores import DocumentStore
 
-__all__ = ["Job", "WriteStage"]
+__all__ = ["MAX_PACE", "Job", "WriteStage"]
 
 logger = structlog.get_logger("wr124_session_actor")
 Status = SessionStateStatus
 #: Refusals that are about some document of a write (malformed, too large, a conflict), not the whole
 #: store (auth, a missing route): the write is tried again in parts to find the refused document.
 _DOCUMENT_REFUSALS: Final = frozenset({400, 409, 413, 422})
+#: The longest pace (seconds) between two writes of an idle store that are neither full nor awaited: at
+#: most 20 such writes a second, and no long wait for a batch handed over early (under pressure).
+MAX_PACE: Final = 0.05
 
 
 @dataclass(slots=True, eq=False)
@@ -55,12 +64,14 @@ class Job:
     """One session's batch waiting for (or in) a store write.
 
     ``done`` is called with the outcome, in the task that wrote it; ``wake`` is called when the job may
-    lead a write and nobody waits on it (its actor handed it over and went idle).
+    lead a write and nobody waits on it (its actor handed it over and went idle). An ``urgent`` job has
+    a caller waiting for it: an idle store writes it without pacing.
     """
 
     docs: list[EncodedDocument]
     done: Callable[[StoreOutcome], None] | None = None
     wake: Callable[[], None] | None = None
+    urgent: bool = False
     result: StoreOutcome | None = None
     wakeup: anyio.Event | None = None
 
@@ -82,8 +93,8 @@ class WriteStage:
         counters: the system's counters (store writes, write observers).
     """
 
-    __slots__ = ("_circuit", "_config", "_counters", "_encoding", "_in_flight", "_queue", "_queued_docs",
-                 "_store", "concurrency")
+    __slots__ = ("_circuit", "_config", "_counters", "_encoding", "_in_flight", "_last_start", "_queue",
+                 "_queued_docs", "_store", "_urgent", "concurrency")
 
     def __init__(self, config: Config, store: Callable[[], DocumentStore], circuit: CircuitBreaker,
                  counters: SystemCounters) -> None:
@@ -95,7 +106,9 @@ class WriteStage:
         self.concurrency = config.store_write_concurrency
         self._queue: deque[Job] = deque()
         self._queued_docs = 0
+        self._urgent = 0  # urgent jobs queued
         self._in_flight = 0
+        self._last_start = -math.inf  # when the last write started (time.monotonic())
         self._encoding: anyio.Lock | None = None  # made on first use (in the event loop)
 
     @property
@@ -105,8 +118,19 @@ class WriteStage:
 
     def _may_lead(self) -> bool:
         """Whether a new write (of the oldest queued batches) may start now."""
-        return bool(self._queue) and self._in_flight < self.concurrency and (
-            self._in_flight == 0 or self._queued_docs >= self._config.max_batch or self._posts_singly())
+        if not self._queue or self._in_flight >= self.concurrency:
+            return False
+        if self._queued_docs >= self._config.max_batch or self._posts_singly():
+            return True
+        return self._in_flight == 0 and (self._urgent > 0 or self._paced_at() <= monotonic())
+
+    def _paced_at(self) -> float:
+        """When an idle store may start a write that is neither full nor urgent."""
+        return self._last_start + min(self._config.debounce, MAX_PACE)
+
+    def _pacing(self) -> bool:
+        """Whether the store is idle and its next write waits for its pace (its oldest job's owner times it)."""
+        return bool(self._queue) and self._in_flight == 0 and not self._may_lead()
 
     def _posts_singly(self) -> bool:
         """Whether the store sends one request per document (a server without the batch endpoint)."""
@@ -114,41 +138,59 @@ class WriteStage:
 
     def _poke(self) -> None:
         """When new writes may start, wake the waiters (or actors) of the oldest queued jobs: one per
-        write that may start, so that two slots freed before a woken leader runs are both used."""
-        if not self._may_lead():
+        write that may start, so that two slots freed before a woken leader runs are both used. When
+        the next write waits for its pace, wake the oldest job's owner to time it."""
+        if self._may_lead():
+            free = self.concurrency - self._in_flight
+            writes = len(self._queue) if self._posts_singly() else -(-self._queued_docs // self._config.max_batch)
+            count = min(free, writes)
+        elif self._pacing():
+            count = 1
+        else:
             return
-        free = self.concurrency - self._in_flight
-        writes = len(self._queue) if self._posts_singly() else -(-self._queued_docs // self._config.max_batch)
-        for job in islice(self._queue, min(free, writes)):
+        for job in islice(self._queue, count):
             if job.wakeup is not None:
                 job.wakeup.set()
             elif job.wake is not None:
                 job.wake()
 
     def submit(self, docs: list[EncodedDocument], done: Callable[[StoreOutcome], None],
-               wake: Callable[[], None]) -> Job:
+               wake: Callable[[], None], *, urgent: bool = False) -> Job:
         """Queue one session's batch (all or none) without waiting: ``done`` gets its outcome, and
-        ``wake`` is called when it may lead a write and nobody waits (see :meth:`wait`)."""
-        job = Job(docs, done, wake)
-        self._queue.append(job)
-        self._queued_docs += len(docs)
+        ``wake`` is called when it may lead a write and nobody waits (see :meth:`wait`). ``urgent``: a
+        caller waits for it (no pacing)."""
+        job = Job(docs, done, wake, urgent)
+        self._enqueue(job)
         return job
 
-    def may_lead(self, job: Job) -> bool:
-        """Whether ``job`` is not written yet and a new write (of the oldest queued batches) may start now:
-        its owner should lead it. Its own batch may already be in another leader's write: two slots freed
-        at once wake two owners, and the one that runs first takes the oldest batch, maybe the other's."""
-        return job.result is None and self._may_lead()
+    def _enqueue(self, job: Job, *, first: bool = False) -> None:
+        if first:
+            self._queue.appendleft(job)
+        else:
+            self._queue.append(job)
+        self._queued_docs += len(job.docs)
+        self._urgent += job.urgent
+
+    def needs_owner(self, job: Job) -> bool:
+        """Whether ``job``'s owner should stay with it (:meth:`wait`) rather than leave it to the stage:
+        it is not written yet, and a new write may start now (the owner leads it), or the store is idle
+        and ``job`` is the oldest queued (the owner starts the paced write in time).
+
+        Its own batch may already be in another leader's write: two slots freed at once wake two owners,
+        and the one that runs first takes the oldest batch, maybe the other's."""
+        return job.result is None and (self._may_lead() or (self._pacing() and self._queue[0] is job))
 
     async def wait(self, job: Job) -> StoreOutcome:
-        """Wait until ``job`` is written, leading writes (of the oldest queued batches) while one may start."""
+        """Wait until ``job`` is written, leading writes (of the oldest queued batches) while one may start,
+        and starting the paced write of an idle store when its time comes."""
         try:
             while job.result is None:
                 if self._may_lead():
                     await self._lead()
                     continue
                 job.wakeup = anyio.Event()
-                await job.wakeup.wait()
+                with anyio.move_on_after(self._paced_at() - monotonic() if self._pacing() else math.inf):
+                    await job.wakeup.wait()
         finally:
             job.wakeup = None  # cancelled while queued, the job stays: the stage wakes its actor later
         assert job.result is not None
@@ -168,6 +210,7 @@ class WriteStage:
         while self._queue and (not jobs or count + len(self._queue[0].docs) <= limit):
             job = self._queue.popleft()
             count += len(job.docs)
+            self._urgent -= job.urgent
             jobs.append(job)
         self._queued_docs -= count
         return jobs
@@ -175,14 +218,14 @@ class WriteStage:
     async def _lead(self) -> None:
         jobs = self._take()
         self._in_flight += 1
+        self._last_start = monotonic()
         try:
             await self._write(jobs)
         finally:
             self._in_flight -= 1
             unanswered = [job for job in jobs if job.result is None]
             for job in reversed(unanswered):  # this leader was cancelled mid-write: hand them back, in order
-                self._queue.appendleft(job)
-                self._queued_docs += len(job.docs)
+                self._enqueue(job, first=True)
             self._poke()
 
     async def _write(self, jobs: list[Job]) -> None:
