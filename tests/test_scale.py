@@ -213,6 +213,24 @@ class TestAgentFilter:
             finally:
                 await manager.aclose()
 
+    async def test_a_service_that_caps_the_limit_is_read_to_its_total(self, anyio_backend: str) -> None:
+        """A server that ignores tags and answers at most 5 documents a page (fewer than asked, with the
+        total of all matches): a short page is not the end while the total says more follow."""
+        with doc_server(tags="ignore", max_limit=5) as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                await self._three_agents(manager)
+                for noise in range(12):  # the planner's newest state is on the server's fourth page
+                    await manager.upload_session_state({"agent": "coder", "noise": noise}, "t", "coder")
+                status, content = await manager.restore_agent_session_state("planner")
+                assert status is S.SUCCESS and content is not None
+                assert content["state"] == {"agent": "planner", "step": 2}
+                status, docs = await manager.download_session_states(limit=3, agent_name="critic")
+                assert status is S.SUCCESS
+                assert [d["content"]["state"]["step"] for d in docs] == [2, 1, 0]
+            finally:
+                await manager.aclose()
+
 
 class PagelessStore(MemoryStore):
     """A store that ignores ``skip`` and ``tags``: every page is the newest documents of the session."""

@@ -373,8 +373,9 @@ class SessionOps:
         """The documents of ``query``, newest first, each checked against it and each once.
 
         Pages on when a store ignored a filter, or its order (an older document before a newer one:
-        then every page is read and the documents sorted here); stops when a page brings nothing new
-        (a store that ignores ``skip``)."""
+        then every page is read and the documents sorted here); a short page ends the reading unless
+        the store's ``total`` says more follow (a store that caps ``limit``); so does a page that brings
+        nothing new (a store that ignores ``skip``)."""
         store = self._store()
         kept: list[Document] = []
         seen: set[str | int] = set()
@@ -383,7 +384,8 @@ class SessionOps:
         # Two documents at least, so that a store answering oldest first shows it even for a limit of 1.
         page_query = replace(query, limit=max(query.limit, 2))
         for _ in range(_MAX_PAGES):
-            page = (await store.query(page_query)).data
+            result = await store.query(page_query)
+            page = result.data
             fresh = matching = 0
             for doc in page:
                 doc_id = doc.get("id", doc.get("_id"))
@@ -399,7 +401,8 @@ class SessionOps:
                 if self._matches(doc, query):
                     kept.append(doc)
                     matching += 1
-            if len(page) < page_query.limit or not fresh or (
+            last = len(page) < page_query.limit and page_query.skip + len(page) >= result.total
+            if last or not fresh or (
                     newest_first and (len(kept) >= query.limit or matching == len(page))):
                 break
             # The store sent documents we did not ask for, or not newest first: read further, in large pages.

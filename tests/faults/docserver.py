@@ -15,7 +15,8 @@ their client-made ids, so a fault test can tell exactly what arrived after retri
 Like services the client has never seen, it may lack the batch endpoint (``batch=False``: the POST
 answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags="ignore"``), and
 ignore ``skip`` (``paging=False``: every page starts at the first document), and ignore the order asked
-(``sorting=False``: oldest first, as stored).
+(``sorting=False``: oldest first, as stored), and cap ``limit`` (``max_limit``: fewer documents than
+asked, with the ``total`` of all matches).
 """
 
 from __future__ import annotations
@@ -62,15 +63,17 @@ class DocServer:
         status: the HTTP status of ``"status"`` mode.
         retry_after: the ``Retry-After`` header of ``"status"`` mode, in seconds.
         fail_first: how many write requests fail in ``"status"`` mode (``None``: all).
-        batch, tags, paging, sorting: how it departs from the API (see the module docstring).
+        batch, tags, paging, sorting, max_limit: how it departs from the API (see the module docstring).
     """
 
     def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
-                 tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True) -> None:
+                 tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True,
+                 max_limit: int = 10_000) -> None:
         self.batch = batch
         self.paging = paging
         self.sorting = sorting
+        self.max_limit = max_limit
         self.tags = tags
         self.mode = mode
         self.rate = rate
@@ -159,7 +162,7 @@ class DocServer:
     async def _list(self, request: web.Request) -> web.StreamResponse:
         self._record(request, "ok")
         session_id = request.query.get("session_id")
-        limit = int(request.query.get("limit", "10"))
+        limit = min(int(request.query.get("limit", "10")), self.max_limit)
         skip = int(request.query.get("skip", "0")) if self.paging else 0
         # Each tags value is one tag, as a list-typed query parameter reads it: a comma-joined value is
         # one (unknown) tag here, so a client must send repeated parameters.
