@@ -1,16 +1,20 @@
-"""The HTTP store's single POSTs (a server without the batch endpoint), over a fake transport."""
+"""The HTTP store against servers unlike ours: single POSTs (no batch endpoint) and smaller body limits."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 import pytest
 
-from wr124_session_actor import StoreBadResponse
+from wr124_session_actor import ActorSystem, Config, StoreBadResponse, StoreRejected
 from wr124_session_actor._document import StateUpload, encode_document
+from wr124_session_actor.server import ServerLimits, ServerThread
+from wr124_session_actor.stores import open_store
 from wr124_session_actor.stores._http import HttpStore
 from wr124_session_actor.transports import Params, Response
 
@@ -102,3 +106,68 @@ async def test_a_created_id_may_be_named_underscore_id() -> None:
     with pytest.raises(StoreBadResponse, match="no 'id'"):
         await store.insert_many(docs[:1])
     await store.aclose()
+
+
+class SmallBodyTransport:
+    """A batch endpoint that refuses bodies over ``max_body`` bytes (413, as a proxy's limit would) and
+    stores the rest; records the document count of every batch request and its status."""
+
+    name = "mock"
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.batches: list[tuple[int, int]] = []
+
+    async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                      content: bytes | None = None) -> Response:
+        await anyio.lowlevel.checkpoint()
+        assert method == "POST" and url.endswith("/batch") and content is not None
+        docs = orjson.loads(content)["documents"]
+        status = 413 if len(content) > self.max_body else 201
+        self.batches.append((len(docs), status))
+        if status == 413:
+            return Response(413, {"content-type": "text/html"}, b"<html>413 Request Entity Too Large</html>")
+        return Response(201, {}, orjson.dumps({"ids": [d["id"] for d in docs]}))
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_a_body_limit_below_ours_is_learned_from_413() -> None:
+    """A server (or proxy) that takes smaller bodies than ours answers 413: the store sends that chunk
+    again in halves, keeps later writes to what was taken, and refuses only a document too large alone."""
+    transport = SmallBodyTransport(max_body=10_000)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport)
+    docs = [encode_document(StateUpload("s", {"n": n, "pad": "x" * 900}, "t", "a")) for n in range(40)]
+    assert await store.insert_many(docs[:20]) == [d.id for d in docs[:20]]
+    statuses = [status for _, status in transport.batches]
+    assert statuses[0] == 413 and 201 in statuses
+    assert statuses.index(201) > max(i for i, s in enumerate(statuses) if s == 413)  # learned, then all taken
+    assert sum(n for n, status in transport.batches if status == 201) == 20
+    transport.batches.clear()
+    assert await store.insert_many(docs[20:]) == [d.id for d in docs[20:]]
+    assert {s for _, s in transport.batches} == {201}  # no 413 again: the store keeps to the smaller size
+    huge = encode_document(StateUpload("s", {"pad": "x" * 20_000}, "t", "a"))
+    with pytest.raises(StoreRejected) as refused:
+        await store.insert_many([huge])
+    assert refused.value.status_code == 413
+    await store.aclose()
+
+
+async def test_a_server_with_a_small_body_limit_stores_every_state(tmp_path: Path, anyio_backend: str) -> None:
+    """The reference server taking bodies of 30 KB at most (our default is 64 MB): 20 sessions × 50
+    keep-all states of ~1 KB are all stored, none refused, and writes stay batched."""
+    limits = ServerLimits(max_body_bytes=30_000)
+    with ServerThread(str(tmp_path / "small.db"), limits=limits) as server:
+        client = ("aiohttp",) if anyio_backend == "asyncio" else ("httpx",)
+        config = Config(api_url=server.url, keep="all", http_clients=client, timeout=5.0)
+        store = open_store(config)
+        assert isinstance(store, HttpStore)
+        async with ActorSystem(config, store=store) as system:
+            for step in range(50):
+                for session in range(20):
+                    system.handle(f"s{session}").submit({"step": step, "pad": "x" * 900}, "t", "a")
+                await anyio.lowlevel.checkpoint()
+        stats = system.statistics()
+        assert (stats.documents, stats.failed) == (1000, 0)
+        assert store.requests_sent <= 1000 / 10, store.requests_sent  # 413s included

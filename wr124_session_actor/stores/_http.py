@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
@@ -69,6 +69,7 @@ class HttpStore:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._max_body = max_body_bytes
+        self._max_count = MAX_SERVER_BATCH
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._closed = False
         #: ``None`` until known; ``False`` after the server answered 404, 405 or 501 to the batch endpoint.
@@ -107,23 +108,43 @@ class HttpStore:
         return self._transport
 
     async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
-        """Send the documents in as few batch requests as the body and batch limits allow."""
+        """Send the documents in as few batch requests as the body and batch limits allow.
+
+        A server (or a proxy before it) that finds a batch too large (413) has the store keep to half
+        that batch's size and count from then on, down to one document: only a document too large on its
+        own is refused."""
         ids: list[str] = []
-        for chunk in _chunks(docs, self._max_body - _ENVELOPE, MAX_SERVER_BATCH):
-            if self.batch_supported is not False:
-                body = b'{"documents":[' + b",".join(d.body for d in chunk) + b"]}"
-                resp = await self._request("POST", f"{self._collection}/batch", content=body)
-                if resp.status in _NO_BATCH_ENDPOINT:
-                    self.batch_supported = False  # an older server: remember, and fall back
-                else:
-                    self.batch_supported = True
-                    got = _expect(resp, "ids", list)
-                    ids.extend(str(i) for i in got)
-                    continue
-            ids.extend(await self._insert_singly(chunk))
+        start = 0
+        while start < len(docs):
+            end = _chunk_end(docs, start, self._max_body - _ENVELOPE, self._max_count)
+            chunk = docs[start:end]
+            try:
+                got = await self._insert_batch(chunk) if self.batch_supported is not False else None
+            except _TooLarge:
+                continue  # chunk again, within what the server takes
+            ids.extend(await self._insert_singly(chunk) if got is None else got)
+            start = end
         return ids
 
-    async def _insert_singly(self, docs: list[EncodedDocument]) -> list[str]:
+    async def _insert_batch(self, chunk: Sequence[EncodedDocument]) -> list[str] | None:
+        """POST ``chunk`` to the batch endpoint; ``None`` when the server has none.
+
+        Raises:
+            _TooLarge: the server answered 413 to several documents (the store's limits are halved).
+        """
+        body = b'{"documents":[' + b",".join(d.body for d in chunk) + b"]}"
+        resp = await self._request("POST", f"{self._collection}/batch", content=body)
+        if resp.status in _NO_BATCH_ENDPOINT:
+            self.batch_supported = False  # an older server: remember, and fall back
+            return None
+        self.batch_supported = True
+        if resp.status == 413 and len(chunk) > 1:
+            self._max_body = min(self._max_body, max(len(body) // 2, _ENVELOPE + 1))
+            self._max_count = min(self._max_count, len(chunk) // 2)
+            raise _TooLarge
+        return [str(i) for i in _expect(resp, "ids", list)]
+
+    async def _insert_singly(self, docs: Sequence[EncodedDocument]) -> list[str]:
         """One POST per document (a server without the batch endpoint): the sessions' documents go in
         parallel, at most ``concurrency`` requests at once, and each session's in order.
 
@@ -224,18 +245,20 @@ class HttpStore:
             await transport.aclose()
 
 
-def _chunks(docs: Sequence[EncodedDocument], max_bytes: int, max_count: int) -> Iterator[list[EncodedDocument]]:
-    chunk: list[EncodedDocument] = []
+def _chunk_end(docs: Sequence[EncodedDocument], start: int, max_bytes: int, max_count: int) -> int:
+    """Where the chunk of ``docs`` from ``start`` ends: within ``max_bytes`` and ``max_count`` (at least one)."""
+    end = start
     size = 0
-    for doc in docs:
-        extra = len(doc.body) + 1
-        if chunk and (size + extra > max_bytes or len(chunk) >= max_count):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(doc)
-        size += extra
-    if chunk:
-        yield chunk
+    while end < len(docs) and end - start < max_count:
+        size += len(docs[end].body) + 1
+        if end > start and size > max_bytes:
+            break
+        end += 1
+    return end
+
+
+class _TooLarge(Exception):
+    """The server refused a batch of several documents as too large (413)."""
 
 
 def _error_message(resp: Response) -> str:
