@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from wr124_session_actor import CircuitOpen, Config, SessionStateManager, StoreUnavailable
+from wr124_session_actor import CircuitOpen, Config, SessionStateManager, StoreRejected, StoreUnavailable
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._circuit import CircuitBreaker
 from wr124_session_actor.stores import MemoryStore
@@ -28,6 +28,15 @@ class FlakyHealth(MemoryStore):
         await anyio.lowlevel.checkpoint()
         if self.down:
             raise StoreUnavailable("still down")
+
+
+class NoHealthRoute(FlakyHealth):
+    """A store whose health() is refused for good, as a server without the route answers it."""
+
+    async def health(self) -> None:
+        self.probes += 1
+        await anyio.lowlevel.checkpoint()
+        raise StoreRejected("HTTP 404: Not Found", status_code=404)
 
 
 class TestCircuitBreaker:
@@ -55,6 +64,15 @@ class TestCircuitBreaker:
         await anyio.sleep(0.03)  # the second cooldown is twice the first
         await circuit.before_call(store)
         assert (store.probes, circuit.state) == (2, "closed")
+
+    async def test_a_refused_probe_is_an_answer(self) -> None:
+        """A probe refused for good (a server without a health route answers 404) shows the store is up:
+        the circuit closes."""
+        circuit, store = CircuitBreaker(threshold=1, cooldown=0.01), NoHealthRoute()
+        circuit.record_failure()
+        await anyio.sleep(0.02)
+        await circuit.before_call(store)
+        assert (store.probes, circuit.state) == (1, "closed")
 
     async def test_stops_hammering_a_failing_server(self) -> None:
         """A manager calling a store that answers 500 sends far fewer requests once the circuit is open."""

@@ -15,8 +15,9 @@ class CircuitBreaker:
     """Closed while calls succeed; open after ``threshold`` transient failures in a row.
 
     While open, calls fail at once with ``CircuitOpen`` (no network). When the cooldown has
-    passed, the next caller probes the store with ``health()`` (one probe at a time): success closes
-    the circuit, failure opens it again for twice as long (capped at ``max_cooldown``).
+    passed, the next caller probes the store with ``health()`` (one probe at a time): an answer closes
+    the circuit, a transient failure opens it again for twice as long (capped at ``max_cooldown``).
+    A refusal is an answer too: a server without a health route (404) is up.
 
     Args:
         threshold: transient failures in a row that open the circuit.
@@ -57,8 +58,9 @@ class CircuitBreaker:
         try:
             await store.health()
         except StoreError as exc:
-            self._trip()
-            raise CircuitOpen(f"circuit open: health probe failed: {exc}") from exc
+            if exc.transient:
+                self._trip()
+                raise CircuitOpen(f"circuit open: health probe failed: {exc}") from exc
         finally:
             self._probing = False
         self.record_success()

@@ -10,7 +10,8 @@ their client-made ids, so a fault test can tell exactly what arrived after retri
 - ``"status"``: the first ``fail_first`` write requests answer ``status`` (with ``Retry-After`` when
   ``retry_after`` is set); later ones work. ``fail_first=None`` fails every write.
 
-``/health`` always answers 200 so that the client's circuit-breaker probes do not add faults.
+``/health`` always answers 200 so that the client's circuit-breaker probes do not add faults, unless
+the server has no health route at all (``health=False``: 404).
 
 Like services the client has never seen, it may lack the batch endpoint (``batch=False``: the POST
 answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags="ignore"``), and
@@ -63,17 +64,19 @@ class DocServer:
         status: the HTTP status of ``"status"`` mode.
         retry_after: the ``Retry-After`` header of ``"status"`` mode, in seconds.
         fail_first: how many write requests fail in ``"status"`` mode (``None``: all).
-        batch, tags, paging, sorting, max_limit: how it departs from the API (see the module docstring).
+        batch, tags, paging, sorting, max_limit, health: how it departs from the API (see the module
+            docstring).
     """
 
     def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
                  tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True,
-                 max_limit: int = 10_000) -> None:
+                 max_limit: int = 10_000, health: bool = True) -> None:
         self.batch = batch
         self.paging = paging
         self.sorting = sorting
         self.max_limit = max_limit
+        self.health = health
         self.tags = tags
         self.mode = mode
         self.rate = rate
@@ -181,7 +184,8 @@ class DocServer:
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application()
-        app.router.add_get("/health", self._health)
+        if self.health:
+            app.router.add_get("/health", self._health)
         app.router.add_post("/{project}/json-documents", self._write)
         if self.batch:
             app.router.add_post("/{project}/json-documents/batch", self._write)

@@ -323,6 +323,27 @@ class TestRetryAfter:
         assert took < 1.5
 
 
+class TestNoHealthRoute:
+    async def test_the_circuit_closes_when_a_server_without_health_answers(self, anyio_backend: str) -> None:
+        """A server with no /health route (404) fails three writes with 503, which opens the circuit: after
+        the cooldown the probe's 404 is an answer, so the circuit closes and the next write is stored."""
+        client = ("aiohttp",) if anyio_backend == "asyncio" else ("httpx",)
+        config = Config(timeout=5.0, retries=0, circuit_threshold=3, circuit_cooldown=0.05, http_clients=client)
+        with doc_server("status", status=503, fail_first=3, health=False) as server:
+            manager = SessionStateManager("s", config.replace(api_url=server.url))
+            try:
+                for n in range(3):
+                    assert (await manager.upload_session_state({"seq": n}))[0] is S.FAILED
+                assert (await manager.upload_session_state({"seq": 3}))[0] is S.FAILED  # open: no request
+                await anyio.sleep(0.1)
+                status, _ = await manager.upload_session_state({"seq": 4})
+            finally:
+                await manager.aclose()
+            assert status is S.SUCCESS
+            assert [s["seq"] for s in server.stored_states()] == [4]
+            assert [w.outcome for w in server.writes()] == ["503", "503", "503", "ok"]
+
+
 class TestStatusCodes:
     @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
     async def test_transient_status_is_retried(self, status: int) -> None:
