@@ -140,6 +140,10 @@ class TestAgentFilter:
                 status, docs = await manager.download_session_states(limit=10, agent_name="critic")
                 assert status is S.SUCCESS
                 assert [d["content"]["state"]["step"] for d in docs] == [2, 1, 0]
+                # The first lookup asks two documents to learn the server's order; once it shows newest
+                # first, a restore asks one.
+                await manager.restore_agent_session_state("coder")
+                assert server.limits == [2, 10, 1]
             finally:
                 await manager.aclose()
 
@@ -210,6 +214,7 @@ class TestAgentFilter:
                 assert status is S.SUCCESS
                 assert [d["content"]["state"] for d in docs] == [
                     {"agent": agent, "step": 2} for agent in ("critic", "coder", "planner")]
+                assert server.limits[0] == 2 and server.limits[-1] == MAX_QUERY_LIMIT  # every page read
             finally:
                 await manager.aclose()
 
@@ -255,7 +260,7 @@ async def test_a_store_that_repeats_its_first_page_ends_the_reading() -> None:
         manager = system.manager("s")
         status, content = await manager.restore_agent_session_state("planner")
         assert (status, content) == (S.FAILED, None)
-        assert store.reads == 3  # the first page (2), a full page (1,000), the same again: nothing new
+        assert store.reads == 3  # the first page (1), a full page (1,000), the same again: nothing new
         status, docs = await manager.download_session_states(limit=3, agent_name="coder")
         assert status is S.SUCCESS
         assert [d["content"]["state"]["n"] for d in docs] == [MAX_QUERY_LIMIT + 9, MAX_QUERY_LIMIT + 8,

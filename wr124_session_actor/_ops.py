@@ -32,7 +32,7 @@ from ._document import (
 )
 from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreError, StoreTimeout
 from ._status import SessionStateStatus
-from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, Query
+from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, HttpStore, Query
 
 __all__ = ["Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "call_store", "status_of"]
 
@@ -379,10 +379,13 @@ class SessionOps:
         store = self._store()
         kept: list[Document] = []
         seen: set[str | int] = set()
-        newest_first = True
+        # Our engines answer newest first; an HTTP server's order is learned from its first page of two
+        # dated documents (until then a lookup asks two at least, so that a limit of 1 shows it too).
+        known = store.newest_first if isinstance(store, HttpStore) else True
+        newest_first = known is not False
+        compared = False
         previous: str | None = None
-        # Two documents at least, so that a store answering oldest first shows it even for a limit of 1.
-        page_query = replace(query, limit=max(query.limit, 2))
+        page_query = query if known is not None else replace(query, limit=max(query.limit, 2))
         for _ in range(_MAX_PAGES):
             result = await store.query(page_query)
             page = result.data
@@ -396,7 +399,9 @@ class SessionOps:
                 fresh += 1
                 created = _created(doc)
                 if created is not None:
-                    newest_first = newest_first and (previous is None or created <= previous)
+                    if previous is not None:
+                        compared = True
+                        newest_first = newest_first and created <= previous
                     previous = created
                 if self._matches(doc, query):
                     kept.append(doc)
@@ -407,6 +412,8 @@ class SessionOps:
                 break
             # The store sent documents we did not ask for, or not newest first: read further, in large pages.
             page_query = replace(query, skip=page_query.skip + len(page), limit=MAX_QUERY_LIMIT)
+        if known is None and compared and isinstance(store, HttpStore):
+            store.newest_first = newest_first
         if not newest_first:
             kept.sort(key=lambda doc: _created(doc) or "", reverse=True)  # stable: ties keep the store's order
         return kept[: query.limit]

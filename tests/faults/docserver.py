@@ -92,6 +92,8 @@ class DocServer:
         self.received: Counter[str] = Counter()
         #: Every request, in arrival order.
         self.hits: list[Hit] = []
+        #: The ``limit`` of every query, in arrival order.
+        self.limits: list[int] = []
         self._writes = 0
 
     # -- what a test reads -------------------------------------------------------------------------
@@ -165,7 +167,8 @@ class DocServer:
     async def _list(self, request: web.Request) -> web.StreamResponse:
         self._record(request, "ok")
         session_id = request.query.get("session_id")
-        limit = min(int(request.query.get("limit", "10")), self.max_limit)
+        self.limits.append(int(request.query.get("limit", "10")))
+        limit = min(self.limits[-1], self.max_limit)
         skip = int(request.query.get("skip", "0")) if self.paging else 0
         # Each tags value is one tag, as a list-typed query parameter reads it: a comma-joined value is
         # one (unknown) tag here, so a client must send repeated parameters.

@@ -74,6 +74,8 @@ class HttpStore:
         self._closed = False
         #: ``None`` until known; ``False`` after the server answered 404, 405 or 501 to the batch endpoint.
         self.batch_supported: bool | None = None
+        #: Whether the server answers queries newest first as asked: ``None`` until a page shows it.
+        self.newest_first: bool | None = None
         #: HTTP requests sent (the "store writes" and reads benchmarks count).
         self.requests_sent = 0
 
