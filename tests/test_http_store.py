@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ class NoBatchTransport:
 
     name = "mock"
 
-    def __init__(self, answer: Callable[[int, dict[str, Any]], object] = server_id, batch_status: int = 405) -> None:
+    def __init__(self, answer: Callable[[int, dict[str, Any]], object] = server_id, batch_status: int = 405,
+                 delay: float = 0.001) -> None:
         self.answer = answer
         self.batch_status = batch_status
+        self.delay = delay
         self.posted: list[tuple[str, int]] = []
         self.in_flight = 0
         self.most_in_flight = 0
@@ -50,7 +53,7 @@ class NoBatchTransport:
         self.posted.append((doc["session_id"], doc["content"]["state"]["n"]))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        await anyio.sleep(0.001)
+        await anyio.sleep(self.delay)
         self.in_flight -= 1
         return Response(201, {}, orjson.dumps(self.answer(len(self.posted), doc)))
 
@@ -171,3 +174,44 @@ async def test_a_server_with_a_small_body_limit_stores_every_state(tmp_path: Pat
         stats = system.statistics()
         assert (stats.documents, stats.failed) == (1000, 0)
         assert store.requests_sent <= 1000 / 10, store.requests_sent  # 413s included
+
+
+async def _upload_each(system: ActorSystem, sessions: int) -> list[float]:
+    """Every session awaits one upload at once; returns when each call returned (seconds from the start)."""
+    returned: list[float] = []
+    started = anyio.current_time()
+
+    async def upload(n: int) -> None:
+        await system.manager(f"s{n}").upload_session_state({"n": n}, "t", "a")
+        returned.append(anyio.current_time() - started)
+
+    async with anyio.create_task_group() as group:
+        for n in range(sessions):
+            group.start_soon(upload, n)
+    return returned
+
+
+async def test_each_session_is_answered_when_its_own_post_ends() -> None:
+    """Without the batch endpoint, 20 sessions awaiting an upload each (two POSTs at a time, 20 ms each):
+    a session is answered when its own POST ends, not when the last of a merged write's does."""
+    transport = NoBatchTransport(delay=0.02)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=2)
+    async with ActorSystem(Config(api_url="memory://", write_concurrency=2, timeout=5.0), store=store) as system:
+        returned = await _upload_each(system, 20)
+    assert sorted(n for _, n in transport.posted) == list(range(20))
+    assert system.statistics().documents == 20
+    assert statistics.median(returned) < 0.75 * max(returned), sorted(returned)
+
+
+async def test_writes_that_find_no_batch_endpoint_keep_to_their_deadline() -> None:
+    """60 sessions' states queued before the store knows the server has no batch endpoint (several writes
+    start meanwhile), four 50 ms POSTs at a time with a timeout of 0.3 s: those first writes are small and
+    get the timeout per document, so none times out and is sent again, and nothing is posted twice (late
+    callers may time out: their calls are bounded, their states are still stored)."""
+    transport = NoBatchTransport(delay=0.05)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=4)
+    config = Config(api_url="memory://", write_concurrency=4, timeout=0.3, max_batch=10)
+    async with ActorSystem(config, store=store) as system:
+        await _upload_each(system, 60)
+    assert sorted(n for _, n in transport.posted) == list(range(60))
+    assert system.statistics().documents == 60

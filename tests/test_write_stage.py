@@ -30,8 +30,8 @@ class CountingStore:
         self.most_in_flight = 0
         #: The writes in flight as each write started (itself included).
         self.started_with: list[int] = []
-        #: As an HTTP store says it (``False``: a server without the batch endpoint), when set.
-        self.batch_supported: bool | None = None
+        #: As an HTTP store says it (``False``: a server without the batch endpoint; ``None``: not known yet).
+        self.batch_supported: bool | None = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -14,10 +14,14 @@ queued, or none is in flight (the store is idle) and the write is *paced*: the l
 least ``debounce`` ago (:data:`MAX_PACE` at most), or a caller waits for one of the queued batches (an
 awaited upload, a flush, the final flush). Batches arriving while the store is busy therefore queue up
 and leave together: under load, writes grow towards ``max_batch``; and sessions that trickle in (each
-due on its own, a store faster than their arrival) share one write per pace instead of one write each. The owner of the
-oldest queued batch stays to start a paced write when its time comes. Against a server without the
-batch endpoint merging saves no request (each document is a POST of its own), so there a write starts
-whenever a slot is free: a session's long run of POSTs does not wait for the others'.
+due on its own, a store faster than their arrival) share one write per pace instead of one write each.
+The owner of the oldest queued batch stays to start a paced write when its time comes.
+
+Against a server without the batch endpoint merging saves no request (each document is a POST of its
+own), so there a write starts whenever a slot is free, takes a few batches (``concurrency`` documents)
+and writes and answers them one after another: the writes in flight are the POSTs in flight, and no
+batch waits for another's POSTs. An HTTP store's first write, which finds out whether the endpoint
+exists, is as small, and the only one in flight until it ends.
 
 Time spent queued here is never a store failure: the store deadline starts with the write. A write that
 fails for good and carried several batches is tried again batch by batch, and a batch of several
@@ -120,6 +124,8 @@ class WriteStage:
         """Whether a new write (of the oldest queued batches) may start now."""
         if not self._queue or self._in_flight >= self.concurrency:
             return False
+        if self._in_flight and self._batching_unknown():
+            return False  # one write finds out whether the server has the batch endpoint
         if self._queued_docs >= self._config.max_batch or self._posts_singly():
             return True
         return self._in_flight == 0 and (self._urgent > 0 or self._paced_at() <= monotonic())
@@ -135,6 +141,10 @@ class WriteStage:
     def _posts_singly(self) -> bool:
         """Whether the store sends one request per document (a server without the batch endpoint)."""
         return getattr(self._store(), "batch_supported", None) is False
+
+    def _batching_unknown(self) -> bool:
+        """Whether an HTTP store has yet to find out if its server has the batch endpoint (its first write does)."""
+        return getattr(self._store(), "batch_supported", True) is None
 
     def _poke(self) -> None:
         """When new writes may start, wake the waiters (or actors) of the oldest queued jobs: one per
@@ -203,10 +213,12 @@ class WriteStage:
         return await encode_documents(uploads, self._encoding)
 
     def _take(self) -> list[Job]:
-        """Take queued batches up to ``max_batch`` documents (at least one batch)."""
+        """Take queued batches up to ``max_batch`` documents (at least one batch); up to ``concurrency``
+        for single POSTs, and for an HTTP store's first write, which finds out whether they are."""
         jobs: list[Job] = []
         count = 0
-        limit = self._config.max_batch
+        few = self._posts_singly() or self._batching_unknown()
+        limit = self.concurrency if few else self._config.max_batch
         while self._queue and (not jobs or count + len(self._queue[0].docs) <= limit):
             job = self._queue.popleft()
             count += len(job.docs)
@@ -229,6 +241,12 @@ class WriteStage:
             self._poke()
 
     async def _write(self, jobs: list[Job]) -> None:
+        if len(jobs) > 1 and self._posts_singly():
+            # Merging saves no request: each batch is written, and answered, in turn (the writes in flight
+            # are then the store's POSTs in flight, and none waits past its deadline for a turn).
+            for job in jobs:
+                await self._write([job])
+            return
         docs = [doc for job in jobs for doc in job.docs]
         store = self._store
         sessions = sorted({doc.session_id for doc in docs})
@@ -263,8 +281,9 @@ class WriteStage:
         """The store deadline of a write: ``timeout`` per request it takes.
 
         A batch-capable store takes a merged write in one request (per body-size chunk); a server
-        without the batch endpoint takes one POST per document (sent in parallel, within the store's
-        own bound), so a write of many sessions' documents gets the timeout once per document.
+        without the batch endpoint takes one POST per document (a session's in order), so such a write
+        gets the timeout once per document. (An HTTP store's first write, which finds out, has at most
+        ``concurrency`` documents, posted in parallel if need be: one round trip.)
         """
         requests = documents if self._posts_singly() else 1
         return self._config.timeout * requests
