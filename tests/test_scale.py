@@ -123,6 +123,16 @@ class TestAgentFilter:
                 status, _ = await manager.upload_session_state({"agent": agent, "step": step}, "t", agent)
                 assert status is S.SUCCESS
 
+    async def _planner_and_critic(self, manager: SessionStateManager, limit: int, steps: list[int]) -> None:
+        """The planner's newest state is restored, and the critic's newest ``limit`` states (``steps``)
+        come down newest first."""
+        status, content = await manager.restore_agent_session_state("planner")
+        assert status is S.SUCCESS and content is not None
+        assert content["state"] == {"agent": "planner", "step": 2}
+        status, docs = await manager.download_session_states(limit=limit, agent_name="critic")
+        assert status is S.SUCCESS
+        assert [d["content"]["state"]["step"] for d in docs] == steps
+
     async def test_a_service_that_reads_repeated_tags_restores_the_right_agent(self, anyio_backend: str) -> None:
         """Tags go out as repeated parameters, so a list-typed server filters by agent: the agent's own
         newest state is restored."""
@@ -134,12 +144,7 @@ class TestAgentFilter:
                 other = SessionStateManager("elsewhere", _config(server, anyio_backend))
                 await other.upload_session_state({"agent": "coder", "step": 99}, "t", "coder")
                 await other.aclose()
-                status, content = await manager.restore_agent_session_state("planner")
-                assert status is S.SUCCESS and content is not None
-                assert content["state"] == {"agent": "planner", "step": 2}
-                status, docs = await manager.download_session_states(limit=10, agent_name="critic")
-                assert status is S.SUCCESS
-                assert [d["content"]["state"]["step"] for d in docs] == [2, 1, 0]
+                await self._planner_and_critic(manager, 10, [2, 1, 0])
                 # The first lookup asks two documents to learn the server's order; once it shows newest
                 # first, a restore asks one.
                 await manager.restore_agent_session_state("coder")
@@ -204,12 +209,7 @@ class TestAgentFilter:
             manager = SessionStateManager("s", _config(server, anyio_backend))
             try:
                 await self._three_agents(manager)
-                status, content = await manager.restore_agent_session_state("planner")
-                assert status is S.SUCCESS and content is not None
-                assert content["state"] == {"agent": "planner", "step": 2}
-                status, docs = await manager.download_session_states(limit=2, agent_name="critic")
-                assert status is S.SUCCESS
-                assert [d["content"]["state"]["step"] for d in docs] == [2, 1]
+                await self._planner_and_critic(manager, 2, [2, 1])
                 status, docs = await manager.download_session_states(limit=3)
                 assert status is S.SUCCESS
                 assert [d["content"]["state"] for d in docs] == [
@@ -227,12 +227,7 @@ class TestAgentFilter:
                 await self._three_agents(manager)
                 for noise in range(12):  # the planner's newest state is on the server's fourth page
                     await manager.upload_session_state({"agent": "coder", "noise": noise}, "t", "coder")
-                status, content = await manager.restore_agent_session_state("planner")
-                assert status is S.SUCCESS and content is not None
-                assert content["state"] == {"agent": "planner", "step": 2}
-                status, docs = await manager.download_session_states(limit=3, agent_name="critic")
-                assert status is S.SUCCESS
-                assert [d["content"]["state"]["step"] for d in docs] == [2, 1, 0]
+                await self._planner_and_critic(manager, 3, [2, 1, 0])
             finally:
                 await manager.aclose()
 

@@ -381,7 +381,8 @@ class SessionOps:
         seen: set[str | int] = set()
         # Our engines answer newest first; an HTTP server's order is learned from its first page of two
         # dated documents (until then a lookup asks two at least, so that a limit of 1 shows it too).
-        known = store.newest_first if isinstance(store, HttpStore) else True
+        http = store if isinstance(store, HttpStore) else None
+        known = True if http is None else http.newest_first
         newest_first = known is not False
         compared = False
         previous: str | None = None
@@ -412,8 +413,8 @@ class SessionOps:
                 break
             # The store sent documents we did not ask for, or not newest first: read further, in large pages.
             page_query = replace(query, skip=page_query.skip + len(page), limit=MAX_QUERY_LIMIT)
-        if known is None and compared and isinstance(store, HttpStore):
-            store.newest_first = newest_first
+        if http is not None and known is None and compared:
+            http.newest_first = newest_first
         if not newest_first:
             kept.sort(key=lambda doc: _created(doc) or "", reverse=True)  # stable: ties keep the store's order
         return kept[: query.limit]

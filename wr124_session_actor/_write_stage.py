@@ -124,7 +124,7 @@ class WriteStage:
         """Whether a new write (of the oldest queued batches) may start now."""
         if not self._queue or self._in_flight >= self.concurrency:
             return False
-        if self._in_flight and self._batching_unknown():
+        if self._in_flight and self._batch_support() is None:
             return False  # one write finds out whether the server has the batch endpoint
         if self._queued_docs >= self._config.max_batch or self._posts_singly():
             return True
@@ -138,13 +138,14 @@ class WriteStage:
         """Whether the store is idle and its next write waits for its pace (its oldest job's owner times it)."""
         return bool(self._queue) and self._in_flight == 0 and not self._may_lead()
 
+    def _batch_support(self) -> bool | None:
+        """Whether the store writes many documents in one request: ``False`` for a server without the
+        batch endpoint (a POST per document), ``None`` until an HTTP store's first write finds out."""
+        return getattr(self._store(), "batch_supported", True)
+
     def _posts_singly(self) -> bool:
         """Whether the store sends one request per document (a server without the batch endpoint)."""
-        return getattr(self._store(), "batch_supported", None) is False
-
-    def _batching_unknown(self) -> bool:
-        """Whether an HTTP store has yet to find out if its server has the batch endpoint (its first write does)."""
-        return getattr(self._store(), "batch_supported", True) is None
+        return self._batch_support() is False
 
     def _poke(self) -> None:
         """When new writes may start, wake the waiters (or actors) of the oldest queued jobs: one per
@@ -217,8 +218,7 @@ class WriteStage:
         for single POSTs, and for an HTTP store's first write, which finds out whether they are."""
         jobs: list[Job] = []
         count = 0
-        few = self._posts_singly() or self._batching_unknown()
-        limit = self.concurrency if few else self._config.max_batch
+        limit = self._config.max_batch if self._batch_support() else self.concurrency
         while self._queue and (not jobs or count + len(self._queue[0].docs) <= limit):
             job = self._queue.popleft()
             count += len(job.docs)
