@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, Query
 from wr124_session_actor._document import StateUpload
 from wr124_session_actor._outbox import Outbox
 from wr124_session_actor.stores import MemoryStore
 
-from .faultserver import closed_port_url
+from .faultserver import closed_port_url, fault_server
 
 pytestmark = pytest.mark.anyio
 
@@ -94,6 +96,34 @@ class TestSystemWithSpool:
                     await anyio.sleep(0.02)
             stored = await system.store.query(Query(limit=100))
         assert sorted(d["content"]["state"]["n"] for d in stored.data) == list(range(20))
+
+    async def test_a_hanging_server_holds_the_exit_no_longer_than_shutdown_timeout(
+            self, tmp_path: Path, sqlite_url: str) -> None:
+        """Writes already in flight to a server that never answers end at the closing deadline, not at
+        their own (a 30 s store deadline here): the exit takes about ``shutdown_timeout``, and what was
+        in flight or queued stays spooled, for the next start to store once."""
+        spool = str(tmp_path / "outbox.db")
+        with fault_server("hang") as (url, hits), capture_logs() as logs:
+            hanging = Config(api_url=url, spool=spool, keep="all", retries=0, timeout=30.0, debounce=0.01,
+                             shutdown_timeout=0.5, spool_sync_interval=0.01)
+            async with ActorSystem(hanging) as system:
+                for n in range(40):
+                    system.handle(f"s{n % 8}").submit({"n": n}, "t", "a")
+                with anyio.fail_after(10):
+                    while not hits:  # a write is in flight
+                        await anyio.sleep(0.01)
+                leaving = time.monotonic()
+        assert time.monotonic() - leaving < 5.0  # was 30 s: the in-flight write's own deadline
+        assert system.statistics().failed == 40
+        kept = [e for e in logs if e["event"] == "session_state.upload" and e["status"] == "failed"]
+        assert sum(e["batch_size"] for e in kept) == 40
+        assert all("kept in the outbox" in e["error"] for e in kept)
+        async with ActorSystem(hanging.replace(api_url=sqlite_url)) as system:
+            with anyio.fail_after(10):
+                while system.outbox is not None and system.outbox.count() > 0:
+                    await anyio.sleep(0.02)
+            stored = await system.store.query(Query(limit=100))
+        assert sorted(d["content"]["state"]["n"] for d in stored.data) == list(range(40))
 
     async def test_healthy_store_leaves_the_spool_empty(self, tmp_path: Path, sqlite_config: Config) -> None:
         """With the store up, everything is settled and the spool ends empty."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from time import monotonic
 from typing import Final, Protocol
@@ -63,7 +64,8 @@ class SessionActor:
         outbox: the durable outbox, if the system has one.
     """
 
-    __slots__ = ("_batch", "_host", "_job", "_stage", "busy", "counters", "mailbox", "ops", "outbox", "running")
+    __slots__ = ("_batch", "_deadline", "_host", "_job", "_stage", "busy", "counters", "mailbox", "ops", "outbox",
+                 "running")
 
     def __init__(self, ops: SessionOps, counters: SystemCounters, stage: WriteStage, host: ActorHost,
                  outbox: Outbox | None = None) -> None:
@@ -84,6 +86,8 @@ class SessionActor:
         self.running = False
         #: True while the actor handles a message or writes (read by handles serving cache hits).
         self.busy = False
+        #: When the last writes must end (``anyio.current_time()``), once the system closes.
+        self._deadline = math.inf
 
     @property
     def pending(self) -> int:
@@ -95,9 +99,10 @@ class SessionActor:
             self.running = True
             self._host.start(self)
 
-    def close(self) -> None:
-        """Refuse new messages; the task writes what is held and ends (one is started for a batch still
-        in the stage, so that it is waited for)."""
+    def close(self, deadline: float) -> None:
+        """Refuse new messages; the task writes what is held by ``deadline`` (``anyio.current_time()``) and
+        ends (one is started for a batch still in the stage, so that it is waited for)."""
+        self._deadline = deadline
         self.mailbox.close()
         if self._job is not None:
             self._wake()
@@ -162,11 +167,15 @@ class SessionActor:
                 if due <= now or not await mailbox.wait(due - now, quiet_uploads=max(1, quiet)):
                     await self._hand_over()
         finally:
-            # Closed or cancelled: take what is queued, write it under a shield within shutdown_timeout,
-            # and answer every waiting caller. Nothing to do (the common case) costs no cancel scope.
+            # Closed or cancelled: take what is queued, write it under a shield by the system's closing
+            # deadline (within shutdown_timeout when cancelled otherwise), and answer every waiting
+            # caller. Nothing to do (the common case) costs no cancel scope.
             try:
                 if not parked and (batch or len(mailbox)):
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(self.ops.config.shutdown_timeout):
+                    deadline = self._deadline
+                    if deadline == math.inf:
+                        deadline = anyio.current_time() + self.ops.config.shutdown_timeout
+                    with anyio.CancelScope(shield=True, deadline=deadline):
                         await self._drain()
                     self._give_up()
             finally:
@@ -284,8 +293,8 @@ class SessionActor:
 
     def _give_up(self) -> None:
         """Log (and answer) what could not be written before ``shutdown_timeout``; never drop silently."""
-        if self._job is not None:  # still in the stage: its late answer must not settle it twice
-            self._job.done = None
+        if self._job is not None:  # still in the stage: not to be written now, nor settled twice
+            self._stage.withdraw(self._job)
             self._job = None
         left = self._batch.clear()
         if not left:

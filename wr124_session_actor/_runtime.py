@@ -139,9 +139,8 @@ class ActorRuntime:
                     self._idle.clear()
                     services.cancel_scope.cancel()
                     if self.outbox is not None:
-                        # What an earlier run left is finished like pending uploads: within the same budget.
-                        budget = max(0.0, self._close_deadline - monotonic())
-                        with anyio.CancelScope(shield=True), anyio.move_on_after(budget):
+                        # What an earlier run left is finished like pending uploads: by the same deadline.
+                        with anyio.CancelScope(shield=True, deadline=self._close_deadline):
                             await self.outbox.sync()  # superseded states leave the spool first
                             await self._replay()
         finally:
@@ -156,9 +155,13 @@ class ActorRuntime:
 
     def _close(self) -> None:
         self._state = _State.CLOSED
-        self._close_deadline = monotonic() + self.config.shutdown_timeout
+        # One deadline bounds the leaving: the actors' last writes, those already in flight included (a
+        # hanging server cannot hold the exit for a whole store deadline), and the outbox replay.
+        self._close_deadline = deadline = anyio.current_time() + self.config.shutdown_timeout
+        if self._task_group is not None:
+            self._task_group.cancel_scope.deadline = deadline
         for actor in self._actors.values():
-            actor.close()  # a running actor writes what it holds and ends; one whose batch is in the stage starts
+            actor.close(deadline)  # a running actor writes what it holds and ends; one with a batch in the stage starts
         for event in (self._spawner_wakeup, self._reaper_wakeup):
             if event is not None:
                 event.set()

@@ -182,6 +182,15 @@ class WriteStage:
         self._queued_docs += len(job.docs)
         self._urgent += job.urgent
 
+    def withdraw(self, job: Job) -> None:
+        """Forget ``job``, given up by its owner: it is not written if still queued, and its answer (if
+        it is in a write) goes to nobody."""
+        job.done = job.wake = None
+        if job.result is None and job in self._queue:
+            self._queue.remove(job)
+            self._queued_docs -= len(job.docs)
+            self._urgent -= job.urgent
+
     def needs_owner(self, job: Job) -> bool:
         """Whether ``job``'s owner should stay with it (:meth:`wait`) rather than leave it to the stage:
         it is not written yet, and a new write may start now (the owner leads it), or the store is idle
