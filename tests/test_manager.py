@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 
-from wr124_session_actor import Config, SessionStateManager
+from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 
 from .conftest import http_config
@@ -134,6 +137,55 @@ class TestCache:
         assert len((await manager.download_session_states())[1]) == 1
         await manager.upload_session_state({"v": 2}, "t", "a")
         assert len((await manager.download_session_states())[1]) == 2
+
+
+@asynccontextmanager
+async def manager_in(mode: str, config: Config) -> AsyncIterator[SessionStateManager]:
+    """A manager of session "s" in direct mode, or in actor mode from a running system."""
+    if mode == "direct":
+        manager = SessionStateManager("s", config)
+        yield manager
+        await manager.aclose()
+    else:
+        async with ActorSystem(config) as system:
+            yield system.manager("s")
+
+
+class TestCheckpoints:
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_calls_that_need_no_store_still_checkpoint(self, memory_config: Config, mode: str) -> None:
+        """Cache hits and an unchanged upload are checkpoints like calls that reach the store: each lets
+        other tasks run, and a cancelled caller is cancelled there (a loop of them cannot starve the loop)."""
+        async with manager_in(mode, memory_config) as manager:
+            _, doc_id = await manager.upload_session_state({"v": 1}, "t", "a")
+            calls: dict[str, Callable[[], Awaitable[tuple[S, Any]]]] = {
+                "upload unchanged": lambda: manager.upload_session_state({"v": 1}, "t", "a"),
+                "restore": lambda: manager.restore_session_state(doc_id),
+                "restore latest": manager.restore_latest_session_state,
+                "restore agent": lambda: manager.restore_agent_session_state("a"),
+                "download": manager.download_session_states,
+                "list": manager.list_available_session_states,
+            }
+            for name, call in calls.items():
+                status, _ = await call()  # the store once: the cache holds it from now on
+                assert status == S.SUCCESS, name
+                others = 0
+
+                async def other() -> None:
+                    nonlocal others
+                    others += 1
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(other)
+                    for _ in range(100):  # trio may run the caller first after a checkpoint: a few tries
+                        assert (await call())[0] == S.SUCCESS, name
+                        if others:
+                            break
+                    assert others == 1, f"{name} did not let another task run"
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await call()
+                assert scope.cancelled_caught, f"{name} did not notice its cancellation"
 
 
 class TestLogging:

@@ -215,6 +215,14 @@ class SessionOps:
         raw = self._cache.get(key)
         return None if raw is None else decode(raw)
 
+    async def _cache_hit(self, key: tuple[Any, ...]) -> Any:
+        """The cached value of ``key`` (a copy), or ``None``. A hit is a checkpoint, as the store call it
+        saves would have been: a loop of cached reads still lets other tasks run and can be cancelled."""
+        cached = self._cache_get(key)
+        if cached is not None:
+            await anyio.lowlevel.checkpoint()
+        return cached
+
     def _cache_put(self, key: tuple[Any, ...], value: object) -> None:
         if self.config.cache_ttl <= 0:
             return
@@ -293,7 +301,11 @@ class SessionOps:
         :meth:`finish`.)
         """
         prepared = await self.prepare(uploads)
-        result = await self._insert(prepared.docs) if prepared.docs else None
+        if prepared.docs:
+            result = await self._insert(prepared.docs)
+        else:  # nothing to store (unchanged states, or none encodable): a checkpoint all the same
+            result = None
+            await anyio.lowlevel.checkpoint()
         return self.finish(prepared, result)
 
     def finish(self, prepared: PreparedWrite, result: StoreOutcome | None, *, coalesced: int = 0,
@@ -430,7 +442,7 @@ class SessionOps:
                            op="download", error=f"bad date: {exc}")
             return Status.FAILED, []
         key = ("download", query)
-        cached = self._cache_get(key)
+        cached = await self._cache_hit(key)
         if cached is not None:
             return Status.SUCCESS, cached
         result = await self._call("download", lambda: self._query_states(query), limit=limit,
@@ -448,7 +460,7 @@ class SessionOps:
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of one of this session's state documents (with its ``seq`` when the store has one)."""
         key = ("restore", doc_id)
-        cached = self._cache_get(key)
+        cached = await self._cache_hit(key)
         if cached is not None:
             return Status.SUCCESS, cached
 
