@@ -55,7 +55,10 @@ class NoBatchTransport:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         await anyio.sleep(self.delay)
         self.in_flight -= 1
-        return Response(201, {}, orjson.dumps(self.answer(len(self.posted), doc)))
+        answer = self.answer(len(self.posted), doc)
+        if isinstance(answer, Response):
+            return answer
+        return Response(201, {}, orjson.dumps(answer))
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -108,6 +111,46 @@ async def test_a_created_id_may_be_named_underscore_id() -> None:
                       concurrency=1)
     with pytest.raises(StoreBadResponse, match="no 'id'"):
         await store.insert_many(docs[:1])
+    await store.aclose()
+
+
+async def test_a_created_answer_with_no_body_keeps_the_id_sent_or_its_location() -> None:
+    """``201 Created`` (or ``204``) with an empty body: the document is named by the ``Location`` it was
+    given, or else keeps the client id it was sent with (not a bad response, and so not posted again)."""
+    def answer(n: int, doc: dict[str, Any]) -> Response:
+        if n == 2:
+            return Response(201, {"location": f"/p/json-documents/server-{n}?v=1"}, b"")
+        return Response(204 if n == 3 else 201, {}, b"" if n % 2 else b"  \n")
+
+    transport = NoBatchTransport(answer)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=1)
+    docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(4)]
+    assert await store.insert_many(docs) == [docs[0].id, "server-2", docs[2].id, docs[3].id]
+    assert len(transport.posted) == 4
+    await store.aclose()
+
+
+async def test_a_batch_answered_with_no_body_keeps_the_ids_sent() -> None:
+    """A batch endpoint that answers ``201`` with an empty body stored the documents under the ids sent."""
+    batches: list[int] = []
+
+    class Transport:
+        name = "mock"
+
+        async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                          content: bytes | None = None) -> Response:
+            assert url.endswith("/batch") and content is not None
+            batches.append(len(orjson.loads(content)["documents"]))
+            await anyio.lowlevel.checkpoint()
+            return Response(201, {}, b"")
+
+        async def aclose(self) -> None:
+            await anyio.lowlevel.checkpoint()
+
+    store = HttpStore("http://127.0.0.1:1", "p", Transport, concurrency=1)
+    docs = [encode_document(StateUpload(f"s{n}", {"n": n}, "t", "a")) for n in range(5)]
+    assert await store.insert_many(docs) == [d.id for d in docs]
+    assert batches == [5] and store.batch_supported is True
     await store.aclose()
 
 

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -144,6 +144,8 @@ class HttpStore:
             self._max_body = min(self._max_body, max(len(body) // 2, _ENVELOPE + 1))
             self._max_count = min(self._max_count, len(chunk) // 2)
             raise _TooLarge
+        if _no_content(resp):  # created, and answered with no body: the documents keep our ids
+            return [doc.id for doc in chunk]
         return [str(i) for i in _expect(resp, "ids", list)]
 
     async def _insert_singly(self, docs: Sequence[EncodedDocument]) -> list[str]:
@@ -163,7 +165,7 @@ class HttpStore:
                 for index in sessions.popleft():
                     async with self._limiter:
                         resp = await self._request("POST", self._collection, content=bytes(docs[index].body))
-                    ids[index] = _created_id(resp)
+                    ids[index] = _created_id(resp, docs[index].id)
 
         workers = min(len(sessions), int(self._limiter.total_tokens))
         if workers == 1:
@@ -307,10 +309,19 @@ def _body(resp: Response) -> dict[str, Any]:
     return body
 
 
-def _created_id(resp: Response) -> str:
+def _no_content(resp: Response) -> bool:
+    """Whether ``resp`` is a success with an empty body (``201 Created`` with at most a ``Location``, ``204``)."""
+    return 200 <= resp.status < 300 and not resp.content.strip()
+
+
+def _created_id(resp: Response, sent: str) -> str:
     """The id a single POST answered: ``id``, or ``_id`` as some services name it (the original client took
-    either); a number is taken as its text."""
+    either); a number is taken as its text. An answer with no body names the document by its
+    ``Location`` (the last path segment), or else it keeps the id ``sent`` with it."""
     _check_status(resp, None)
+    if _no_content(resp):
+        location = urlsplit(resp.headers.get("location", "")).path.rstrip("/")
+        return unquote(location.rpartition("/")[2]) if location else sent
     body = _body(resp)
     for key in ("id", "_id"):
         value = body.get(key)
