@@ -14,7 +14,7 @@ from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor._write_stage import MAX_PACE
-from wr124_session_actor.stores import MemoryStore
+from wr124_session_actor.stores import HttpStore, MemoryStore
 from wr124_session_actor.stores._base import MAX_QUERY_LIMIT, Query, QueryResult
 
 from .faults.docserver import DocServer, doc_server
@@ -260,3 +260,29 @@ async def test_a_store_that_repeats_its_first_page_ends_the_reading() -> None:
         assert status is S.SUCCESS
         assert [d["content"]["state"]["n"] for d in docs] == [MAX_QUERY_LIMIT + 9, MAX_QUERY_LIMIT + 8,
                                                               MAX_QUERY_LIMIT + 7]
+
+
+class TestRedirects:
+    @pytest.mark.parametrize(("anyio_backend", "client"), [
+        ("asyncio", "aiohttp"), ("asyncio", "httpx"), ("asyncio", "urllib"), ("trio", "httpx"), ("trio", "urllib")])
+    async def test_a_service_with_trailing_slash_routes_is_followed_and_learned(self, client: str) -> None:
+        """A service whose routes end in "/" redirects the other paths there (307, as web frameworks do):
+        with every client the store follows it, method and body kept, and asks at the "/" paths from the
+        first redirect on (one extra round trip per store, not one per request)."""
+        with doc_server(slash=True) as server:
+            config = Config(api_url=server.url, http_clients=(client,), timeout=5.0, retries=0)
+            manager = SessionStateManager("s", config)
+            status, doc_id = await manager.upload_session_state({"n": 1}, "t", "planner")
+            assert status == S.SUCCESS, doc_id
+            status, content = await manager.restore_agent_session_state("planner")
+            assert status == S.SUCCESS and content is not None and content["state"] == {"n": 1}
+            store = manager._direct_store()
+            assert isinstance(store, HttpStore) and store.trailing_slash
+            assert store.requests_sent == len(server.hits) + 1
+            await manager.aclose()
+            async with ActorSystem(config) as system:
+                for n in range(20):
+                    system.handle(f"x{n}").submit({"n": n}, "t", "a")
+            assert (system.statistics().documents, system.statistics().failed) == (20, 0)
+            assert len(server.docs) == 21
+            assert all(hit.path.endswith("/") for hit in server.hits)

@@ -17,7 +17,8 @@ Like services the client has never seen, it may lack the batch endpoint (``batch
 answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags="ignore"``), and
 ignore ``skip`` (``paging=False``: every page starts at the first document), and ignore the order asked
 (``sorting=False``: oldest first, as stored), and cap ``limit`` (``max_limit``: fewer documents than
-asked, with the ``total`` of all matches).
+asked, with the ``total`` of all matches), and route paths that end in "/" only, redirecting the others
+there with 307 (``slash=True``).
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ class DocServer:
     def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
                  tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True,
-                 max_limit: int = 10_000, health: bool = True) -> None:
+                 max_limit: int = 10_000, health: bool = True, slash: bool = False) -> None:
         self.batch = batch
+        self.slash = slash
         self.paging = paging
         self.sorting = sorting
         self.max_limit = max_limit
@@ -145,7 +147,7 @@ class DocServer:
 
     async def _write(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
-        batch = request.path.endswith("/batch")
+        batch = request.path.rstrip("/").endswith("/batch")
         docs = body["documents"] if batch else [body]
         ids = tuple(str(d["id"]) for d in docs)
         fate = self._decide()
@@ -186,13 +188,17 @@ class DocServer:
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        app = web.Application()
+        # With ``slash``, routes end in "/" and a path without it is redirected there (307, the method
+        # and body kept), as a framework with trailing-slash routes does.
+        end = "/" if self.slash else ""
+        middlewares = [web.normalize_path_middleware(redirect_class=web.HTTPTemporaryRedirect)] if self.slash else []
+        app = web.Application(middlewares=middlewares)
         if self.health:
             app.router.add_get("/health", self._health)
-        app.router.add_post("/{project}/json-documents", self._write)
+        app.router.add_post("/{project}/json-documents" + end, self._write)
         if self.batch:
-            app.router.add_post("/{project}/json-documents/batch", self._write)
-        app.router.add_get("/{project}/json-documents", self._list)
+            app.router.add_post("/{project}/json-documents/batch" + end, self._write)
+        app.router.add_get("/{project}/json-documents" + end, self._list)
         return app
 
 

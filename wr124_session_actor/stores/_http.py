@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -33,6 +33,11 @@ _ENVELOPE: Final = len(b'{"documents":[]}')
 #: What a server without the batch endpoint answers to it: Not Found, Method Not Allowed (a route
 #: ``/{id}`` without POST), Not Implemented.
 _NO_BATCH_ENDPOINT: Final = frozenset({404, 405, 501})
+#: Redirects followed with the same method and body (a framework's trailing-slash redirect is a 307).
+_SAME_METHOD_REDIRECTS: Final = frozenset({307, 308})
+#: Redirects followed by reads only (they would turn a write into a GET).
+_READ_REDIRECTS: Final = frozenset({301, 302, 303})
+_MAX_REDIRECTS: Final = 5
 
 
 class HttpStore:
@@ -76,6 +81,8 @@ class HttpStore:
         self.batch_supported: bool | None = None
         #: Whether the server answers queries newest first as asked: ``None`` until a page shows it.
         self.newest_first: bool | None = None
+        #: Whether the server's routes end in "/" (learned from its first trailing-slash redirect).
+        self.trailing_slash = False
         #: HTTP requests sent (the "store writes" and reads benchmarks count).
         self.requests_sent = 0
 
@@ -90,9 +97,19 @@ class HttpStore:
         if self._closed:
             raise StoreClosed("the HTTP store is closed")
         transport = self._transport or await self._open_transport()
-        self.requests_sent += 1
         headers = self._headers if content is None else self._json_headers
-        return await transport.request(method, url, headers=headers, params=params, content=content)
+        if self.trailing_slash and not url.endswith("/"):
+            url += "/"
+        for _ in range(_MAX_REDIRECTS):
+            self.requests_sent += 1
+            resp = await transport.request(method, url, headers=headers, params=params, content=content)
+            target = _redirect_target(method, url, resp)
+            if target is None:
+                break
+            if urlsplit(target).path == urlsplit(url).path + "/":
+                self.trailing_slash = True  # routes that end in "/": ask there from now on, one trip each
+            url, params = target, (() if urlsplit(target).query else params)
+        return resp
 
     async def _open_transport(self) -> Transport:
         """Make the transport once, its client library imported off the event loop first."""
@@ -247,6 +264,20 @@ class HttpStore:
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.aclose()
+
+
+def _redirect_target(method: str, url: str, resp: Response) -> str | None:
+    """Where to send a request again that ``resp`` redirects (each client library does it its own way:
+    aiohttp follows, httpcore and urllib's POST do not): 307 and 308 for any request, 301 to 303 for
+    reads; on the same server only, so the key never goes elsewhere."""
+    if resp.status not in _SAME_METHOD_REDIRECTS and not (resp.status in _READ_REDIRECTS and method == "GET"):
+        return None
+    location = resp.headers.get("location")
+    if not location:
+        return None
+    target = urljoin(url, location)
+    here, there = urlsplit(url), urlsplit(target)
+    return target if (here.scheme, here.netloc) == (there.scheme, there.netloc) else None
 
 
 def _chunk_end(docs: Sequence[EncodedDocument], start: int, max_bytes: int, max_count: int) -> int:

@@ -42,11 +42,12 @@ class AiohttpTransport:
         params: Params = (),
         content: bytes | None = None,
     ) -> Response:
-        """Send one request; map aiohttp's errors to store errors."""
+        """Send one request (a redirect is answered as it is: the store follows it); map aiohttp's errors
+        to store errors."""
         session = await self._client()
         try:
             async with session.request(
-                method, url, headers=headers, params=list(params) or None, data=content
+                method, url, headers=headers, params=list(params) or None, data=content, allow_redirects=False
             ) as resp:
                 body = await resp.read()
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)

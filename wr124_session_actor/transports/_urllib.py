@@ -17,6 +17,13 @@ from ._base import Params, Response
 __all__ = ["UrllibTransport"]
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Answers a redirect as it is (an ``HTTPError`` with its status) instead of following it."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
 class UrllibTransport:
     """HTTP with ``urllib.request`` in worker threads; the fallback when no async client is usable.
 
@@ -28,8 +35,9 @@ class UrllibTransport:
 
     def __init__(self, *, timeout: float = 10.0) -> None:
         self._timeout = timeout
-        # No proxies from the environment: the store is addressed directly, as with the async clients.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # No proxies from the environment: the store is addressed directly, as with the async clients; and
+        # a redirect is answered as it is, as by them (the store follows it).
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None) -> Response:
         request = urllib.request.Request(url, data=content, headers=dict(headers), method=method)
