@@ -232,6 +232,40 @@ class TestAgentFilter:
                 await manager.aclose()
 
 
+    async def test_a_service_that_refuses_large_pages_is_read_in_pages_it_takes(self, anyio_backend: str) -> None:
+        """A server that ignores tags and refuses a limit over 100 (422, as a validated parameter does),
+        with the planner's states behind 150 of the coder's: the lookup asks for half as many until the
+        server answers, keeps to that, and finds the planner's states."""
+        with doc_server(tags="ignore", refused_limit=100) as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                await self._three_agents(manager)
+                for noise in range(150):
+                    await manager.upload_session_state({"agent": "coder", "noise": noise}, "t", "coder")
+                await self._planner_and_critic(manager, 3, [2, 1, 0])
+                assert max(server.limits) == MAX_QUERY_LIMIT and 62 in server.limits
+                refused = sum(1 for limit in server.limits if limit > 100)
+                assert refused == 4  # 1000, 500, 250, 125 once: later pages ask 62 at once
+            finally:
+                await manager.aclose()
+
+
+    async def test_a_download_larger_than_the_servers_pages_is_read_to_its_limit(self, anyio_backend: str) -> None:
+        """A server that filters as asked but refuses a limit over 100: a download of 300 of 400 states
+        gets the newest 300, in pages the server takes (once it was its first page, or a failure)."""
+        with doc_server(refused_limit=100) as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                for step in range(400):
+                    status, _ = await manager.upload_session_state({"step": step}, "t", "coder")
+                    assert status is S.SUCCESS
+                status, docs = await manager.download_session_states(limit=300, agent_name="coder")
+                assert status is S.SUCCESS
+                assert [d["content"]["state"]["step"] for d in docs] == list(range(399, 99, -1))
+            finally:
+                await manager.aclose()
+
+
 class PagelessStore(MemoryStore):
     """A store that ignores ``skip`` and ``tags``: every page is the newest documents of the session."""
 

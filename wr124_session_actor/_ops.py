@@ -402,7 +402,7 @@ class SessionOps:
         for _ in range(_MAX_PAGES):
             result = await store.query(page_query)
             page = result.data
-            fresh = matching = 0
+            fresh = 0
             for doc in page:
                 doc_id = doc.get("id", doc.get("_id"))
                 if isinstance(doc_id, str | int):
@@ -418,12 +418,12 @@ class SessionOps:
                     previous = created
                 if self._matches(doc, query):
                     kept.append(doc)
-                    matching += 1
             last = len(page) < page_query.limit and page_query.skip + len(page) >= result.total
-            if last or not fresh or (
-                    newest_first and (len(kept) >= query.limit or matching == len(page))):
+            if last or not fresh or (newest_first and len(kept) >= query.limit):
                 break
-            # The store sent documents we did not ask for, or not newest first: read further, in large pages.
+            # Fewer than asked so far: the store sent documents we did not ask for, or not newest first, or
+            # a shorter page than asked (a server's own maximum) while its total says more follow. Read
+            # further, in large pages.
             page_query = replace(query, skip=page_query.skip + len(page), limit=MAX_QUERY_LIMIT)
         if http is not None and known is None and compared:
             http.newest_first = newest_first

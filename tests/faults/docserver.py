@@ -18,7 +18,8 @@ answers 404) and read ``tags`` only as repeated parameters, or ignore it (``tags
 ignore ``skip`` (``paging=False``: every page starts at the first document), and ignore the order asked
 (``sorting=False``: oldest first, as stored), and cap ``limit`` (``max_limit``: fewer documents than
 asked, with the ``total`` of all matches), and route paths that end in "/" only, redirecting the others
-there with 307 (``slash=True``).
+there with 307 (``slash=True``), and refuse a ``limit`` above ``refused_limit`` (422, as a validated
+query parameter does).
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class DocServer:
     def __init__(self, mode: Mode = "ok", *, rate: float = 0.5, seed: int = 0, status: int = 500,
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
                  tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True,
-                 max_limit: int = 10_000, health: bool = True, slash: bool = False) -> None:
+                 max_limit: int = 10_000, health: bool = True, slash: bool = False,
+                 refused_limit: int | None = None) -> None:
         self.batch = batch
+        self.refused_limit = refused_limit
         self.slash = slash
         self.paging = paging
         self.sorting = sorting
@@ -170,6 +173,8 @@ class DocServer:
         self._record(request, "ok")
         session_id = request.query.get("session_id")
         self.limits.append(int(request.query.get("limit", "10")))
+        if self.refused_limit is not None and self.limits[-1] > self.refused_limit:
+            return web.json_response({"detail": f"limit must be <= {self.refused_limit}"}, status=422)
         limit = min(self.limits[-1], self.max_limit)
         skip = int(request.query.get("skip", "0")) if self.paging else 0
         # Each tags value is one tag, as a list-typed query parameter reads it: a comma-joined value is

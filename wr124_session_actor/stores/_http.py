@@ -38,6 +38,8 @@ _SAME_METHOD_REDIRECTS: Final = frozenset({307, 308})
 #: Redirects followed by reads only (they would turn a write into a GET).
 _READ_REDIRECTS: Final = frozenset({301, 302, 303})
 _MAX_REDIRECTS: Final = 5
+#: Answers to a query that may mean "this page is larger than the server allows" (a validated ``limit``).
+_PAGE_REFUSALS: Final = frozenset({400, 422})
 
 
 class HttpStore:
@@ -75,6 +77,7 @@ class HttpStore:
         self._json_headers = {**self._headers, "Content-Type": "application/json"}
         self._max_body = max_body_bytes
         self._max_count = MAX_SERVER_BATCH
+        self._max_limit = MAX_QUERY_LIMIT  # lowered by a server that refuses larger pages
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._closed = False
         #: ``None`` until known; ``False`` after the server answered 404, 405 or 501 to the batch endpoint.
@@ -194,20 +197,19 @@ class HttpStore:
         return ids
 
     async def query(self, query: Query) -> QueryResult:
-        """``GET /{project}/json-documents`` with the query's filters."""
-        params: list[tuple[str, str]] = [
-            ("limit", str(min(query.limit, MAX_QUERY_LIMIT))),
-            ("skip", str(query.skip)),
-            ("sort_by", query.sort_by),
-            ("sort_order", str(query.sort_order)),
-        ]
-        for key in ("session_id", "document_type", "name_pattern", "created_after", "created_before"):
-            value = getattr(query, key)
-            if value is not None:
-                params.append((key, value))
-        # A list goes out as repeated parameters (tags=a&tags=b), as the original client's aiohttp sent it.
-        params.extend(("tags", tag) for tag in query.tags)
-        resp = await self._request("GET", self._collection, params=params)
+        """``GET /{project}/json-documents`` with the query's filters.
+
+        A server that refuses a page as large as asked (400 or 422: a validated maximum of ``limit``) is
+        asked for half as many until it answers, and for no more than that from then on (a shorter
+        page with the server's ``total`` reads on)."""
+        limit = min(query.limit, MAX_QUERY_LIMIT, self._max_limit)
+        while True:
+            resp = await self._request("GET", self._collection, params=_query_params(query, limit))
+            if resp.status not in _PAGE_REFUSALS or limit == 1:
+                break
+            limit //= 2
+        if limit < min(query.limit, MAX_QUERY_LIMIT) and 200 <= resp.status < 300:
+            self._max_limit = limit
         data = _expect(resp, "data", list)
         if not all(isinstance(d, dict) for d in data):
             raise StoreBadResponse("the server's 'data' holds something that is not a document")
@@ -264,6 +266,23 @@ class HttpStore:
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.aclose()
+
+
+def _query_params(query: Query, limit: int) -> list[tuple[str, str]]:
+    """The query string of ``query`` with a page of ``limit`` documents."""
+    params: list[tuple[str, str]] = [
+        ("limit", str(limit)),
+        ("skip", str(query.skip)),
+        ("sort_by", query.sort_by),
+        ("sort_order", str(query.sort_order)),
+    ]
+    for key in ("session_id", "document_type", "name_pattern", "created_after", "created_before"):
+        value = getattr(query, key)
+        if value is not None:
+            params.append((key, value))
+    # A list goes out as repeated parameters (tags=a&tags=b), as the original client's aiohttp sent it.
+    params.extend(("tags", tag) for tag in query.tags)
+    return params
 
 
 def _redirect_target(method: str, url: str, resp: Response) -> str | None:
