@@ -130,6 +130,45 @@ async def test_a_created_answer_with_no_body_keeps_the_id_sent_or_its_location()
     await store.aclose()
 
 
+async def test_a_repeated_id_refused_as_a_conflict_is_taken_as_stored() -> None:
+    """A service without the batch endpoint that refuses an id it holds (409): a document it already
+    stored under our id (a retry whose answer was lost, a replay) is taken as stored; a 409 for one it
+    does not hold (or holds as another document) is still a refusal."""
+    held: dict[str, dict[str, Any]] = {}
+
+    class Transport:
+        name = "mock"
+
+        async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                          content: bytes | None = None) -> Response:
+            await anyio.lowlevel.checkpoint()
+            if url.endswith("/batch"):
+                return Response(404, {}, b"")
+            if method == "GET":
+                doc = held.get(url.rsplit("/", 1)[1])
+                return Response(200, {}, orjson.dumps(doc)) if doc else Response(404, {}, b'{"detail": "no"}')
+            assert content is not None
+            doc = orjson.loads(content)
+            if doc["id"] in held or doc["content"]["state"].get("conflict"):
+                return Response(409, {}, b'{"detail": "conflict"}')
+            held[doc["id"]] = doc
+            return Response(201, {}, orjson.dumps({"id": doc["id"]}))
+
+        async def aclose(self) -> None:
+            await anyio.lowlevel.checkpoint()
+
+    store = HttpStore("http://127.0.0.1:1", "p", Transport, concurrency=1)
+    docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(3)]
+    assert await store.insert_many(docs[:2]) == [d.id for d in docs[:2]]
+    assert await store.insert_many(docs) == [d.id for d in docs]  # the first two again: already there
+    held[docs[0].id] = {**held[docs[0].id], "name": "another document"}
+    with pytest.raises(StoreRejected, match="409"):
+        await store.insert_many(docs[:1])
+    with pytest.raises(StoreRejected, match="409"):
+        await store.insert_many([encode_document(StateUpload("s", {"conflict": True}, "t", "a"))])
+    await store.aclose()
+
+
 async def test_a_batch_answered_with_no_body_keeps_the_ids_sent() -> None:
     """A batch endpoint that answers ``201`` with an empty body stored the documents under the ids sent."""
     batches: list[int] = []

@@ -183,9 +183,13 @@ class HttpStore:
         async def post_sessions_in_order() -> None:
             while sessions:
                 for index in sessions.popleft():
+                    doc = docs[index]
                     async with self._limiter:
-                        resp = await self._request("POST", self._collection, content=bytes(docs[index].body))
-                    ids[index] = _created_id(resp, docs[index].id)
+                        resp = await self._request("POST", self._collection, content=bytes(doc.body))
+                    if resp.status == 409 and await self._stored_before(doc):
+                        ids[index] = doc.id
+                        continue
+                    ids[index] = _created_id(resp, doc.id)
 
         workers = min(len(sessions), int(self._limiter.total_tokens))
         if workers == 1:
@@ -195,6 +199,19 @@ class HttpStore:
             for _ in range(workers):
                 group.start_soon(post_sessions_in_order)
         return ids
+
+    async def _stored_before(self, doc: EncodedDocument) -> bool:
+        """Whether the server already holds ``doc`` under its id: a service that refuses a repeated id
+        (409) answers so to a retry whose first answer was lost, and to a replay; the id is ours (made
+        for this upload), so the document there, of the same name and session, is this one."""
+        resp = await self._request("GET", f"{self._collection}/{quote(doc.id, safe='')}")
+        if resp.status != 200:
+            return False
+        try:
+            stored = _body(resp)
+        except StoreBadResponse:
+            return False
+        return stored.get("name") == doc.name and stored.get("session_id") == doc.session_id
 
     async def query(self, query: Query) -> QueryResult:
         """``GET /{project}/json-documents`` with the query's filters.
