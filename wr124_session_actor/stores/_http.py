@@ -84,7 +84,7 @@ class HttpStore:
         self.batch_supported: bool | None = None
         #: Whether the server answers queries newest first as asked: ``None`` until a page shows it.
         self.newest_first: bool | None = None
-        #: Whether the server's routes end in "/" (learned from its first trailing-slash redirect).
+        #: Whether the server's document routes end in "/" (learned from its first trailing-slash redirect).
         self.trailing_slash = False
         #: HTTP requests sent (the "store writes" and reads benchmarks count).
         self.requests_sent = 0
@@ -101,7 +101,7 @@ class HttpStore:
             raise StoreClosed("the HTTP store is closed")
         transport = self._transport or await self._open_transport()
         headers = self._headers if content is None else self._json_headers
-        if self.trailing_slash and not url.endswith("/"):
+        if self.trailing_slash and url.startswith(self._collection) and not url.endswith("/"):
             url += "/"
         for _ in range(_MAX_REDIRECTS):
             self.requests_sent += 1
