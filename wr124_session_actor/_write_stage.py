@@ -183,13 +183,10 @@ class WriteStage:
         self._urgent += job.urgent
 
     def withdraw(self, job: Job) -> None:
-        """Forget ``job``, given up by its owner: it is not written if still queued, and its answer (if
-        it is in a write) goes to nobody."""
+        """Forget ``job``'s owner, who gave it up at the closing deadline: should a write still take it, its
+        answer goes to nobody, and nobody is woken for it. (It stays queued: past the deadline no write
+        starts, and taking it out of the queue would cost a scan for each of thousands of sessions.)"""
         job.done = job.wake = None
-        if job.result is None and job in self._queue:
-            self._queue.remove(job)
-            self._queued_docs -= len(job.docs)
-            self._urgent -= job.urgent
 
     def needs_owner(self, job: Job) -> bool:
         """Whether ``job``'s owner should stay with it (:meth:`wait`) rather than leave it to the stage:
