@@ -266,6 +266,31 @@ class TestAgentFilter:
                 await manager.aclose()
 
 
+    async def test_a_service_that_ignores_the_session_and_tags_yields_only_the_sessions_own(
+            self, anyio_backend: str) -> None:
+        """A server that ignores both ``session_id`` and ``tags``, with three sessions' states interleaved:
+        each session restores and downloads its own agents' states only."""
+        with doc_server(tags="ignore", sessions=False) as server:
+            managers = [SessionStateManager(f"s{n}", _config(server, anyio_backend)) for n in range(3)]
+            try:
+                for step in range(3):
+                    for n, manager in enumerate(managers):
+                        for agent in ("planner", "critic"):
+                            state = {"session": n, "agent": agent, "step": step}
+                            assert (await manager.upload_session_state(state, "t", agent))[0] is S.SUCCESS
+                for n, manager in enumerate(managers):
+                    status, content = await manager.restore_agent_session_state("planner")
+                    assert status is S.SUCCESS and content is not None
+                    assert content["state"] == {"session": n, "agent": "planner", "step": 2}
+                    status, docs = await manager.download_session_states(limit=10)
+                    assert status is S.SUCCESS
+                    assert {(d["session_id"], d["content"]["state"]["session"]) for d in docs} == {(f"s{n}", n)}
+                    assert len(docs) == 6
+            finally:
+                for manager in managers:
+                    await manager.aclose()
+
+
 class PagelessStore(MemoryStore):
     """A store that ignores ``skip`` and ``tags``: every page is the newest documents of the session."""
 

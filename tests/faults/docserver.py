@@ -19,7 +19,7 @@ ignore ``skip`` (``paging=False``: every page starts at the first document), and
 (``sorting=False``: oldest first, as stored), and cap ``limit`` (``max_limit``: fewer documents than
 asked, with the ``total`` of all matches), and route paths that end in "/" only, redirecting the others
 there with 307 (``slash=True``), and refuse a ``limit`` above ``refused_limit`` (422, as a validated
-query parameter does).
+query parameter does), and ignore ``session_id`` (``sessions=False``).
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ class DocServer:
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
                  tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True,
                  max_limit: int = 10_000, health: bool = True, slash: bool = False,
-                 refused_limit: int | None = None) -> None:
+                 refused_limit: int | None = None, sessions: bool = True) -> None:
         self.batch = batch
+        self.sessions = sessions
         self.refused_limit = refused_limit
         self.slash = slash
         self.paging = paging
@@ -171,7 +172,7 @@ class DocServer:
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
         self._record(request, "ok")
-        session_id = request.query.get("session_id")
+        session_id = request.query.get("session_id") if self.sessions else None
         self.limits.append(int(request.query.get("limit", "10")))
         if self.refused_limit is not None and self.limits[-1] > self.refused_limit:
             return web.json_response({"detail": f"limit must be <= {self.refused_limit}"}, status=422)
