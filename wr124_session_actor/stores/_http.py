@@ -109,9 +109,10 @@ class HttpStore:
             target = _redirect_target(method, url, resp)
             if target is None:
                 break
-            if urlsplit(target).path == urlsplit(url).path + "/":
+            there = urlsplit(target)
+            if there.path == urlsplit(url).path + "/":
                 self.trailing_slash = True  # routes that end in "/": ask there from now on, one trip each
-            url, params = target, (() if urlsplit(target).query else params)
+            url, params = target, (() if there.query else params)
         return resp
 
     async def _open_transport(self) -> Transport:
@@ -184,12 +185,10 @@ class HttpStore:
             while sessions:
                 for index in sessions.popleft():
                     doc = docs[index]
-                    async with self._limiter:
+                    async with self._limiter:  # the look-up after a 409 is a request in flight too
                         resp = await self._request("POST", self._collection, content=bytes(doc.body))
-                    if resp.status == 409 and await self._stored_before(doc):
-                        ids[index] = doc.id
-                        continue
-                    ids[index] = _created_id(resp, doc.id)
+                        held = resp.status == 409 and await self._stored_before(doc)
+                    ids[index] = doc.id if held else _created_id(resp, doc.id)
 
         workers = min(len(sessions), int(self._limiter.total_tokens))
         if workers == 1:
@@ -200,11 +199,14 @@ class HttpStore:
                 group.start_soon(post_sessions_in_order)
         return ids
 
+    def _document_url(self, doc_id: str) -> str:
+        return f"{self._collection}/{quote(doc_id, safe='')}"
+
     async def _stored_before(self, doc: EncodedDocument) -> bool:
         """Whether the server already holds ``doc`` under its id: a service that refuses a repeated id
         (409) answers so to a retry whose first answer was lost, and to a replay; the id is ours (made
         for this upload), so the document there, of the same name and session, is this one."""
-        resp = await self._request("GET", f"{self._collection}/{quote(doc.id, safe='')}")
+        resp = await self._request("GET", self._document_url(doc.id))
         if resp.status != 200:
             return False
         try:
@@ -219,13 +221,14 @@ class HttpStore:
         A server that refuses a page as large as asked (400 or 422: a validated maximum of ``limit``) is
         asked for half as many until it answers, and for no more than that from then on (a shorter
         page with the server's ``total`` reads on)."""
-        limit = min(query.limit, MAX_QUERY_LIMIT, self._max_limit)
+        asked = min(query.limit, MAX_QUERY_LIMIT)
+        limit = min(asked, self._max_limit)
         while True:
             resp = await self._request("GET", self._collection, params=_query_params(query, limit))
             if resp.status not in _PAGE_REFUSALS or limit == 1:
                 break
             limit //= 2
-        if limit < min(query.limit, MAX_QUERY_LIMIT) and 200 <= resp.status < 300:
+        if limit < asked and 200 <= resp.status < 300:
             self._max_limit = limit
         data = _expect(resp, "data", list)
         if not all(isinstance(d, dict) for d in data):
@@ -235,13 +238,13 @@ class HttpStore:
 
     async def get(self, doc_id: str) -> Document:
         """``GET /{project}/json-documents/{id}``."""
-        resp = await self._request("GET", f"{self._collection}/{quote(doc_id, safe='')}")
+        resp = await self._request("GET", self._document_url(doc_id))
         _check_status(resp, doc_id)
         return _body(resp)
 
     async def delete(self, doc_id: str) -> None:
         """``DELETE /{project}/json-documents/{id}``."""
-        resp = await self._request("DELETE", f"{self._collection}/{quote(doc_id, safe='')}")
+        resp = await self._request("DELETE", self._document_url(doc_id))
         _check_status(resp, doc_id)
 
     async def prune(
