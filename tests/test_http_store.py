@@ -287,12 +287,14 @@ async def test_each_session_is_answered_when_its_own_post_ends() -> None:
 
 async def test_writes_that_find_no_batch_endpoint_keep_to_their_deadline() -> None:
     """60 sessions' states queued before the store knows the server has no batch endpoint (several writes
-    start meanwhile), four 50 ms POSTs at a time with a timeout of 0.3 s: those first writes are small and
+    start meanwhile), four 50 ms POSTs at a time with a timeout of 0.6 s: those first writes are small and
     get the timeout per document, so none times out and is sent again, and nothing is posted twice (late
-    callers may time out: their calls are bounded, their states are still stored)."""
+    callers may time out: their calls are bounded, their states are still stored). A merged write of 20
+    with a one-request deadline would need 0.75 s or more; each POST has 0.55 s to spare, so a stalled
+    machine (a CI box running the whole suite) does not make it time out."""
     transport = NoBatchTransport(delay=0.05)
     store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=4)
-    config = Config(api_url="memory://", write_concurrency=4, timeout=0.3, max_batch=10)
+    config = Config(api_url="memory://", write_concurrency=4, timeout=0.6, max_batch=20)
     async with ActorSystem(config, store=store) as system:
         await _upload_each(system, 60)
     assert sorted(n for _, n in transport.posted) == list(range(60))
