@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
@@ -193,6 +194,48 @@ class TestWaitingSessions:
         stats = system.statistics()
         assert (stats.documents, stats.failed, stats.pending, stats.running_actors) == (1000, 0, 0, 0)
         assert sum(store.writes) == 1000 and max(store.writes) <= 300
+
+
+    @staticmethod
+    async def _park(system: ActorSystem, store: CountingStore, sessions: int) -> int:
+        """Submit once in each of ``sessions`` new sessions and wait until all but the first write's park in
+        the stage with no task; return the actors started so far."""
+        for n in range(sessions):
+            system.handle(f"s{n}").submit({"n": n}, "t", "a")
+        with anyio.fail_after(10):
+            while store.in_flight == 0 or (stats := system.statistics()).running_actors > 2 \
+                    or stats.write_queue < sessions - 100:
+                await anyio.sleep(0.01)
+        return stats.actors_started
+
+    async def test_closing_starts_a_task_per_write_not_per_waiting_session(self, sqlite_config: Config) -> None:
+        """Closing while 1,000 sessions wait in the stage behind a slow write: they are all written, and
+        the exit starts a task for each write's leader only (it started one per waiting session: 10,000
+        sessions took seconds just to start their tasks)."""
+        config = sqlite_config.replace(max_batch=300, debounce=0.0)
+        store = CountingStore(open_store(config), delay=0.2)
+        async with ActorSystem(config, store=store) as system:
+            before = await self._park(system, store, 1000)
+        stats = system.statistics()
+        assert (stats.documents, stats.failed, stats.pending, stats.running_actors) == (1000, 0, 0, 0)
+        assert stats.actors_started - before <= len(store.writes) + 2, (stats.actors_started - before, store.writes)
+
+    async def test_a_store_that_never_answers_at_closing(self, sqlite_config: Config) -> None:
+        """The store never answers: at the closing deadline each of the 1,000 waiting sessions, most of them
+        without a task, gives its upload up once, logged with its session (never silently), and no task
+        is started for those the deadline found parked."""
+        config = sqlite_config.replace(max_batch=300, debounce=0.0, shutdown_timeout=0.3)
+        store = GatedStore(open_store(config))  # the gate never opens
+        with capture_logs() as logs:
+            async with ActorSystem(config, store=store) as system:
+                before = await self._park(system, store, 1000)
+            stats = system.statistics()
+        given_up = [e for e in logs if e["event"] == "session_state.upload" and e["status"] == "failed"]
+        assert sum(e["batch_size"] for e in given_up) == 1000 == stats.failed
+        assert len({e["session_id"] for e in given_up}) == 1000
+        assert all("shutdown_timeout" in e["error"] for e in given_up)
+        assert (stats.pending, stats.running_actors) == (0, 0)
+        assert stats.actors_started - before <= 2 * config.store_write_concurrency + 2
 
 
 class TestRefusals:

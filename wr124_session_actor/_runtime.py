@@ -135,6 +135,8 @@ class ActorRuntime:
                         finally:
                             self._close()
                 finally:
+                    for actor in self._actors.values():
+                        actor.abandon()  # a batch left in the stage at the deadline, its owner never woken
                     self._actors.clear()
                     self._idle.clear()
                     services.cancel_scope.cancel()
@@ -161,7 +163,8 @@ class ActorRuntime:
         if self._task_group is not None:
             self._task_group.cancel_scope.deadline = deadline
         for actor in self._actors.values():
-            actor.close(deadline)  # a running actor writes what it holds and ends; one with a batch in the stage starts
+            actor.close(deadline)  # a running actor writes what it holds and ends
+        self._stage.close()  # batches in the stage wake their owners as writes may start
         for event in (self._spawner_wakeup, self._reaper_wakeup):
             if event is not None:
                 event.set()

@@ -97,8 +97,8 @@ class WriteStage:
         counters: the system's counters (store writes, write observers).
     """
 
-    __slots__ = ("_circuit", "_config", "_counters", "_encoding", "_in_flight", "_last_start", "_queue",
-                 "_queued_docs", "_store", "_urgent", "concurrency")
+    __slots__ = ("_circuit", "_closing", "_config", "_counters", "_encoding", "_in_flight", "_last_start",
+                 "_queue", "_queued_docs", "_store", "_urgent", "concurrency")
 
     def __init__(self, config: Config, store: Callable[[], DocumentStore], circuit: CircuitBreaker,
                  counters: SystemCounters) -> None:
@@ -114,6 +114,7 @@ class WriteStage:
         self._in_flight = 0
         self._last_start = -math.inf  # when the last write started (time.monotonic())
         self._encoding: anyio.Lock | None = None  # made on first use (in the event loop)
+        self._closing = False
 
     @property
     def queued(self) -> int:
@@ -128,7 +129,7 @@ class WriteStage:
             return False  # one write finds out whether the server has the batch endpoint
         if self._queued_docs >= self._config.max_batch or self._posts_singly():
             return True
-        return self._in_flight == 0 and (self._urgent > 0 or self._paced_at() <= monotonic())
+        return self._in_flight == 0 and (self._urgent > 0 or self._closing or self._paced_at() <= monotonic())
 
     def _paced_at(self) -> float:
         """When an idle store may start a write that is neither full nor urgent."""
@@ -181,6 +182,12 @@ class WriteStage:
             self._queue.append(job)
         self._queued_docs += len(job.docs)
         self._urgent += job.urgent
+
+    def close(self) -> None:
+        """The system is closing: every queued batch is awaited (no pacing); wake the owners of the
+        writes that may start (each write's end wakes the next ones, until the queue is empty)."""
+        self._closing = True
+        self._poke()
 
     def withdraw(self, job: Job) -> None:
         """Forget ``job``'s owner, who gave it up at the closing deadline: should a write still take it, its
