@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -217,6 +219,66 @@ def doc_server(mode: Mode = "ok", **options: Any) -> Iterator[DocServer]:
         yield server
 
 
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """What a :class:`DocServer` in a process of its own held, read once the client is done."""
+
+    docs: dict[str, dict[str, Any]]
+    hits: list[Hit]
+
+
+class DocServerProcess:
+    """A :class:`DocServer` in a process of its own (:func:`doc_server_process`): the client under test
+    has the test process to itself, as against a real service, and not half of one GIL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def state(self) -> ServerState:
+        """The documents and requests so far (a blocking call: make it once the client is done)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/_state", timeout=60) as answer:
+            raw = orjson.loads(answer.read())
+        return ServerState(raw["docs"], [Hit(at, method, path, outcome, tuple(ids))
+                                         for at, method, path, outcome, ids in raw["hits"]])
+
+
+@contextmanager
+def doc_server_process(mode: Mode = "ok", **options: Any) -> Iterator[DocServerProcess]:
+    """Serve a :class:`DocServer` on 127.0.0.1 in a subprocess for the ``with`` block."""
+    args = [sys.executable, "-m", "tests.faults.docserver", orjson.dumps({"mode": mode, **options}).decode()]
+    root = __file__.rsplit("/tests/", 1)[0]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=root) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("LISTENING "):
+                raise RuntimeError(f"the docserver process did not start: {line!r}")
+            yield DocServerProcess(line.split()[1])
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _serve_in_this_process(options_json: str) -> None:
+    """The subprocess of :func:`doc_server_process`: serve until terminated."""
+    options = orjson.loads(options_json)
+    server = DocServer(options.pop("mode"), **options)
+    app = server.app()
+
+    async def state(_request: web.Request) -> web.Response:
+        with server._lock:
+            body = orjson.dumps({"docs": server.docs, "hits": [astuple(hit) for hit in server.hits]})
+        return web.Response(body=body, content_type="application/json")
+
+    app.router.add_get("/_state", state)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(f"LISTENING http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    web.run_app(app, sock=sock, access_log=None, print=None)
+
+
 @contextmanager
 def serve_app(app: web.Application, name: str = "test-server") -> Iterator[str]:
     """Serve an aiohttp application on 127.0.0.1 in a background thread; yields its URL."""
@@ -253,3 +315,7 @@ def serve_app(app: web.Application, name: str = "test-server") -> Iterator[str]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+if __name__ == "__main__":
+    _serve_in_this_process(sys.argv[1])
