@@ -97,11 +97,21 @@ class TestDocumentFormat:
             encode_document(StateUpload("s", {"x": Opaque()}))
 
     def test_ids_are_unique_uuids(self) -> None:
-        """Every upload gets its own client-made UUID."""
-        ids = {StateUpload("s", {}).doc_id for _ in range(100)}
-        assert len(ids) == 100
+        """Every upload gets its own client-made UUID4 in canonical text, across many refills of the
+        random pool (64 ids a refill)."""
+        ids = {StateUpload("s", {}).doc_id for _ in range(1000)}
+        assert len(ids) == 1000
         for doc_id in ids:
-            uuid.UUID(doc_id)
+            parsed = uuid.UUID(doc_id)
+            assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, doc_id)
+
+    def test_created_is_the_time_of_the_upload_as_utc_text(self) -> None:
+        """``created`` is the moment the upload was made, written as ``datetime.isoformat`` writes it."""
+        before = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+        upload = StateUpload("s", {})
+        after = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+        assert before <= upload.created <= after
+        assert datetime.datetime.fromisoformat(upload.created).isoformat(timespec="microseconds") == upload.created
 
 
 class TestTimestamps:

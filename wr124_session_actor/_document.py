@@ -235,36 +235,37 @@ async def encode_documents(uploads: Iterable[StateUpload],
 
 
 class _RandomPool:
-    """Random bytes drawn from ``os.urandom`` a page at a time: one system call per 256 ids, not per id."""
+    """Random hex digits drawn from ``os.urandom`` a page at a time: one system call per 128 ids, not per id."""
 
-    __slots__ = ("_buffer", "_offset")
+    __slots__ = ("_hex", "_offset")
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the bytes drawn so far (a forked child must not repeat its parent's ids)."""
-        self._buffer = b""
+        """Forget the digits drawn so far (a forked child must not repeat its parent's ids)."""
+        self._hex = ""
         self._offset = 0
 
-    def take16(self) -> int:
+    def take32(self) -> str:
+        """32 random hex digits (128 bits)."""
         offset = self._offset
-        if offset + 16 > len(self._buffer):
-            self._buffer, offset = os.urandom(4096), 0
-        self._offset = offset + 16
-        return int.from_bytes(self._buffer[offset : offset + 16])
+        if offset + 32 > len(self._hex):
+            self._hex, offset = os.urandom(2048).hex(), 0
+        self._offset = offset + 32
+        return self._hex[offset : offset + 32]
 
 
 _RANDOM: Final = _RandomPool()
 os.register_at_fork(after_in_child=_RANDOM.reset)
-_UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)
+#: A UUID4's variant digit (binary 10xx) for any random hex digit.
+_UUID4_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_document_id() -> str:
     """A client-assigned document id (a random UUID4), sent with the document so writes are idempotent."""
-    h = f"{(_RANDOM.take16() & _UUID4_CLEAR) | _UUID4_SET:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = _RANDOM.take32()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID4_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class _SecondCache:
@@ -285,8 +286,12 @@ def utc_now_iso() -> str:
 
     The same text as ``datetime.now(UTC).isoformat(timespec="microseconds")``, for a fraction of its cost.
     """
-    now = time.time_ns() // 1000
-    second, micros = divmod(now, 1_000_000)
+    return utc_iso(time.time_ns())
+
+
+def utc_iso(ns: int) -> str:
+    """``ns`` nanoseconds since the epoch as :func:`utc_now_iso` writes them."""
+    second, micros = divmod(ns // 1000, 1_000_000)
     cache = _NOW
     if second != cache.second:
         cache.prefix = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:19]
@@ -320,9 +325,15 @@ class StateUpload:
     #: The ``seq`` of this agent's state the upload continues (optimistic concurrency), if any.
     parent_seq: int | None = None
     doc_id: str = field(default_factory=new_document_id)
-    created: str = field(default_factory=utc_now_iso)
+    #: When it was made, in nanoseconds since the epoch (written out as text only when encoded).
+    created_ns: int = field(default_factory=time.time_ns)
     #: The encoded document, once made (the outbox and the store write share one encoding).
     encoded: EncodedDocument | None = field(default=None, repr=False)
+
+    @property
+    def created(self) -> str:
+        """When it was made, as ISO-8601 text (:func:`utc_now_iso`)."""
+        return utc_iso(self.created_ns)
 
 
 @dataclass(frozen=True, slots=True)
