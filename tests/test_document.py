@@ -98,7 +98,7 @@ class TestDocumentFormat:
 
     def test_ids_are_unique_uuids(self) -> None:
         """Every upload gets its own client-made UUID4 in canonical text, across many refills of the
-        random pool (64 ids a refill)."""
+        random pool (128 ids a refill)."""
         ids = {StateUpload("s", {}).doc_id for _ in range(1000)}
         assert len(ids) == 1000
         for doc_id in ids:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -48,8 +49,8 @@ async def _ten_thousand_sessions_and_three_rapid_ones(system: ActorSystem) -> di
     return sent
 
 
-def _stored(server: DocServer) -> list[tuple[str, int]]:
-    return [(doc["session_id"], doc["content"]["state"]["n"]) for doc in server.docs.values()]
+def _stored(docs: Mapping[str, dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(doc["session_id"], doc["content"]["state"]["n"]) for doc in docs.values()]
 
 
 class TestManySessions:
@@ -67,7 +68,7 @@ class TestManySessions:
                 sent = await _ten_thousand_sessions_and_three_rapid_ones(system)
             stats = system.statistics()
             state = await anyio.to_thread.run_sync(server.state)
-            stored = [(doc["session_id"], doc["content"]["state"]["n"]) for doc in state.docs.values()]
+            stored = _stored(state.docs)
             assert len(stored) == len(sent) == SESSIONS + RAPID_SESSIONS * RAPID_SUBMITS
             assert set(stored) == set(sent)
             bad = [e for e in logs if e.get("status") in ("failed", "timeout")]

@@ -10,7 +10,7 @@ import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
-from wr124_session_actor import ActorSystem, Config, SessionStateManager
+from wr124_session_actor import ActorSystem, Config, SessionStateManager, SystemStatistics
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor import _write_stage as write_stage
 from wr124_session_actor._document import EncodedDocument
@@ -180,14 +180,7 @@ class TestWaitingSessions:
         config = sqlite_config.replace(max_batch=300, debounce=0.0)
         store = CountingStore(open_store(config), delay=0.5)
         async with ActorSystem(config, store=store) as system:
-            for n in range(1000):
-                system.handle(f"s{n}").submit({"n": n}, "t", "a")
-            # Every session hands its batch over while the first (slow) write is in flight; the actors'
-            # tasks end as they do (trio runs the new tasks in a random order, so wait for the last ones).
-            with anyio.fail_after(10):
-                while store.in_flight == 0 or (stats := system.statistics()).running_actors > 2 \
-                        or stats.write_queue < 900:
-                    await anyio.sleep(0.01)
+            stats = await self._park(system, store, 1000)
             assert len(store.writes) == 1  # still the first write
             assert stats.running_actors <= 2  # the leader (and at most one about to park)
             assert stats.live_actors == 1000 and stats.pending == 1000
@@ -195,18 +188,18 @@ class TestWaitingSessions:
         assert (stats.documents, stats.failed, stats.pending, stats.running_actors) == (1000, 0, 0, 0)
         assert sum(store.writes) == 1000 and max(store.writes) <= 300
 
-
     @staticmethod
-    async def _park(system: ActorSystem, store: CountingStore, sessions: int) -> int:
-        """Submit once in each of ``sessions`` new sessions and wait until all but the first write's park in
-        the stage with no task; return the actors started so far."""
+    async def _park(system: ActorSystem, store: CountingStore, sessions: int) -> SystemStatistics:
+        """Submit once in each of ``sessions`` new sessions and wait until the batches behind the first
+        (slow) write park in the stage with no task; return the statistics then. (The actors' tasks end as
+        they do, and trio runs the new tasks in a random order, so this waits for the last ones.)"""
         for n in range(sessions):
             system.handle(f"s{n}").submit({"n": n}, "t", "a")
         with anyio.fail_after(10):
             while store.in_flight == 0 or (stats := system.statistics()).running_actors > 2 \
                     or stats.write_queue < sessions - 100:
                 await anyio.sleep(0.01)
-        return stats.actors_started
+        return stats
 
     async def test_closing_starts_a_task_per_write_not_per_waiting_session(self, sqlite_config: Config) -> None:
         """Closing while 1,000 sessions wait in the stage behind a slow write: they are all written, and
@@ -215,7 +208,7 @@ class TestWaitingSessions:
         config = sqlite_config.replace(max_batch=300, debounce=0.0)
         store = CountingStore(open_store(config), delay=0.2)
         async with ActorSystem(config, store=store) as system:
-            before = await self._park(system, store, 1000)
+            before = (await self._park(system, store, 1000)).actors_started
         stats = system.statistics()
         assert (stats.documents, stats.failed, stats.pending, stats.running_actors) == (1000, 0, 0, 0)
         assert stats.actors_started - before <= len(store.writes) + 2, (stats.actors_started - before, store.writes)
@@ -228,7 +221,7 @@ class TestWaitingSessions:
         store = GatedStore(open_store(config))  # the gate never opens
         with capture_logs() as logs:
             async with ActorSystem(config, store=store) as system:
-                before = await self._park(system, store, 1000)
+                before = (await self._park(system, store, 1000)).actors_started
             stats = system.statistics()
         given_up = [e for e in logs if e["event"] == "session_state.upload" and e["status"] == "failed"]
         assert sum(e["batch_size"] for e in given_up) == 1000 == stats.failed

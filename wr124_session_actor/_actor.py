@@ -102,17 +102,12 @@ class SessionActor:
     def close(self, deadline: float) -> None:
         """Refuse new messages; the task writes what is held by ``deadline`` (``anyio.current_time()``) and
         ends. A batch in the stage needs no task: the stage wakes its owner to lead a write, answers it
-        in the task that writes it, and :meth:`abandon` gives it up if nobody did by the deadline. (A
+        in the task that writes it, and :meth:`give_up` gives it up if nobody did by the deadline. (A
         task is started for messages queued behind it, which only it can drain.)"""
         self._deadline = deadline
         self.mailbox.close()
         if self._job is not None and len(self.mailbox):
             self._wake()
-
-    def abandon(self) -> None:
-        """The system has closed (no task runs): give up what is still unwritten, logged and answered."""
-        if self._job is not None or self._batch:
-            self._give_up()
 
     def submit(self, upload: StateUpload) -> StateUpload | None:
         """Queue a fire-and-forget upload (coalescing past the bound); return the upload it replaced."""
@@ -182,12 +177,10 @@ class SessionActor:
                     deadline = self._deadline
                     if deadline == math.inf:
                         deadline = anyio.current_time() + self.ops.config.shutdown_timeout
-                    if deadline > anyio.current_time():  # started late (past the deadline): nothing to wait for
+                    if deadline > anyio.current_time():  # started past the deadline: nothing to wait for
                         with anyio.CancelScope(shield=True, deadline=deadline):
                             await self._drain()
-                    else:
-                        self._take_mailbox()
-                    self._give_up()
+                    self.give_up()
             finally:
                 self.running = False
                 self._host.on_idle(self)
@@ -301,16 +294,17 @@ class SessionActor:
         for call in calls:
             call.reply.set((Status.FAILED, CLOSED_MESSAGE))
 
-    def _take_mailbox(self) -> None:
-        """Past the closing deadline: queued uploads join the batch (given up with it), calls are answered."""
+    def give_up(self) -> None:
+        """Log (and answer) what could not be written before ``shutdown_timeout``; never drop silently.
+
+        Called by the actor's task as it ends closed, and by the runtime once the system has closed for
+        an actor whose batch the deadline left in the stage (it had no task). Uploads still queued join
+        the batch given up; calls still queued are answered."""
         while (message := self.mailbox.get_nowait()) is not None:
             if isinstance(message, Upload):
                 self._add(message)
             else:
                 message.reply.set((Status.FAILED, CLOSED_MESSAGE))
-
-    def _give_up(self) -> None:
-        """Log (and answer) what could not be written before ``shutdown_timeout``; never drop silently."""
         if self._job is not None:  # still in the stage: not to be written now, nor settled twice
             self._stage.withdraw(self._job)
             self._job = None

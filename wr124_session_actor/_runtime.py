@@ -136,7 +136,7 @@ class ActorRuntime:
                             self._close()
                 finally:
                     for actor in self._actors.values():
-                        actor.abandon()  # a batch left in the stage at the deadline, its owner never woken
+                        actor.give_up()  # a batch left in the stage at the deadline, its owner never woken
                     self._actors.clear()
                     self._idle.clear()
                     services.cancel_scope.cancel()

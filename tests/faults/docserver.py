@@ -31,11 +31,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -236,8 +238,6 @@ class DocServerProcess:
 
     def state(self) -> ServerState:
         """The documents and requests so far (a blocking call: make it once the client is done)."""
-        import urllib.request
-
         with urllib.request.urlopen(f"{self.url}/_state", timeout=60) as answer:
             raw = orjson.loads(answer.read())
         return ServerState(raw["docs"], [Hit(at, method, path, outcome, tuple(ids))
@@ -248,7 +248,7 @@ class DocServerProcess:
 def doc_server_process(mode: Mode = "ok", **options: Any) -> Iterator[DocServerProcess]:
     """Serve a :class:`DocServer` on 127.0.0.1 in a subprocess for the ``with`` block."""
     args = [sys.executable, "-m", "tests.faults.docserver", orjson.dumps({"mode": mode, **options}).decode()]
-    root = __file__.rsplit("/tests/", 1)[0]
+    root = Path(__file__).resolve().parents[2]  # where ``tests`` is a package
     with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=root) as proc:
         try:
             assert proc.stdout is not None
