@@ -12,7 +12,7 @@ import anyio.lowlevel
 import orjson
 import pytest
 
-from wr124_session_actor import ActorSystem, Config, StoreBadResponse, StoreRejected
+from wr124_session_actor import ActorSystem, Config, StoreBadResponse, StoreRejected, StoreUnavailable
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor.server import ServerLimits, ServerThread
 from wr124_session_actor.stores import open_store
@@ -95,6 +95,22 @@ async def test_a_server_without_the_batch_endpoint_gets_single_posts(status: int
     assert await store.insert_many(later) == [f"server-{d.id}" for d in later]
     assert store.requests_sent == sent + 2  # no new batch request
     assert [n for _, n in transport.posted] == [0, 1, 2, 3, 4]
+    await store.aclose()
+
+
+async def test_a_failed_post_among_several_sessions_is_a_store_error() -> None:
+    """Without the batch endpoint, a write of 12 sessions' documents posted by several workers, one POST
+    answered 503: the write raises that StoreUnavailable itself, as a single POST's failure is raised (not
+    an exception group, which no caller of a store catches), and no worker takes a session after it."""
+    def answer(n: int, doc: dict[str, Any]) -> object:
+        return Response(503, {}, b'{"error": "busy"}') if doc["content"]["state"]["n"] == 1 else server_id(n, doc)
+
+    transport = NoBatchTransport(answer)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=3)
+    docs = [encode_document(StateUpload(f"s{n}", {"n": n}, "t", "a")) for n in range(12)]
+    with pytest.raises(StoreUnavailable, match="503"):
+        await store.insert_many(docs)
+    assert len(transport.posted) <= 6  # the first round of three, and at most one more by each worker
     await store.aclose()
 
 

@@ -244,6 +244,35 @@ class TestServerDown:
         assert (result.sent, result.arrived, result.lost, result.duplicated) == (1000, 1000, 0, 0), str(result)
 
 
+class TestReplayWithoutBatchEndpoint:
+    async def test_replay_that_meets_failed_posts_retries_and_raises_nothing(self, tmp_path: Path) -> None:
+        """Fault: 20 sessions' states are spooled while the server is down; the next start replays them
+        to a server without the batch endpoint whose first 3 POSTs answer 503 (several sessions' POSTs in
+        flight at once). Leaving the system raises nothing (the failed write used to escape the replay as
+        an exception group, out of the system's exit) and every state arrives once."""
+        calls = PublicCalls()
+        spool = str(tmp_path / "outbox.db")
+        config = Config(keep="all", timeout=1.0, retries=0, retry_backoff=0.01, spool=spool,
+                        spool_sync_interval=0.02, shutdown_timeout=0.3)
+        sent = []
+        async with ActorSystem(config.replace(api_url=closed_port_url())) as system:
+            for seq in range(20):
+                if calls.sync("submit", system.handle(f"s{seq}").submit, {"seq": seq}, "t", "agent") == S.SUCCESS:
+                    sent.append(seq)
+        assert spool_rows(spool) == 20
+        with capture_logs() as logs, doc_server("status", status=503, fail_first=3, batch=False) as flaky:
+            async with ActorSystem(config.replace(api_url=flaky.url, shutdown_timeout=10.0)):
+                with anyio.fail_after(10):
+                    while await anyio.to_thread.run_sync(spool_rows, spool) > 0:
+                        await anyio.sleep(0.02)
+            result = tally(sent, [s["seq"] for s in flaky.stored_states()])
+        assert calls.raised == []
+        assert flaky.injected() == 3
+        assert any(e["event"] == "session_state.outbox" and e.get("op") == "replay" and e["status"] == "failed"
+                   for e in logs)
+        assert (result.sent, result.arrived, result.lost, result.duplicated) == (20, 20, 0, 0), str(result)
+
+
 class TestMalformedJson:
     @pytest.mark.parametrize("fault", ["bad-json", "not-object"])
     async def test_failed_and_no_exception(self, fault: Any) -> None:

@@ -17,6 +17,7 @@ from .._exceptions import (
     DocumentNotFound,
     StoreBadResponse,
     StoreClosed,
+    StoreError,
     StoreRejected,
     StoreTimeout,
     StoreUnavailable,
@@ -174,15 +175,18 @@ class HttpStore:
         parallel, at most ``concurrency`` requests at once, and each session's in order.
 
         A few workers take the sessions one after another (a task per session would cost more than its
-        POST when thousands of sessions wrote one document each)."""
+        POST when thousands of sessions wrote one document each). The first POST that fails stops the
+        workers from taking another session; those in flight end, and its error is raised as it is
+        (never wrapped in an exception group: callers handle a :class:`StoreError`)."""
         by_session: dict[str, list[int]] = {}
         for index, doc in enumerate(docs):
             by_session.setdefault(doc.session_id, []).append(index)
         ids: list[str] = [""] * len(docs)
         sessions = deque(by_session.values())
+        failures: list[StoreError] = []
 
         async def post_sessions_in_order() -> None:
-            while sessions:
+            while sessions and not failures:
                 for index in sessions.popleft():
                     doc = docs[index]
                     async with self._limiter:  # the look-up after a 409 is a request in flight too
@@ -190,13 +194,21 @@ class HttpStore:
                         held = resp.status == 409 and await self._stored_before(doc)
                     ids[index] = doc.id if held else _created_id(resp, doc.id)
 
+        async def worker() -> None:
+            try:
+                await post_sessions_in_order()
+            except StoreError as exc:
+                failures.append(exc)
+
         workers = min(len(sessions), int(self._limiter.total_tokens))
         if workers == 1:
             await post_sessions_in_order()
             return ids
         async with anyio.create_task_group() as group:
             for _ in range(workers):
-                group.start_soon(post_sessions_in_order)
+                group.start_soon(worker)
+        if failures:
+            raise failures[0]
         return ids
 
     def _document_url(self, doc_id: str) -> str:
