@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
+from typing import Final
 
 import aiohttp
 
@@ -10,6 +12,11 @@ from .._exceptions import StoreTimeout, StoreUnavailable
 from ._base import CloseGuard, Params, Response
 
 __all__ = ["AiohttpTransport"]
+
+#: Bodies larger than this go as a stream of 64 KiB pieces (``io.BytesIO``): aiohttp warns about raw bytes
+#: past 1 MiB (a ``ResourceWarning``, an exception where warnings are errors), and a piece at a time lets
+#: the event loop run between them.
+_STREAMED_BODY: Final = 64 * 1024
 
 
 class AiohttpTransport:
@@ -45,9 +52,10 @@ class AiohttpTransport:
         """Send one request (a redirect is answered as it is: the store follows it); map aiohttp's errors
         to store errors."""
         session = await self._client()
+        data = io.BytesIO(content) if content is not None and len(content) > _STREAMED_BODY else content
         try:
             async with session.request(
-                method, url, headers=headers, params=list(params) or None, data=content, allow_redirects=False
+                method, url, headers=headers, params=list(params) or None, data=data, allow_redirects=False
             ) as resp:
                 body = await resp.read()
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
