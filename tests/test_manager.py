@@ -57,6 +57,22 @@ class TestOriginalUsage:
         """The same against ``wr124-session serve`` on loopback, with each HTTP client that runs here."""
         await original_usage(http_config(server.url, client))
 
+    @pytest.mark.parametrize(("anyio_backend", "client"), BACKEND_CLIENTS)
+    async def test_names_beyond_latin_1(self, server: Any, client: str) -> None:
+        """A project, session and agent named in Chinese (the project goes in ``X-Project-ID``, a header
+        httpcore and http.client refused to encode, raising out of every call): every call succeeds with
+        each client, and the state comes back under its names."""
+        manager = SessionStateManager("会话 1/2?#", http_config(server.url, client, project_id="项目"))
+        status, doc_id = await manager.upload_session_state({"步骤": 1}, "任务", "代理")
+        assert status == S.SUCCESS, doc_id
+        status, content = await manager.restore_agent_session_state("代理")
+        assert status == S.SUCCESS
+        assert content is not None and content["state"] == {"步骤": 1} and content["agent_name"] == "代理"
+        status, listed = await manager.list_available_session_states()
+        assert (status, [entry["id"] for entry in listed]) == (S.SUCCESS, [doc_id])
+        assert (await manager.delete_session_state(doc_id))[0] == S.SUCCESS
+        await manager.aclose()
+
     async def test_bare_manager_never_closed_leaves_no_warning(self, server: Any) -> None:
         """The original usage never closes the manager; no unclosed-session warning follows (pytest
         turns ResourceWarning into errors here)."""

@@ -21,7 +21,7 @@ import anyio
 import httpcore
 
 from .._exceptions import StoreTimeout, StoreUnavailable
-from ._base import CloseGuard, Params, Response
+from ._base import CloseGuard, Params, Response, utf8_values
 
 __all__ = ["HttpxTransport"]
 
@@ -69,7 +69,8 @@ class HttpxTransport:
             pool = self._idle.pop() if self._idle else httpcore.AsyncConnectionPool(max_connections=1)
             self._busy.add(pool)
             try:
-                resp = await pool.request(method, url, headers=list(headers.items()), content=content)
+                resp = await pool.request(method, url, headers=list(utf8_values(headers).items()),
+                                          content=content)
             except httpcore.TimeoutException as exc:
                 raise StoreTimeout(f"{method} {url}: timed out") from exc
             except _UNAVAILABLE as exc:

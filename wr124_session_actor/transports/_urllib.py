@@ -12,7 +12,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._exceptions import StoreTimeout, StoreUnavailable
-from ._base import Params, Response
+from ._base import Params, Response, utf8_values
 
 __all__ = ["UrllibTransport"]
 
@@ -40,7 +40,9 @@ class UrllibTransport:
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None) -> Response:
-        request = urllib.request.Request(url, data=content, headers=dict(headers), method=method)
+        request = urllib.request.Request(url, data=content, method=method)
+        for name, value in utf8_values(headers).items():
+            request.add_header(name, value)  # type: ignore[arg-type]  # http.client sends bytes as they are
         try:
             with self._opener.open(request, timeout=self._timeout) as resp:
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
