@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
-from wr124_session_actor import Config, SessionStateManager
+from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor.stores._http import HttpStore
+from wr124_session_actor.transports import Response
 
 from .conftest import http_config
 from .faultserver import closed_port_url, fault_server
@@ -89,6 +92,45 @@ class TestNoClient:
         manager = SessionStateManager("s", Config(api_url=server.url, timeout=5.0))
         assert (await manager.upload_session_state({"a": 1}))[0] == S.SUCCESS
         assert manager._direct_store().transport_name == "urllib"  # type: ignore[attr-defined]
+
+
+class BrokenTransport:
+    """A client library with a bug of its own: every request raises an exception nobody mapped."""
+
+    name = "mock"
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def request(self, method: str, url: str, **_: Any) -> Response:
+        await anyio.lowlevel.checkpoint()
+        self.requests += 1
+        raise RuntimeError("a client library's own bug")
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+class TestUnforeseenErrors:
+    async def test_an_exception_nobody_mapped_is_a_failed_status(self) -> None:
+        """A transport raising an exception that is not a store error: every public call and every
+        submitted upload ends FAILED ("unexpected error", logged with its traceback), tried once, and
+        leaving the system raises nothing (it used to raise out of every call, and out of the exit)."""
+        transport = BrokenTransport()
+        store = HttpStore("http://127.0.0.1:1", "p", lambda: transport)
+        with capture_logs() as logs:
+            config = Config(api_url="http://127.0.0.1:1", keep="all", timeout=2.0, retries=3)
+            async with ActorSystem(config, store=store) as system:
+                results = await every_call(system.manager("s"))
+                requests = transport.requests
+                for step in range(5):
+                    assert system.handle("t").submit({"step": step}, "t", "agent") == S.SUCCESS
+        assert {status for status, _ in results.values()} == {S.FAILED}
+        assert results["upload"][1] == "unexpected error: RuntimeError: a client library's own bug"
+        assert requests == len(results)  # one request each: not retried
+        assert system.statistics().failed == 6  # the upload call, and the 5 submitted
+        unexpected = [e for e in logs if e["event"] == "session_state.unexpected_error"]
+        assert len(unexpected) == transport.requests and all(e["exc_info"] for e in unexpected)
 
 
 @pytest.mark.parametrize(("anyio_backend", "client"), BACKEND_CLIENTS)

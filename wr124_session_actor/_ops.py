@@ -87,7 +87,8 @@ RetryHook = Callable[[int, StoreError, float], None]
 async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[], DocumentStore],
                      func: Callable[[], Awaitable[Any]], *, on_retry: RetryHook | None = None,
                      timeout: float | None = None) -> StoreOutcome:
-    """Run ``func`` under the call deadline with retries and the circuit breaker; never raises a store error.
+    """Run ``func`` under the call deadline with retries and the circuit breaker; never raises but cancellation
+    (a store error is its status, any other exception a logged ``FAILED``).
 
     Transient failures are tried again after :func:`backoff_delay` (at least ``Retry-After``) until the
     deadline (``timeout``, by default ``config.timeout``); ``on_retry(attempt, error, delay)`` hears of each.
@@ -116,6 +117,10 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
                     on_retry(attempt, exc, delay)
                 await anyio.sleep(delay)
                 continue
+            except Exception as exc:  # a fault nobody foresaw (a client library's own error): a status all the same
+                logger.error("session_state.unexpected_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                return StoreOutcome(Status.FAILED, f"unexpected error: {type(exc).__name__}: {exc}", attempts=attempt,
+                                    duration=time.perf_counter() - started)
             circuit.record_success()
             return StoreOutcome(Status.SUCCESS, result, attempts=attempt, duration=time.perf_counter() - started)
     duration = time.perf_counter() - started

@@ -182,11 +182,12 @@ class Outbox:
             docs = [doc for doc, _ in rows]
             try:
                 await store.insert_many(docs)
-            except StoreError as exc:
+            except Exception as exc:  # a store error, or one nobody foresaw: the spool keeps the rows either way
                 failures += 1
                 delay = backoff_delay(failures, retry_backoff, max_backoff)
+                error = str(exc) if isinstance(exc, StoreError) else f"unexpected error: {type(exc).__name__}: {exc}"
                 logger.warning("session_state.outbox", status="failed", op="replay", batch_size=len(docs),
-                               error=str(exc), retry_in_s=round(delay, 3))
+                               error=error, retry_in_s=round(delay, 3))
                 await anyio.sleep(delay)
                 continue
             failures = 0
