@@ -1,4 +1,5 @@
-"""A misbehaving HTTP server on loopback, for faults the reference server never shows."""
+"""A misbehaving HTTP server on loopback, for faults the reference server never shows; and a transport
+with a bug of its own."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
+import anyio.lowlevel
 from aiohttp import web
+
+from wr124_session_actor.transports import Response
 
 Fault = Literal["500", "503-retry-after", "bad-json", "not-object", "reset", "hang", "404-batch"]
 
@@ -86,3 +90,20 @@ def fault_server(fault: Fault) -> Iterator[tuple[str, list[str]]]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+class BrokenTransport:
+    """A client library with a bug of its own: every request raises an exception nobody mapped."""
+
+    name = "mock"
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def request(self, method: str, url: str, **_: Any) -> Response:
+        await anyio.lowlevel.checkpoint()
+        self.requests += 1
+        raise RuntimeError("a client library's own bug")
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()

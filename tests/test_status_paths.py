@@ -8,17 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor.stores._http import HttpStore
-from wr124_session_actor.transports import Response
 
 from .conftest import http_config
-from .faultserver import closed_port_url, fault_server
+from .faultserver import BrokenTransport, closed_port_url, fault_server
 from .test_manager import BACKEND_CLIENTS
 
 pytestmark = pytest.mark.anyio
@@ -92,23 +90,6 @@ class TestNoClient:
         manager = SessionStateManager("s", Config(api_url=server.url, timeout=5.0))
         assert (await manager.upload_session_state({"a": 1}))[0] == S.SUCCESS
         assert manager._direct_store().transport_name == "urllib"  # type: ignore[attr-defined]
-
-
-class BrokenTransport:
-    """A client library with a bug of its own: every request raises an exception nobody mapped."""
-
-    name = "mock"
-
-    def __init__(self) -> None:
-        self.requests = 0
-
-    async def request(self, method: str, url: str, **_: Any) -> Response:
-        await anyio.lowlevel.checkpoint()
-        self.requests += 1
-        raise RuntimeError("a client library's own bug")
-
-    async def aclose(self) -> None:
-        await anyio.lowlevel.checkpoint()
 
 
 class TestUnforeseenErrors:

@@ -19,8 +19,9 @@ from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor.stores._http import HttpStore
 
-from ..faultserver import closed_port_url, fault_server
+from ..faultserver import BrokenTransport, closed_port_url, fault_server
 from .docserver import doc_server
 from .tally import PublicCalls, report, spool_rows, tally
 
@@ -244,6 +245,23 @@ class TestServerDown:
         assert (result.sent, result.arrived, result.lost, result.duplicated) == (1000, 1000, 0, 0), str(result)
 
 
+def _spooling_config(spool: str) -> Config:
+    return Config(keep="all", timeout=1.0, retries=0, retry_backoff=0.01, spool=spool, spool_sync_interval=0.02,
+                  shutdown_timeout=0.3)
+
+
+async def _spool_while_down(config: Config, calls: PublicCalls, sessions: int) -> list[int]:
+    """One state ``{"seq": n}`` for each of ``sessions`` sessions, submitted while the server is down (they
+    stay spooled); return the accepted."""
+    sent = []
+    async with ActorSystem(config.replace(api_url=closed_port_url())) as system:
+        for seq in range(sessions):
+            if calls.sync("submit", system.handle(f"s{seq}").submit, {"seq": seq}, "t", "agent") == S.SUCCESS:
+                sent.append(seq)
+    assert spool_rows(config.spool or "") == sessions
+    return sent
+
+
 class TestReplayWithoutBatchEndpoint:
     async def test_replay_that_meets_failed_posts_retries_and_raises_nothing(self, tmp_path: Path) -> None:
         """Fault: 20 sessions' states are spooled while the server is down; the next start replays them
@@ -252,14 +270,8 @@ class TestReplayWithoutBatchEndpoint:
         an exception group, out of the system's exit) and every state arrives once."""
         calls = PublicCalls()
         spool = str(tmp_path / "outbox.db")
-        config = Config(keep="all", timeout=1.0, retries=0, retry_backoff=0.01, spool=spool,
-                        spool_sync_interval=0.02, shutdown_timeout=0.3)
-        sent = []
-        async with ActorSystem(config.replace(api_url=closed_port_url())) as system:
-            for seq in range(20):
-                if calls.sync("submit", system.handle(f"s{seq}").submit, {"seq": seq}, "t", "agent") == S.SUCCESS:
-                    sent.append(seq)
-        assert spool_rows(spool) == 20
+        config = _spooling_config(spool)
+        sent = await _spool_while_down(config, calls, 20)
         with capture_logs() as logs, doc_server("status", status=503, fail_first=3, batch=False) as flaky:
             async with ActorSystem(config.replace(api_url=flaky.url, shutdown_timeout=10.0)):
                 with anyio.fail_after(10):
@@ -271,6 +283,26 @@ class TestReplayWithoutBatchEndpoint:
         assert any(e["event"] == "session_state.outbox" and e.get("op") == "replay" and e["status"] == "failed"
                    for e in logs)
         assert (result.sent, result.arrived, result.lost, result.duplicated) == (20, 20, 0, 0), str(result)
+
+
+class TestReplayMeetingAnUnforeseenError:
+    async def test_the_rows_stay_spooled_and_the_exit_raises_nothing(self, tmp_path: Path) -> None:
+        """Fault: the store's client raises an exception that is not a store error while the spool is
+        replayed. The replay logs it as failed and tries again; leaving the system raises nothing and
+        every row stays spooled for the next start."""
+        calls = PublicCalls()
+        spool = str(tmp_path / "outbox.db")
+        config = _spooling_config(spool)
+        await _spool_while_down(config, calls, 5)
+        store = HttpStore("http://127.0.0.1:1", "p", BrokenTransport)
+        with capture_logs() as logs:
+            async with ActorSystem(config.replace(api_url="http://127.0.0.1:1"), store=store):
+                await anyio.sleep(0.2)
+        replays = [e for e in logs if e["event"] == "session_state.outbox" and e.get("op") == "replay"]
+        assert replays and all(e["status"] == "failed" for e in replays)
+        assert replays[0]["error"] == "unexpected error: RuntimeError: a client library's own bug"
+        assert calls.raised == []
+        assert spool_rows(spool) == 5
 
 
 class TestMalformedJson:
