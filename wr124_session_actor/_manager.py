@@ -27,6 +27,27 @@ _DISABLED_MESSAGE: Final = "session state upload is disabled"
 logger = structlog.get_logger("wr124_session_actor")
 
 
+class _LazyStore:
+    """The direct mode's store, opened on first call.
+
+    Apart from the manager, so that the manager's operations hold no reference back to it: a manager
+    its caller drops (the original usage never closes one) is then freed at once, its client's close
+    guard first, where a reference cycle left it to the garbage collector, which finalizes a whole cycle
+    together (aiohttp then warned "Unclosed client session" for many of 2,000 managers).
+    """
+
+    __slots__ = ("config", "store")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: DocumentStore | None = None
+
+    def __call__(self) -> DocumentStore:
+        if self.store is None:
+            self.store = open_store(self.config)
+        return self.store
+
+
 class SessionStateManager:
     """Persists one session's agent states; every method returns ``(status, value)``.
 
@@ -54,14 +75,9 @@ class SessionStateManager:
         self.session_id = session_id
         self.config = Config.from_env() if config is None else config
         self._handle = handle
-        self._store: DocumentStore | None = None
+        self._direct_store = _LazyStore(self.config)
         self._stack: AsyncExitStack | None = None  # a private actor runtime (``async with`` on its own)
         self._ops = SessionOps(session_id, self.config, self._direct_store)
-
-    def _direct_store(self) -> DocumentStore:
-        if self._store is None:
-            self._store = open_store(self.config)
-        return self._store
 
     @property
     def enabled(self) -> bool:
@@ -94,14 +110,14 @@ class SessionStateManager:
         stack, self._stack = self._stack, None
         if stack is not None:
             self._handle = None
-            self._store = None  # the runtime closes the store it was given
+            self._direct_store.store = None  # the runtime closes the store it was given
             await stack.aclose()
             return
         await self.aclose()
 
     async def aclose(self) -> None:
         """Close the direct-mode store (connections); a later call opens a new one."""
-        store, self._store = self._store, None
+        store, self._direct_store.store = self._direct_store.store, None
         if store is not None:
             await store.aclose()
         else:

@@ -63,7 +63,10 @@ class CloseGuard:
     The original usage keeps a bare manager and never closes it. A parked async generator is
     finalized by the event loop (asyncio's ``shutdown_asyncgens`` at the end of ``asyncio.run``, trio
     at the end of ``trio.run``), or soon after it is garbage-collected; its ``finally`` closes the
-    client there, so no "Unclosed client session" warning is left behind.
+    client there, so no "Unclosed client session" warning is left behind. (Trio, which closes such a
+    generator in a system task, says so with a ResourceWarning, shown only where warnings are on.) The
+    close callable must not hold the guard's owner: that would make a reference cycle, which the garbage
+    collector finalizes as a whole, the client with it, before the guard can close it.
     """
 
     def __init__(self) -> None:

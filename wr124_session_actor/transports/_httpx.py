@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping
+from functools import partial
 
 import anyio
 import httpcore
@@ -48,7 +49,9 @@ class HttpxTransport:
         """The request slots, made (with the close guard) in the running event loop on first use."""
         if self._slots is None or self._guard is None:
             self._guard = CloseGuard()
-            await self._guard.arm(self._close_pools)
+            # The pools, not the transport: a guard holding the transport would keep it in a reference
+            # cycle, which the garbage collector finalizes as a whole (its sockets warning, unclosed).
+            await self._guard.arm(partial(_close_pools, self._idle, self._busy))
             self._slots = anyio.Semaphore(self._max_connections)
         return self._slots
 
@@ -85,15 +88,16 @@ class HttpxTransport:
         response_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in resp.headers}
         return Response(resp.status, response_headers, resp.content)
 
-    async def _close_pools(self) -> None:
-        pools = [*self._idle, *self._busy]
-        self._idle.clear()
-        self._busy.clear()
-        for pool in pools:
-            await pool.aclose()
-
     async def aclose(self) -> None:
         """Close the pools and their connections."""
         guard, self._guard = self._guard, None
         if guard is not None:
             await guard.aclose()
+
+
+async def _close_pools(idle: list[httpcore.AsyncConnectionPool], busy: set[httpcore.AsyncConnectionPool]) -> None:
+    pools = [*idle, *busy]
+    idle.clear()
+    busy.clear()
+    for pool in pools:
+        await pool.aclose()
