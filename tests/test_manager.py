@@ -90,7 +90,6 @@ class TestOriginalUsage:
         assert status == S.SUCCESS
         del manager
 
-
     @TRIO_CLOSES_A_DROPPED_GUARD
     @pytest.mark.parametrize(("anyio_backend", "client"), BACKEND_CLIENTS)
     async def test_dropped_managers_are_freed_at_once(self, server: Any, client: str) -> None:

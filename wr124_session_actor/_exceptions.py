@@ -35,6 +35,7 @@ __all__ = [
     "StoreRejected",
     "StoreTimeout",
     "StoreUnavailable",
+    "error_message",
 ]
 
 
@@ -97,3 +98,11 @@ class NoClientError(StoreError):
 
 class StateEncodeError(TypeError):
     """A state holds a value that cannot be encoded as JSON."""
+
+
+def error_message(exc: Exception) -> str:
+    """What a failure is reported as: a store error's own message; any other exception (one nobody
+    foresaw, such as a client library's own bug) as ``unexpected error: <type>: <text>``."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    return f"unexpected error: {type(exc).__name__}: {exc}"

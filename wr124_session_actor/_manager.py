@@ -47,6 +47,11 @@ class _LazyStore:
             self.store = open_store(self.config)
         return self.store
 
+    def take(self) -> DocumentStore | None:
+        """The store if one was opened, forgotten here (the next call opens a new one)."""
+        store, self.store = self.store, None
+        return store
+
 
 class SessionStateManager:
     """Persists one session's agent states; every method returns ``(status, value)``.
@@ -110,14 +115,14 @@ class SessionStateManager:
         stack, self._stack = self._stack, None
         if stack is not None:
             self._handle = None
-            self._direct_store.store = None  # the runtime closes the store it was given
+            self._direct_store.take()  # the runtime closes the store it was given
             await stack.aclose()
             return
         await self.aclose()
 
     async def aclose(self) -> None:
         """Close the direct-mode store (connections); a later call opens a new one."""
-        store, self._direct_store.store = self._direct_store.store, None
+        store = self._direct_store.take()
         if store is not None:
             await store.aclose()
         else:

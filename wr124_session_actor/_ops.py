@@ -30,7 +30,7 @@ from ._document import (
     encode_documents,
     normalize_timestamp,
 )
-from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreError, StoreTimeout
+from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreError, StoreTimeout, error_message
 from ._status import SessionStateStatus
 from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, HttpStore, Query
 
@@ -118,9 +118,9 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
                 await anyio.sleep(delay)
                 continue
             except Exception as exc:  # a fault nobody foresaw (a client library's own error): a status all the same
-                logger.error("session_state.unexpected_error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-                return StoreOutcome(Status.FAILED, f"unexpected error: {type(exc).__name__}: {exc}", attempts=attempt,
-                                    duration=time.perf_counter() - started)
+                message = error_message(exc)
+                logger.error("session_state.unexpected_error", error=message, exc_info=exc)
+                return StoreOutcome(Status.FAILED, message, attempts=attempt, duration=time.perf_counter() - started)
             circuit.record_success()
             return StoreOutcome(Status.SUCCESS, result, attempts=attempt, duration=time.perf_counter() - started)
     duration = time.perf_counter() - started

@@ -25,7 +25,7 @@ import structlog
 
 from ._backoff import backoff_delay
 from ._document import EncodedDocument, StateUpload, encode_documents
-from ._exceptions import StoreError
+from ._exceptions import error_message
 from .stores import DocumentStore
 from .stores._engine import open_sqlite
 
@@ -185,9 +185,8 @@ class Outbox:
             except Exception as exc:  # a store error, or one nobody foresaw: the spool keeps the rows either way
                 failures += 1
                 delay = backoff_delay(failures, retry_backoff, max_backoff)
-                error = str(exc) if isinstance(exc, StoreError) else f"unexpected error: {type(exc).__name__}: {exc}"
                 logger.warning("session_state.outbox", status="failed", op="replay", batch_size=len(docs),
-                               error=error, retry_in_s=round(delay, 3))
+                               error=error_message(exc), retry_in_s=round(delay, 3))
                 await anyio.sleep(delay)
                 continue
             failures = 0

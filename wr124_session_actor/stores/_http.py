@@ -186,27 +186,24 @@ class HttpStore:
         failures: list[StoreError] = []
 
         async def post_sessions_in_order() -> None:
-            while sessions and not failures:
-                for index in sessions.popleft():
-                    doc = docs[index]
-                    async with self._limiter:  # the look-up after a 409 is a request in flight too
-                        resp = await self._request("POST", self._collection, content=bytes(doc.body))
-                        held = resp.status == 409 and await self._stored_before(doc)
-                    ids[index] = doc.id if held else _created_id(resp, doc.id)
-
-        async def worker() -> None:
             try:
-                await post_sessions_in_order()
+                while sessions and not failures:
+                    for index in sessions.popleft():
+                        doc = docs[index]
+                        async with self._limiter:  # the look-up after a 409 is a request in flight too
+                            resp = await self._request("POST", self._collection, content=bytes(doc.body))
+                            held = resp.status == 409 and await self._stored_before(doc)
+                        ids[index] = doc.id if held else _created_id(resp, doc.id)
             except StoreError as exc:
                 failures.append(exc)
 
         workers = min(len(sessions), int(self._limiter.total_tokens))
         if workers == 1:
             await post_sessions_in_order()
-            return ids
-        async with anyio.create_task_group() as group:
-            for _ in range(workers):
-                group.start_soon(worker)
+        else:
+            async with anyio.create_task_group() as group:
+                for _ in range(workers):
+                    group.start_soon(post_sessions_in_order)
         if failures:
             raise failures[0]
         return ids

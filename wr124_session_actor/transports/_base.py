@@ -12,10 +12,11 @@ __all__ = ["CloseGuard", "Params", "Response", "Transport", "utf8_values"]
 Params = Sequence[tuple[str, str]]
 
 
-def utf8_values(headers: Mapping[str, str]) -> dict[str, bytes]:
-    """Header values as UTF-8 bytes, as aiohttp sends them: a project id or key beyond Latin-1 (a project
-    named in Chinese) goes out as its UTF-8 bytes, where httpcore and http.client refuse such text."""
-    return {name: value.encode() for name, value in headers.items()}
+def utf8_values(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    """The headers with their values as UTF-8 bytes, as aiohttp sends them: a project id or key beyond
+    Latin-1 (a project named in Chinese) goes out as its UTF-8 bytes, where httpcore and http.client
+    refuse such text."""
+    return [(name, value.encode()) for name, value in headers.items()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,8 +72,7 @@ class HttpxTransport:
             pool = self._idle.pop() if self._idle else httpcore.AsyncConnectionPool(max_connections=1)
             self._busy.add(pool)
             try:
-                resp = await pool.request(method, url, headers=list(utf8_values(headers).items()),
-                                          content=content)
+                resp = await pool.request(method, url, headers=utf8_values(headers), content=content)
             except httpcore.TimeoutException as exc:
                 raise StoreTimeout(f"{method} {url}: timed out") from exc
             except _UNAVAILABLE as exc:

@@ -41,7 +41,7 @@ class UrllibTransport:
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], content: bytes | None) -> Response:
         request = urllib.request.Request(url, data=content, method=method)
-        for name, value in utf8_values(headers).items():
+        for name, value in utf8_values(headers):
             request.add_header(name, value)  # type: ignore[arg-type]  # http.client sends bytes as they are
         try:
             with self._opener.open(request, timeout=self._timeout) as resp:
