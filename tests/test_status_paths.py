@@ -15,9 +15,9 @@ from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor.stores._http import HttpStore
 
-from .conftest import http_config
+from .conftest import http_config, stored_states
 from .faultserver import BrokenTransport, closed_port_url, fault_server
-from .test_manager import BACKEND_CLIENTS
+from .test_manager import BACKEND_CLIENTS, manager_in
 
 pytestmark = pytest.mark.anyio
 
@@ -217,3 +217,75 @@ class TestSqliteFaults:
             other.execute("ROLLBACK")
             other.close()
         await manager.aclose()
+
+
+#: Upload arguments no document can hold, and the words the refusal names them by.
+BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
+    ({"task": None}, "task must be a string"),
+    ({"task": 5}, "task must be a string"),
+    ({"agent_name": None}, "agent_name must be a string"),
+    ({"agent_name": ["coder"]}, "agent_name must be a string"),
+    ({"agent_name": "co\0der"}, "agent_name must not contain NUL"),
+    ({"agent_description": Opaque()}, "agent_description must be a string"),
+    ({"agent_color": None}, "agent_color must be a string"),
+    ({"description": 5}, "description must be a string or None"),
+    ({"parent_seq": "1"}, "parent_seq must be a whole number"),
+    ({"parent_seq": -1}, "parent_seq must be a whole number"),
+    ({"tools_count": Opaque()}, "tools_count must be a number"),
+]
+
+
+def _call(arguments: dict[str, Any]) -> tuple[object, object, dict[str, Any]]:
+    """(task, agent_name, the other keywords) of an upload with ``arguments`` changed."""
+    values = {"task": "t", "agent_name": "coder", **arguments}
+    return values.pop("task"), values.pop("agent_name"), values
+
+
+class TestBadArguments:
+    @pytest.mark.parametrize("keep", ["latest", "all"])
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_each_wrong_argument_fails_alone(self, sqlite_config: Config, mode: str, keep: str) -> None:
+        """An upload whose task, agent or details no document can hold is FAILED with a message naming the
+        argument, in both modes (it crashed the session's actor, and the system's exit raised, or raised out of
+        a direct-mode call); a good upload before and after is stored, and leaving raises nothing."""
+        config = sqlite_config.replace(keep=keep)
+        async with manager_in(mode, config) as manager:
+            assert (await manager.upload_session_state({"n": 0}, "t", "coder"))[0] is S.SUCCESS
+            for arguments, words in BAD_ARGUMENTS:
+                task, agent, details = _call(arguments)
+                status, message = await manager.upload_session_state({"n": -1}, task, agent, **details)  # type: ignore[arg-type]
+                assert status is S.FAILED, arguments
+                assert message.startswith("bad arguments: ") and words in message, (arguments, message)
+            assert (await manager.upload_session_state({"n": 1}, "t", "coder"))[0] is S.SUCCESS
+        assert [s["n"] for s in await stored_states(config, "s")] == [1, 0]
+
+    async def test_submitted_wrong_arguments_are_refused_at_once(self, sqlite_config: Config) -> None:
+        """``submit`` with such arguments answers FAILED at once and logs why; the session's other submits and
+        the system are unaffected (the actor crashed at the write, and the system's exit raised)."""
+        config = sqlite_config.replace(keep="all")
+        with capture_logs() as logs:
+            async with ActorSystem(config) as system:
+                handle = system.handle("s")
+                assert handle.submit({"n": 0}, "t", "coder") is S.SUCCESS
+                for arguments, _ in BAD_ARGUMENTS:
+                    task, agent, details = _call(arguments)
+                    assert handle.submit({"n": -1}, task, agent, **details) is S.FAILED, arguments  # type: ignore[arg-type]
+                assert handle.submit({"n": 1}, "t", "coder") is S.SUCCESS
+        refused = [e for e in logs if e["event"] == "session_state.submit"]
+        assert [words in e["error"] for e, (_, words) in zip(refused, BAD_ARGUMENTS, strict=True)] == \
+            [True] * len(BAD_ARGUMENTS)
+        assert system.statistics().failed == 0
+        assert sorted(s["n"] for s in await stored_states(config, "s")) == [0, 1]
+
+    @pytest.mark.parametrize("session_id", ["", 5, None, "a\0b"])
+    async def test_session_ids_no_store_can_find_again_are_refused(self, memory_config: Config,
+                                                                   session_id: Any) -> None:
+        """An empty, non-string or NUL-holding session id raises ValueError where the manager or handle is
+        made (a handle took any, and its uploads were lost at exit, or stored where no read finds them)."""
+        with pytest.raises(ValueError, match="session_id must"):
+            SessionStateManager(session_id, memory_config)
+        async with ActorSystem(memory_config) as system:
+            with pytest.raises(ValueError, match="session_id must"):
+                system.handle(session_id)
+            with pytest.raises(ValueError, match="session_id must"):
+                system.manager(session_id)

@@ -24,6 +24,8 @@ __all__ = [
     "STATE_TAG",
     "EncodedDocument",
     "StateUpload",
+    "check_session_id",
+    "check_upload",
     "decode",
     "encode",
     "encode_document",
@@ -312,7 +314,10 @@ def normalize_timestamp(value: str | datetime) -> str:
 
 @dataclass(slots=True)
 class StateUpload:
-    """One upload as callers gave it, before encoding; ``doc_id`` is assigned at creation."""
+    """One upload as callers gave it, before encoding; ``doc_id`` is assigned at creation.
+
+    A caller's arguments are checked with :func:`check_upload` where they come in: a field no document
+    can hold would otherwise fail only at the write, far from the caller."""
 
     session_id: str
     state: object
@@ -334,6 +339,41 @@ class StateUpload:
     def created(self) -> str:
         """When it was made, as ISO-8601 text (:func:`utc_now_iso`)."""
         return utc_iso(self.created_ns)
+
+
+def check_session_id(session_id: object) -> None:
+    """Raise ``ValueError`` unless ``session_id`` is a session id every store can keep and find again."""
+    if not isinstance(session_id, str) or not session_id:
+        raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
+    if "\0" in session_id:
+        raise ValueError("session_id must not contain NUL characters")
+
+
+def check_upload(upload: StateUpload) -> None:
+    """Raise ``TypeError`` or ``ValueError`` naming the first field of ``upload`` that no document can hold
+    (the document's text fields are strings: a store refuses anything else, or it breaks the encoding)."""
+    # The usual arguments pass one cheap test; anything else gets the checks that name the field.
+    if (type(upload.task) is str and type(upload.agent_name) is str and type(upload.agent_description) is str
+            and type(upload.agent_color) is str and type(upload.tools_count) is int
+            and (upload.description is None or type(upload.description) is str)
+            and (upload.parent_seq is None or (type(upload.parent_seq) is int and upload.parent_seq >= 0))
+            and "\0" not in upload.agent_name):
+        return
+    for name in ("task", "agent_name", "agent_description", "agent_color"):
+        value = getattr(upload, name)
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {type(value).__qualname__}")
+    if upload.description is not None and not isinstance(upload.description, str):
+        raise TypeError(f"description must be a string or None, got {type(upload.description).__qualname__}")
+    if "\0" in upload.agent_name:
+        raise ValueError("agent_name must not contain NUL characters")
+    seq = upload.parent_seq
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
+        raise ValueError(f"parent_seq must be a whole number >= 0 or None, got {seq!r}")
+    try:
+        encode(upload.tools_count)  # any JSON value, as the original took it (a count, usually)
+    except StateEncodeError:
+        raise TypeError(f"tools_count must be a number, got {type(upload.tools_count).__qualname__}") from None
 
 
 @dataclass(frozen=True, slots=True)

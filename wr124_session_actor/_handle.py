@@ -10,9 +10,9 @@ import anyio.lowlevel
 import structlog
 
 from ._actor import CLOSED_MESSAGE
-from ._document import StateUpload, encode_if_small
+from ._document import check_session_id, encode_if_small
 from ._mailbox import Call, Message, Reply, Upload
-from ._ops import SessionOps
+from ._ops import SessionOps, new_upload
 from ._runtime import ActorRuntime
 from ._status import SessionStateStatus
 
@@ -29,11 +29,15 @@ class SessionHandle:
     :meth:`submit` is the fire-and-forget upload: synchronous, never blocking, never raising. The
     awaited forms wait for the actor's reply within ``SESSION_STATE_TIMEOUT``. The manager's methods
     are built on these (:meth:`SessionStateManager` in actor mode).
+
+    Raises:
+        ValueError: ``session_id`` is not a non-empty string, or holds a NUL character.
     """
 
     __slots__ = ("_runtime", "session_id")
 
     def __init__(self, runtime: ActorRuntime, session_id: str) -> None:
+        check_session_id(session_id)
         self._runtime = runtime
         self.session_id = session_id
 
@@ -48,18 +52,16 @@ class SessionHandle:
         runtime = self._runtime
         if not runtime.config.enabled:
             return Status.DISABLED
+        upload = new_upload(self.session_id, "submit", state, task, agent_name, details)
+        if isinstance(upload, str):
+            return Status.FAILED
         try:
-            upload = StateUpload(self.session_id, state, task, agent_name, **details)
             if runtime.config.keep == "all":  # every snapshot is written: hold its bytes, not the caller's objects
                 encode_if_small(upload)
             replaced = runtime.actor(self.session_id).submit(upload)
         except anyio.ClosedResourceError:
             logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
                            op="submit", error=CLOSED_MESSAGE)
-            return Status.FAILED
-        except TypeError as exc:
-            logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
-                           op="submit", error=f"bad arguments: {exc}")
             return Status.FAILED
         runtime.counters.submitted += 1
         outbox = runtime.outbox
@@ -99,7 +101,10 @@ class SessionHandle:
         if not runtime.config.enabled:
             await anyio.lowlevel.checkpoint()
             return Status.DISABLED, "session state upload is disabled"
-        upload = StateUpload(self.session_id, state, task, agent_name, **details)
+        upload = new_upload(self.session_id, "upload", state, task, agent_name, details)
+        if isinstance(upload, str):
+            await anyio.lowlevel.checkpoint()
+            return Status.FAILED, upload
 
         def accepted() -> None:
             runtime.counters.submitted += 1

@@ -12,9 +12,9 @@ import anyio.lowlevel
 import structlog
 
 from ._config import Config
-from ._document import StateUpload
+from ._document import check_session_id
 from ._handle import SessionHandle
-from ._ops import SessionOps
+from ._ops import SessionOps, new_upload
 from ._runtime import ActorRuntime
 from ._status import SessionStateStatus
 from .stores import DocumentStore, open_store
@@ -70,13 +70,12 @@ class SessionStateManager:
 
     Raises:
         ConfigError: the environment holds a malformed value; the message names the variable.
-        ValueError: ``session_id`` is empty.
+        ValueError: ``session_id`` is not a non-empty string, or holds a NUL character.
     """
 
     def __init__(self, session_id: str, config: Config | None = None, *,
                  handle: SessionHandle | None = None) -> None:
-        if not isinstance(session_id, str) or not session_id:
-            raise ValueError("session_id must be a non-empty string")
+        check_session_id(session_id)
         self.session_id = session_id
         self.config = Config.from_env() if config is None else config
         self._handle = handle
@@ -171,9 +170,16 @@ class SessionStateManager:
         """
         details: dict[str, Any] = {"agent_description": agent_description, "agent_color": agent_color,
                                    "tools_count": tools_count, "description": description, "parent_seq": parent_seq}
-        return await self._run(
-            "upload", lambda ops: ops.upload(StateUpload(self.session_id, state, task, agent_name, **details)),
-            _DISABLED_MESSAGE, via_mailbox=lambda handle: handle.upload(state, task, agent_name, **details))
+
+        async def upload(ops: SessionOps) -> tuple[Status, str]:
+            made = new_upload(self.session_id, "upload", state, task, agent_name, details)
+            if isinstance(made, str):
+                await anyio.lowlevel.checkpoint()
+                return Status.FAILED, made
+            return await ops.upload(made)
+
+        return await self._run("upload", upload, _DISABLED_MESSAGE,
+                               via_mailbox=lambda handle: handle.upload(state, task, agent_name, **details))
 
     def submit_session_state(
         self,

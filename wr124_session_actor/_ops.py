@@ -25,6 +25,7 @@ from ._document import (
     STATE_TAG,
     EncodedDocument,
     StateUpload,
+    check_upload,
     decode,
     encode,
     encode_documents,
@@ -34,7 +35,8 @@ from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreErro
 from ._status import SessionStateStatus
 from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, HttpStore, Query
 
-__all__ = ["Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "call_store", "status_of"]
+__all__ = ["Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "call_store", "new_upload",
+           "status_of"]
 
 T = TypeVar("T")
 Status = SessionStateStatus
@@ -52,6 +54,23 @@ def status_of(exc: BaseException) -> SessionStateStatus:
     if isinstance(exc, NoClientError):
         return Status.NO_CLIENT
     return Status.FAILED
+
+
+def new_upload(session_id: str, op: str, state: object, task: str, agent_name: str,
+               details: dict[str, Any]) -> StateUpload | str:
+    """The upload a caller's arguments make, or why no store could take them (logged: the call is ``FAILED``).
+
+    Nothing else is affected: the session, its actor and its other uploads never see a refused one.
+    """
+    try:
+        upload = StateUpload(session_id, state, task, agent_name, **details)
+        check_upload(upload)
+        return upload
+    except (TypeError, ValueError) as exc:  # a wrong type, or a keyword the upload does not have
+        message = f"bad arguments: {exc}"
+        logger.warning(f"session_state.{op}", status=Status.FAILED.value, session_id=session_id, op=op,
+                       error=message)
+        return message
 
 
 @dataclass(frozen=True, slots=True)

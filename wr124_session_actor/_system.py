@@ -31,7 +31,11 @@ class ActorSystem(ActorRuntime):
         return self
 
     def handle(self, session_id: str) -> SessionHandle:
-        """The mailbox handle of ``session_id`` (its actor starts on the first message)."""
+        """The mailbox handle of ``session_id`` (its actor starts on the first message).
+
+        Raises:
+            ValueError: ``session_id`` is not a non-empty string, or holds a NUL character.
+        """
         return SessionHandle(self, session_id)
 
     def manager(self, session_id: str) -> SessionStateManager:
