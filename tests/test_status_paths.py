@@ -289,3 +289,47 @@ class TestBadArguments:
                 system.handle(session_id)
             with pytest.raises(ValueError, match="session_id must"):
                 system.manager(session_id)
+
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_wrong_read_arguments_fail_without_asking_the_store(self, sqlite_config: Config, mode: str) -> None:
+        """A read with a limit, agent or date no store can take is FAILED naming it, and the store is not asked:
+        a caller's mistake is neither retried nor counted by the circuit breaker (a limit of 'x' was retried
+        five times on sqlite and opened the circuit for every session of the store; -1 sliced off the
+        oldest state)."""
+        wrong: list[tuple[dict[str, Any], str]] = [
+            ({"limit": "x"}, "limit must be"), ({"limit": -1}, "limit must be"), ({"limit": None}, "limit must be"),
+            ({"limit": 2.5}, "limit must be"), ({"limit": True}, "limit must be"),
+            ({"agent_name": 5}, "agent_name must be"), ({"agent_name": "co\0der"}, "agent_name must be"),
+            ({"start_date": "soon"}, "start_date is not a date"), ({"end_date": 5}, "end_date is not a date"),
+        ]
+        with capture_logs() as logs:
+            async with manager_in(mode, sqlite_config) as manager:
+                assert (await manager.upload_session_state({"n": 0}, "t", "coder"))[0] is S.SUCCESS
+                calls = 0
+                for arguments, _ in wrong * 2:
+                    assert await manager.download_session_states(**arguments) == (S.FAILED, []), arguments
+                    calls += 1
+                    if "start_date" not in arguments and "end_date" not in arguments:
+                        assert await manager.list_available_session_states(**arguments) == (S.FAILED, []), arguments
+                        calls += 1
+                status, states = await manager.download_session_states(limit=1)
+        assert (status, [d["content"]["state"] for d in states]) == (S.SUCCESS, [{"n": 0}])
+        refusals = [e["error"] for e in logs if e["event"] == "session_state.download" and e["status"] == "failed"]
+        assert len(refusals) == calls
+        assert all(refusal.startswith("bad arguments: ") for refusal in refusals), refusals
+        assert {words for _, words in wrong} == {w for _, w in wrong if any(w in r for r in refusals)}
+        assert not [e for e in logs if e["event"] in ("session_state.retry", "session_state.circuit")]
+
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_document_ids_that_name_nothing_are_refused(self, server: Any, mode: str) -> None:
+        """restore and delete of an id that is not a non-empty string (or a number) are FAILED at once; a number
+        names the document of that text, as a service numbering its documents gives them (it raised in the URL
+        quoting: 'unexpected error: TypeError')."""
+        async with manager_in(mode, Config(api_url=server.url, timeout=5.0)) as manager:
+            for doc_id in (None, "", 2.5, ["d"]):
+                assert await manager.restore_session_state(doc_id) == (S.FAILED, None), doc_id
+                status, message = await manager.delete_session_state(doc_id)
+                assert (status, message.startswith("bad arguments: doc_id must be")) == (S.FAILED, True), doc_id
+            assert await manager.restore_session_state(5) == (S.FAILED, None)  # type: ignore[arg-type]
+            status, message = await manager.delete_session_state(5)  # type: ignore[arg-type]
+            assert (status, "no document" in message) == (S.FAILED, True), message

@@ -266,14 +266,31 @@ class SessionOps:
 
     def _state_query(self, limit: int, agent_name: str | None = None, start: str | datetime | None = None,
                      end: str | datetime | None = None) -> Query:
-        tags = (STATE_TAG,) if agent_name is None else (STATE_TAG, agent_name)
-        return Query(
-            session_id=self.session_id,
-            tags=tags,
-            created_after=None if start is None else normalize_timestamp(start),
-            created_before=None if end is None else normalize_timestamp(end),
-            limit=limit,
-        )
+        """The query of this session's states; ``ValueError`` names an argument no store could take (the
+        store is not asked: a caller's mistake is neither retried nor counted against the store)."""
+        if type(limit) is not int or limit < 0:
+            raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
+        if agent_name is not None and (not isinstance(agent_name, str) or "\0" in agent_name):
+            raise ValueError(f"agent_name must be a string without NUL characters, or None, got {agent_name!r}")
+        bounds: list[str | None] = []
+        for name, value in (("start_date", start), ("end_date", end)):
+            try:
+                bounds.append(None if value is None else normalize_timestamp(value))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} is not a date: {exc}") from None
+        return Query(session_id=self.session_id, tags=(STATE_TAG,) if agent_name is None else (STATE_TAG, agent_name),
+                     created_after=bounds[0], created_before=bounds[1], limit=limit)
+
+    async def _refuse_doc_id(self, op: str, doc_id: object) -> str | None:
+        """Why no store can name a document ``doc_id`` (logged, after a checkpoint), or ``None``: an id is a
+        non-empty string, or a number where a service numbers its documents (``"_id": 7``)."""
+        if (isinstance(doc_id, str) and doc_id) or (type(doc_id) is int):
+            return None
+        message = f"bad arguments: doc_id must be a non-empty string or a number, got {doc_id!r}"
+        logger.warning(f"session_state.{op}", status=Status.FAILED.value, session_id=self.session_id, op=op,
+                       error=message)
+        await anyio.lowlevel.checkpoint()
+        return message
 
     def _is_own_state(self, doc: Document) -> bool:
         tags = doc.get("tags")
@@ -376,6 +393,8 @@ class SessionOps:
 
     async def delete(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents."""
+        if (refused := await self._refuse_doc_id("delete", doc_id)) is not None:
+            return Status.FAILED, refused
 
         async def delete() -> str:
             store = self._store()
@@ -461,9 +480,10 @@ class SessionOps:
         """This session's state documents, newest first (whole documents)."""
         try:
             query = self._state_query(limit, agent_name, start_date, end_date)
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             logger.warning("session_state.download", status=Status.FAILED.value, session_id=self.session_id,
-                           op="download", error=f"bad date: {exc}")
+                           op="download", error=f"bad arguments: {exc}")
+            await anyio.lowlevel.checkpoint()
             return Status.FAILED, []
         key = ("download", query)
         cached = await self._cache_hit(key)
@@ -483,6 +503,8 @@ class SessionOps:
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of one of this session's state documents (with its ``seq`` when the store has one)."""
+        if await self._refuse_doc_id("restore", doc_id) is not None:
+            return Status.FAILED, None
         key = ("restore", doc_id)
         cached = await self._cache_hit(key)
         if cached is not None:
