@@ -326,7 +326,8 @@ class TestBadArguments:
         names the document of that text, as a service numbering its documents gives them (it raised in the URL
         quoting: 'unexpected error: TypeError')."""
         async with manager_in(mode, Config(api_url=server.url, timeout=5.0)) as manager:
-            for doc_id in (None, "", 2.5, ["d"]):
+            nothing: list[Any] = [None, "", 2.5, ["d"]]
+            for doc_id in nothing:
                 assert await manager.restore_session_state(doc_id) == (S.FAILED, None), doc_id
                 status, message = await manager.delete_session_state(doc_id)
                 assert (status, message.startswith("bad arguments: doc_id must be")) == (S.FAILED, True), doc_id
