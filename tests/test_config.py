@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from wr124_session_actor import Config, ConfigError, SessionStateManager
@@ -81,3 +83,30 @@ class TestInCode:
         """``replace`` validates like the constructor."""
         with pytest.raises(ConfigError, match="SESSION_STATE_MAX_BATCH"):
             Config().replace(max_batch=0)
+
+    @pytest.mark.parametrize(("changes", "variable"), [
+        ({"timeout": "5"}, "SESSION_STATE_TIMEOUT"),
+        ({"debounce": None}, "SESSION_STATE_DEBOUNCE"),
+        ({"max_batch": 2.5}, "SESSION_STATE_MAX_BATCH"),
+        ({"max_batch": True}, "SESSION_STATE_MAX_BATCH"),
+        ({"retries": "4"}, "SESSION_STATE_RETRIES"),
+        ({"keep_last": 1.5}, "SESSION_STATE_KEEP_LAST"),
+        ({"pg_max_lifetime": "1h"}, "SESSION_STATE_PG_MAX_LIFETIME"),
+        ({"project_id": 5}, "DEFAULT_PROJECT_ID"),
+        ({"api_url": None}, "SESSION_API_URL"),
+        ({"http_clients": "aiohttp"}, "SESSION_STATE_HTTP_CLIENTS"),
+    ])
+    def test_a_value_of_the_wrong_type_names_its_variable(self, changes: dict[str, Any], variable: str) -> None:
+        """A value of the wrong type given in code is a ConfigError naming the variable, like a malformed
+        one from the environment (text for a number raised TypeError from a comparison; 2.5 documents a batch,
+        and a string of client names, were taken)."""
+        with pytest.raises(ConfigError, match=variable):
+            Config(**changes)
+
+    def test_numbers_of_other_kinds_are_taken(self) -> None:
+        """An int where seconds are asked, or a float subclass (numpy's), is a number."""
+
+        class Seconds(float):
+            pass
+
+        assert Config(timeout=5, debounce=Seconds(0.01)).debounce == 0.01

@@ -74,7 +74,8 @@ class Config:
     migrate: bool = True  # SESSION_STATE_MIGRATE: bring the database schema up to date on first use
 
     def __post_init__(self) -> None:
-        _check(self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT", "a positive number")
+        _check(_number(self.timeout) and self.timeout > 0 and math.isfinite(self.timeout), "SESSION_STATE_TIMEOUT",
+               "a positive number")
         for name, value in (
             ("SESSION_STATE_DEBOUNCE", self.debounce),
             ("SESSION_STATE_MAX_DELAY", self.max_delay),
@@ -89,7 +90,7 @@ class Config:
             ("SESSION_STATE_MAX_AGE", 0.0 if self.max_age is None else self.max_age),
             ("SESSION_STATE_IDLE_TTL", 0.0 if self.idle_ttl is None else self.idle_ttl),
         ):
-            _check(value >= 0 and math.isfinite(value), name, "a number >= 0")
+            _check(_number(value) and value >= 0 and math.isfinite(value), name, "a number >= 0")
         for name, count in (
             ("SESSION_STATE_MAX_BATCH", self.max_batch),
             ("SESSION_STATE_MAILBOX_SIZE", self.mailbox_size),
@@ -98,22 +99,27 @@ class Config:
             ("SESSION_STATE_SPOOL_MAX_DOCUMENTS", self.spool_max_documents),
             ("SESSION_STATE_CIRCUIT_THRESHOLD", self.circuit_threshold),
         ):
-            _check(count >= 1, name, "a whole number >= 1")
-        _check(self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
-        _check(self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY", "a whole number >= 0")
-        _check(self.keep_last >= 0, "SESSION_STATE_KEEP_LAST", "a whole number >= 0 (0 = unlimited)")
-        _check(type(self.pg_pool_size) is int and self.pg_pool_size >= 1, "SESSION_STATE_PG_POOL_SIZE",
+            _check(_whole(count) and count >= 1, name, "a whole number >= 1")
+        _check(_whole(self.retries) and self.retries >= 0, "SESSION_STATE_RETRIES", "a whole number >= 0")
+        _check(_whole(self.write_concurrency) and self.write_concurrency >= 0, "SESSION_STATE_WRITE_CONCURRENCY",
+               "a whole number >= 0")
+        _check(_whole(self.keep_last) and self.keep_last >= 0, "SESSION_STATE_KEEP_LAST",
+               "a whole number >= 0 (0 = unlimited)")
+        _check(_whole(self.pg_pool_size) and self.pg_pool_size >= 1, "SESSION_STATE_PG_POOL_SIZE",
                "a whole number >= 1")
-        _check(self.pg_max_lifetime > 0 and math.isfinite(self.pg_max_lifetime), "SESSION_STATE_PG_MAX_LIFETIME",
-               "a positive number of seconds")
+        _check(_number(self.pg_max_lifetime) and self.pg_max_lifetime > 0 and math.isfinite(self.pg_max_lifetime),
+               "SESSION_STATE_PG_MAX_LIFETIME", "a positive number of seconds")
         _check(self.pg_prepare_threshold is None
-               or (type(self.pg_prepare_threshold) is int and self.pg_prepare_threshold >= 0),
+               or (_whole(self.pg_prepare_threshold) and self.pg_prepare_threshold >= 0),
                "SESSION_STATE_PG_PREPARE_THRESHOLD", "a whole number >= 0, or 'none' to never prepare")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
-        _check(bool(self.project_id) and "/" not in self.project_id, "DEFAULT_PROJECT_ID",
+        _check(isinstance(self.project_id, str) and bool(self.project_id) and "/" not in self.project_id,
+               "DEFAULT_PROJECT_ID",
                "a non-empty name without '/'")
-        _check(bool(self.http_clients) and all(c in HTTP_CLIENTS for c in self.http_clients),
+        _check(isinstance(self.http_clients, tuple | list) and bool(self.http_clients)
+               and all(c in HTTP_CLIENTS for c in self.http_clients),
                "SESSION_STATE_HTTP_CLIENTS", "a comma-separated subset of " + ",".join(HTTP_CLIENTS))
+        _check(isinstance(self.api_url, str), "SESSION_API_URL", "a URL (a string)")
         scheme = self.api_url.partition(":")[0].lower()
         _check(scheme in _SCHEMES and "://" in self.api_url,
                "SESSION_API_URL", "an http(s)://, sqlite:///path, postgresql://... or memory:// URL")
@@ -187,12 +193,23 @@ class Config:
     @property
     def store_kind(self) -> Literal["http", "sqlite", "memory", "postgresql"]:
         """Which store the URL names."""
+        _check(isinstance(self.api_url, str), "SESSION_API_URL", "a URL (a string)")
         scheme = self.api_url.partition(":")[0].lower()
         if scheme in ("http", "https"):
             return "http"
         if scheme in ("postgresql", "postgres"):
             return "postgresql"
         return "sqlite" if scheme == "sqlite" else "memory"
+
+
+def _number(value: object) -> bool:
+    """A number of seconds or bytes as code gives it: an ``int`` or a ``float`` (not a bool, not text)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    """A count: an ``int`` (not a bool, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(ok: bool, variable: str, expected: str) -> None:
