@@ -114,8 +114,7 @@ class Config:
                "SESSION_STATE_PG_PREPARE_THRESHOLD", "a whole number >= 0, or 'none' to never prepare")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
         _check(isinstance(self.project_id, str) and bool(self.project_id) and "/" not in self.project_id,
-               "DEFAULT_PROJECT_ID",
-               "a non-empty name without '/'")
+               "DEFAULT_PROJECT_ID", "a non-empty name without '/'")
         _check(isinstance(self.http_clients, tuple | list) and bool(self.http_clients)
                and all(c in HTTP_CLIENTS for c in self.http_clients),
                "SESSION_STATE_HTTP_CLIENTS", "a comma-separated subset of " + ",".join(HTTP_CLIENTS))
@@ -193,7 +192,6 @@ class Config:
     @property
     def store_kind(self) -> Literal["http", "sqlite", "memory", "postgresql"]:
         """Which store the URL names."""
-        _check(isinstance(self.api_url, str), "SESSION_API_URL", "a URL (a string)")
         scheme = self.api_url.partition(":")[0].lower()
         if scheme in ("http", "https"):
             return "http"
