@@ -281,15 +281,14 @@ class SessionOps:
         return Query(session_id=self.session_id, tags=(STATE_TAG,) if agent_name is None else (STATE_TAG, agent_name),
                      created_after=bounds[0], created_before=bounds[1], limit=limit)
 
-    async def _refuse_doc_id(self, op: str, doc_id: object) -> str | None:
-        """Why no store can name a document ``doc_id`` (logged, after a checkpoint), or ``None``: an id is a
-        non-empty string, or a number where a service numbers its documents (``"_id": 7``)."""
-        if (isinstance(doc_id, str) and doc_id) or (type(doc_id) is int):
+    def _refuse_doc_id(self, op: str, doc_id: object) -> str | None:
+        """Why no store can name a document ``doc_id`` (logged), or ``None``: an id is a non-empty string, or
+        a number where a service numbers its documents (``"_id": 7``)."""
+        if (isinstance(doc_id, str) and doc_id) or type(doc_id) is int:
             return None
         message = f"bad arguments: doc_id must be a non-empty string or a number, got {doc_id!r}"
         logger.warning(f"session_state.{op}", status=Status.FAILED.value, session_id=self.session_id, op=op,
                        error=message)
-        await anyio.lowlevel.checkpoint()
         return message
 
     def _is_own_state(self, doc: Document) -> bool:
@@ -393,7 +392,8 @@ class SessionOps:
 
     async def delete(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents."""
-        if (refused := await self._refuse_doc_id("delete", doc_id)) is not None:
+        if (refused := self._refuse_doc_id("delete", doc_id)) is not None:
+            await anyio.lowlevel.checkpoint()
             return Status.FAILED, refused
 
         async def delete() -> str:
@@ -503,7 +503,8 @@ class SessionOps:
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of one of this session's state documents (with its ``seq`` when the store has one)."""
-        if await self._refuse_doc_id("restore", doc_id) is not None:
+        if self._refuse_doc_id("restore", doc_id) is not None:
+            await anyio.lowlevel.checkpoint()
             return Status.FAILED, None
         key = ("restore", doc_id)
         cached = await self._cache_hit(key)
