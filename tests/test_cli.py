@@ -68,6 +68,21 @@ class TestInspect:
         assert main(["ls", "s", "--url", "memory://"]) == 1
         assert "SESSION_STATE_TIMEOUT" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("args", [
+        ["serve", "--port", "99999"], ["serve", "--port", "-1"], ["demo", "--sessions", "0"],
+        ["demo", "--agents", "0"], ["demo", "--messages", "0"], ["ls", "s", "--limit", "-2"],
+        ["prune", "--keep-last", "x"],
+    ])
+    def test_a_number_out_of_range_is_a_usage_error(self, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+        """A port past 65535, no sessions, agents or messages for the demo, or a negative limit is a usage error
+        naming the option (exit status 2), not a traceback (serve raised OverflowError from bind(), demo an
+        IndexError or an ExceptionGroup)."""
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {args[-2]}: expected a whole number" in err and "Traceback" not in err
+
 
 class TestExamples:
     @pytest.mark.parametrize("example", ["session_state_usage_example.py", "team_example.py"])

@@ -7,7 +7,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import anyio
@@ -187,10 +187,17 @@ def _bench(rest: Sequence[str]) -> int:
     return int(bench.main(list(rest)))
 
 
-def _count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, else a usage error that says so."""
+    expected = f"a whole number >= {low}" if high is None else f"a whole number from {low} to {high}"
+
+    def parse(text: str) -> int:
+        value = int(text) if text.strip().isdigit() else -1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _duration(text: str) -> float:
@@ -201,7 +208,7 @@ def _duration(text: str) -> float:
 
 
 def _retention_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keep-last", type=_count, metavar="N",
+    p.add_argument("--keep-last", type=_whole(0), metavar="N",
                    help="keep the newest N states per (session, agent); 0 = all (default: $SESSION_STATE_KEEP_LAST)")
     p.add_argument("--max-age", type=_duration, metavar="AGE",
                    help="remove states older than AGE, e.g. 7d, but never an agent's newest (default: "
@@ -222,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the reference json-documents server")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_whole(0, 65535), default=8000)
     serve.add_argument("--db", default="wr124_server.db",
                        help="sqlite file, sqlite:/// or postgresql:// URL (default: wr124_server.db)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SESSION_API_KEY)")
@@ -236,14 +243,14 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="chatty teams on several sessions, then list and restore")
     demo.add_argument("--url", help=f"store URL (default: $SESSION_API_URL or {DEFAULT_CLI_URL})")
-    demo.add_argument("--sessions", type=int, default=3)
-    demo.add_argument("--messages", type=int, default=40, help="model turns per task")
-    demo.add_argument("--agents", type=int, default=2, help="agents (tasks) per session")
+    demo.add_argument("--sessions", type=_whole(1), default=3)
+    demo.add_argument("--messages", type=_whole(1), default=40, help="model turns per task")
+    demo.add_argument("--agents", type=_whole(1), default=2, help="agents (tasks) per session")
     demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
 
     ls = with_url(sub.add_parser("ls", help="list a session's states, newest first"))
     ls.add_argument("session_id")
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--limit", type=_whole(0), default=20)
     ls.add_argument("--agent", help="only this agent's states")
     show = with_url(sub.add_parser("show", help="print one document"))
     show.add_argument("doc_id")
