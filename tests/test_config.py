@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from wr124_session_actor import Config, ConfigError, SessionStateManager
+from wr124_session_actor import ActorSystem, Config, ConfigError, SessionStateManager
 
 
 class TestFromEnv:
@@ -110,3 +110,11 @@ class TestInCode:
             pass
 
         assert Config(timeout=5, debounce=Seconds(0.01)).debounce == 0.01
+
+    def test_a_url_given_for_the_config_is_a_type_error(self) -> None:
+        """The store's URL given where the Config goes says how to make one (it raised AttributeError:
+        'str' object has no attribute 'max_batch')."""
+        with pytest.raises(TypeError, match=r"config must be a Config or None, got str .*Config\(api_url="):
+            ActorSystem("memory://")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="config must be a Config or None, got str"):
+            SessionStateManager("s", "memory://")  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from typing import Final, Literal, TypeVar
 from ._exceptions import ConfigError
 from ._retention import RetentionPolicy, parse_duration
 
-__all__ = ["HTTP_CLIENTS", "Config"]
+__all__ = ["HTTP_CLIENTS", "Config", "given_or_env"]
 
 #: HTTP client libraries in the order the original module prefers them.
 HTTP_CLIENTS: Final = ("aiohttp", "httpx", "urllib")
@@ -198,6 +198,21 @@ class Config:
         if scheme in ("postgresql", "postgres"):
             return "postgresql"
         return "sqlite" if scheme == "sqlite" else "memory"
+
+
+def given_or_env(config: object) -> Config:
+    """``config``, or the configuration read from the environment when it is ``None``.
+
+    Raises:
+        TypeError: ``config`` is something else, such as the store's URL given as text.
+        ConfigError: the environment holds a malformed value; the message names the variable.
+    """
+    if config is None:
+        return Config.from_env()
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a Config or None, got {type(config).__qualname__}"
+                        " (for a URL: Config(api_url=...))")
+    return config
 
 
 def _number(value: object) -> bool:

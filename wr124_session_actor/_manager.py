@@ -11,7 +11,7 @@ from typing import Any, Final, TypeVar
 import anyio.lowlevel
 import structlog
 
-from ._config import Config
+from ._config import Config, given_or_env
 from ._document import check_session_id
 from ._handle import SessionHandle
 from ._ops import SessionOps, new_upload
@@ -70,6 +70,7 @@ class SessionStateManager:
 
     Raises:
         ConfigError: the environment holds a malformed value; the message names the variable.
+        TypeError: ``config`` is neither a :class:`Config` nor ``None`` (a URL as text, say).
         ValueError: ``session_id`` is not a non-empty string, or holds a NUL character.
     """
 
@@ -77,7 +78,7 @@ class SessionStateManager:
                  handle: SessionHandle | None = None) -> None:
         check_session_id(session_id)
         self.session_id = session_id
-        self.config = Config.from_env() if config is None else config
+        self.config = given_or_env(config)
         self._handle = handle
         self._direct_store = _LazyStore(self.config)
         self._stack: AsyncExitStack | None = None  # a private actor runtime (``async with`` on its own)

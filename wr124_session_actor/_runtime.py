@@ -21,7 +21,7 @@ import structlog
 
 from ._actor import SessionActor
 from ._circuit import CircuitBreaker
-from ._config import Config
+from ._config import Config, given_or_env
 from ._ops import SessionOps
 from ._outbox import Outbox
 from ._statistics import SystemCounters, SystemStatistics, WriteObservation
@@ -58,7 +58,7 @@ class ActorRuntime:
     """
 
     def __init__(self, config: Config | None = None, *, store: DocumentStore | None = None) -> None:
-        self.config = Config.from_env() if config is None else config
+        self.config = given_or_env(config)
         self._store = store
         self._state = _State.UNOPENED
         self._stack: AsyncExitStack | None = None

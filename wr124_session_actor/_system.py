@@ -24,6 +24,7 @@ class ActorSystem(ActorRuntime):
 
     Raises:
         ConfigError: the environment holds a malformed value (when ``config`` is omitted).
+        TypeError: ``config`` is neither a :class:`Config` nor ``None`` (a URL as text, say).
     """
 
     async def __aenter__(self) -> ActorSystem:
