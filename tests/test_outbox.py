@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from wr124_session_actor import ActorSystem, Config, Query
+from wr124_session_actor import ActorSystem, Config, ConfigError, Query
 from wr124_session_actor._document import StateUpload
 from wr124_session_actor._outbox import Outbox
 from wr124_session_actor.stores import MemoryStore
@@ -140,3 +142,56 @@ class TestSystemWithSpool:
         reopened = Outbox(outbox.path)
         assert reopened.count() == 0
         await reopened.aclose()
+
+
+class TestSpoolFaults:
+    @pytest.mark.parametrize("kind", ["folder", "not sqlite"])
+    async def test_a_spool_path_that_cannot_be_one_fails_at_entry(self, tmp_path: Path, kind: str) -> None:
+        """SESSION_STATE_SPOOL naming a folder or a file that is not sqlite is a ConfigError naming it where the
+        system is entered (the system started, accepted uploads, and its exit raised sqlite3's error)."""
+        path = tmp_path / "spool"
+        if kind == "folder":
+            path.mkdir()
+        else:
+            path.write_text("notes, not a database")
+        with pytest.raises(ConfigError, match="SESSION_STATE_SPOOL: cannot use"):
+            async with ActorSystem(Config(api_url="memory://", spool=str(path))):
+                pass
+
+    async def test_a_spool_that_fails_during_the_run_is_logged_and_retried(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A spool file that fails while an earlier run's rows are replayed (a disk error, say), and when it
+        is counted at the exit, is logged and retried, not raised: the rows are replayed once it reads
+        again, and leaving raises nothing (the replay task's error ended the system's exit before)."""
+        path = str(tmp_path / "outbox.db")
+        earlier = Outbox(path)
+        for u in uploads(30):
+            earlier.add(u)
+        await earlier.aclose()
+        faults = {"_oldest": 2, "count": 1}
+
+        def failing(name: str) -> Any:
+            real = getattr(Outbox, name)
+
+            def method(self: Outbox, *args: Any) -> Any:
+                if faults[name] > 0:
+                    faults[name] -= 1
+                    raise sqlite3.OperationalError("disk I/O error")
+                return real(self, *args)
+
+            return method
+
+        for name in faults:
+            monkeypatch.setattr(Outbox, name, failing(name))
+        config = Config(api_url="memory://spool-faults", spool=path, retry_backoff=0.01, retry_backoff_max=0.02)
+        with capture_logs() as logs:
+            async with ActorSystem(config) as system:
+                with anyio.fail_after(10):
+                    while (await system.store.query(Query(limit=100))).total < 30:
+                        await anyio.sleep(0.01)
+        assert faults == {"_oldest": 0, "count": 0}
+        events = [(e["op"], e["status"], e.get("error")) for e in logs if e["event"] == "session_state.outbox"]
+        assert events.count(("replay", "failed", f"spool {path}: disk I/O error")) == 2, events
+        assert ("close", "failed", f"spool {path}: disk I/O error") in events
+        assert sum(e.get("batch_size", 0) for e in logs if e.get("op") == "replay" and e["status"] == "success") == 30

@@ -25,7 +25,7 @@ import structlog
 
 from ._backoff import backoff_delay
 from ._document import EncodedDocument, StateUpload, encode_documents
-from ._exceptions import error_message
+from ._exceptions import ConfigError, error_message
 from .stores import DocumentStore
 from .stores._engine import open_sqlite
 
@@ -95,6 +95,23 @@ class Outbox:
         if self._conn is None:
             self._conn = open_sqlite(self.path, _SCHEMA, synchronous="FULL")
         return self._conn
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the spool file is open (from :meth:`open` until :meth:`aclose`)."""
+        return self._conn is not None
+
+    async def open(self) -> None:
+        """Open the spool file (creating it and its folder), so that a path that cannot be one fails at once.
+
+        Raises:
+            ConfigError: the path is a folder, not a sqlite file, or cannot be created; it names
+                ``SESSION_STATE_SPOOL``.
+        """
+        try:
+            await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"SESSION_STATE_SPOOL: cannot use {self.path!r} as the spool: {exc}") from None
 
     def _write(self, docs: list[tuple[EncodedDocument, str]], delete: list[str]) -> list[str]:
         """One transaction: insert ``docs``, delete ``delete``, enforce the bound; return dropped ids."""
@@ -173,27 +190,30 @@ class Outbox:
         """
         total = 0
         failures = 0
-        # Only what an earlier run left: this run's own uploads are its actors' to write.
-        last = await anyio.to_thread.run_sync(self._last_seq, limiter=self._limiter)
+        last: int | None = None
         while True:
-            rows = await anyio.to_thread.run_sync(self._oldest, last, limiter=self._limiter)
-            if not rows:
-                return total
-            docs = [doc for doc, _ in rows]
+            docs: list[EncodedDocument] = []
             try:
+                if last is None:  # only what an earlier run left: this run's own uploads are its actors' to write
+                    last = await anyio.to_thread.run_sync(self._last_seq, limiter=self._limiter)
+                rows = await anyio.to_thread.run_sync(self._oldest, last, limiter=self._limiter)
+                if not rows:
+                    return total
+                docs = [doc for doc, _ in rows]
                 await store.insert_many(docs)
-            except Exception as exc:  # a store error, or one nobody foresaw: the spool keeps the rows either way
+                # Stored: a spool that fails now keeps the rows, which the ids keep from being stored twice.
+                await anyio.to_thread.run_sync(self._write, [], [d.id for d in docs], limiter=self._limiter)
+            except Exception as exc:  # the store's error or the spool file's, or one nobody foresaw: retried
                 failures += 1
                 delay = backoff_delay(failures, retry_backoff, max_backoff)
+                error = f"spool {self.path}: {exc}" if isinstance(exc, sqlite3.Error) else error_message(exc)
                 logger.warning("session_state.outbox", status="failed", op="replay", batch_size=len(docs),
-                               error=error_message(exc), retry_in_s=round(delay, 3))
+                               error=error, retry_in_s=round(delay, 3))
                 await anyio.sleep(delay)
                 continue
             failures = 0
-            ids = [d.id for d in docs]
-            await anyio.to_thread.run_sync(self._write, [], ids, limiter=self._limiter)
-            total += len(ids)
-            logger.info("session_state.outbox", status="success", op="replay", batch_size=len(ids))
+            total += len(docs)
+            logger.info("session_state.outbox", status="success", op="replay", batch_size=len(docs))
 
     def _last_seq(self) -> int:
         return int(self._connect().execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
@@ -212,9 +232,14 @@ class Outbox:
         return int(self._connect().execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     async def aclose(self) -> int:
-        """A last sync, then close the file; return how many uploads stay spooled for the next start."""
+        """A last sync, then close the file; return how many uploads stay spooled for the next start (those
+        this run holds, if the file cannot say)."""
         await self.sync()
-        left = await anyio.to_thread.run_sync(self.count, limiter=self._limiter)
+        try:
+            left = await anyio.to_thread.run_sync(self.count, limiter=self._limiter)
+        except (sqlite3.Error, OSError) as exc:
+            left = self.pending
+            logger.warning("session_state.outbox", status="failed", op="close", error=f"spool {self.path}: {exc}")
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)

@@ -120,6 +120,8 @@ class ActorRuntime:
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
         try:
+            if self.outbox is not None:
+                await self.outbox.open()  # a spool path that cannot be one fails here, not at the exit
             async with anyio.create_task_group() as services:
                 if self.outbox is not None:
                     services.start_soon(self.outbox.run, name="session-outbox-sync")
@@ -147,7 +149,7 @@ class ActorRuntime:
                             await self._replay()
         finally:
             with anyio.CancelScope(shield=True):
-                if self.outbox is not None:
+                if self.outbox is not None and self.outbox.is_open:
                     left = await self.outbox.aclose()  # a last sync: what is still unwritten stays spooled
                     if left:
                         logger.warning("session_state.outbox", status="failed", op="close", spooled=left,
