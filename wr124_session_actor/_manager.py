@@ -76,7 +76,8 @@ class SessionStateManager:
 
     def __init__(self, session_id: str, config: Config | None = None, *,
                  handle: SessionHandle | None = None) -> None:
-        check_session_id(session_id)
+        if handle is None:  # a handle checked its session id when it was made
+            check_session_id(session_id)
         self.session_id = session_id
         self.config = given_or_env(config)
         self._handle = handle

@@ -56,6 +56,14 @@ def status_of(exc: BaseException) -> SessionStateStatus:
     return Status.FAILED
 
 
+def _refused(session_id: str, op: str, reason: object) -> str:
+    """Log a call refused for its arguments (no store is asked: the call is ``FAILED``); return what its
+    caller is told."""
+    message = f"bad arguments: {reason}"
+    logger.warning(f"session_state.{op}", status=Status.FAILED.value, session_id=session_id, op=op, error=message)
+    return message
+
+
 def new_upload(session_id: str, op: str, state: object, task: str, agent_name: str,
                details: dict[str, Any]) -> StateUpload | str:
     """The upload a caller's arguments make, or why no store could take them (logged: the call is ``FAILED``).
@@ -67,10 +75,7 @@ def new_upload(session_id: str, op: str, state: object, task: str, agent_name: s
         check_upload(upload)
         return upload
     except (TypeError, ValueError) as exc:  # a wrong type, or a keyword the upload does not have
-        message = f"bad arguments: {exc}"
-        logger.warning(f"session_state.{op}", status=Status.FAILED.value, session_id=session_id, op=op,
-                       error=message)
-        return message
+        return _refused(session_id, op, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,16 +286,6 @@ class SessionOps:
         return Query(session_id=self.session_id, tags=(STATE_TAG,) if agent_name is None else (STATE_TAG, agent_name),
                      created_after=bounds[0], created_before=bounds[1], limit=limit)
 
-    def _refuse_doc_id(self, op: str, doc_id: object) -> str | None:
-        """Why no store can name a document ``doc_id`` (logged), or ``None``: an id is a non-empty string, or
-        a number where a service numbers its documents (``"_id": 7``)."""
-        if (isinstance(doc_id, str) and doc_id) or type(doc_id) is int:
-            return None
-        message = f"bad arguments: doc_id must be a non-empty string or a number, got {doc_id!r}"
-        logger.warning(f"session_state.{op}", status=Status.FAILED.value, session_id=self.session_id, op=op,
-                       error=message)
-        return message
-
     def _is_own_state(self, doc: Document) -> bool:
         tags = doc.get("tags")
         return doc.get("session_id") == self.session_id and isinstance(tags, list) and STATE_TAG in tags
@@ -392,9 +387,12 @@ class SessionOps:
 
     async def delete(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents."""
-        if (refused := self._refuse_doc_id("delete", doc_id)) is not None:
+        try:
+            doc_id = _document_id(doc_id)
+        except ValueError as exc:
+            message = _refused(self.session_id, "delete", exc)
             await anyio.lowlevel.checkpoint()
-            return Status.FAILED, refused
+            return Status.FAILED, message
 
         async def delete() -> str:
             store = self._store()
@@ -481,8 +479,7 @@ class SessionOps:
         try:
             query = self._state_query(limit, agent_name, start_date, end_date)
         except ValueError as exc:
-            logger.warning("session_state.download", status=Status.FAILED.value, session_id=self.session_id,
-                           op="download", error=f"bad arguments: {exc}")
+            _refused(self.session_id, "download", exc)
             await anyio.lowlevel.checkpoint()
             return Status.FAILED, []
         key = ("download", query)
@@ -503,7 +500,10 @@ class SessionOps:
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
         """The ``content`` of one of this session's state documents (with its ``seq`` when the store has one)."""
-        if self._refuse_doc_id("restore", doc_id) is not None:
+        try:
+            doc_id = _document_id(doc_id)
+        except ValueError as exc:
+            _refused(self.session_id, "restore", exc)
             await anyio.lowlevel.checkpoint()
             return Status.FAILED, None
         key = ("restore", doc_id)
@@ -547,6 +547,16 @@ class SessionOps:
             {"id": doc.get("_id", doc.get("id")), **{k: doc.get(k) for k in _SUMMARY_FIELDS}} for doc in docs
         ]
         return status, summaries
+
+
+def _document_id(doc_id: object) -> str:
+    """``doc_id`` as the text every store names documents by: a non-empty string, or a number where a service
+    numbers its documents (``"_id": 7``); ``ValueError`` for anything else."""
+    if isinstance(doc_id, str) and doc_id:
+        return doc_id
+    if type(doc_id) is int:
+        return str(doc_id)
+    raise ValueError(f"doc_id must be a non-empty string or a number, got {doc_id!r}")
 
 
 def _created(doc: Document) -> str | None:

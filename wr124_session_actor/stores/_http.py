@@ -209,7 +209,7 @@ class HttpStore:
         return ids
 
     def _document_url(self, doc_id: str) -> str:
-        return f"{self._collection}/{quote(str(doc_id), safe='')}"  # a number, where a service numbers them
+        return f"{self._collection}/{quote(doc_id, safe='')}"
 
     async def _stored_before(self, doc: EncodedDocument) -> bool:
         """Whether the server already holds ``doc`` under its id: a service that refuses a repeated id
