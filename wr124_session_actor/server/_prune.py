@@ -98,7 +98,7 @@ def _unprocessable(message: str) -> web.HTTPException:
 
 def _parse_body(raw: bytes, default: RetentionPolicy) -> tuple[RetentionPolicy, str | None, bool]:
     """The policy, session and dry-run flag a prune body asks for (omitted rules: ``default``'s)."""
-    if not raw.strip(b" \t\n\r"):  # JSON's whitespace only (bytes.strip() also takes \f, \v, \x1c-\x1f)
+    if not raw:  # no body: the server's policy (whitespace alone is no JSON text, as the contract says)
         body: Any = {}
     else:
         try:
