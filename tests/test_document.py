@@ -55,8 +55,9 @@ class TestDocumentFormat:
         {"description": 'says "hi"', "agent_description": "ä\n", "agent_color": "red", "tools_count": 3},
         {"parent_seq": 7},
         {"tools_count": [1, 2]},  # unhashable: no cached template, same bytes
+        {"description": "100% %s %b %%", "agent_color": "%d"},  # the template is a bytes format
     ])
-    @pytest.mark.parametrize("session_id", ["s1", 'sé"s\\x\u2028'])
+    @pytest.mark.parametrize("session_id", ["s1", 'sé"s\\x\u2028', "s%d%%b"])
     def test_bytes_are_those_of_the_whole_document(self, session_id: str, details: dict[str, object]) -> None:
         """The cached fixed parts give the same bytes as encoding the whole document at once, twice over."""
         for _ in range(2):
@@ -65,6 +66,9 @@ class TestDocumentFormat:
             doc = orjson.loads(body)
             assert orjson.dumps(doc) == body
             assert doc["session_id"] == session_id
+            stamp = upload.created[:26].replace("-", "").replace(":", "").replace("T", "_").replace(".", "_")
+            assert doc["name"] == f"session_state_{session_id}_{stamp}"
+            assert doc["content"]["timestamp"] == doc["metadata"]["upload_timestamp"] == upload.created
             assert doc["content"]["agent_name"] == 'ag"ent'
             assert doc["content"]["tools_count"] == details.get("tools_count", 0)
             assert doc.get("parent_seq") == details.get("parent_seq")

@@ -44,7 +44,10 @@ AGENT_TAG: Final = "agent_state"
 _MARK: Final = orjson.Fragment(b"\0")
 DOCUMENT_TYPE: Final = "user_data"
 
-_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+#: orjson's options for states: numpy arrays as lists; keys that are not strings (ints, say) as text. orjson
+#: takes twice as long with ``OPT_NON_STR_KEYS``, so :func:`encode` asks for it only when a key needs it.
+_OPTIONS: Final = orjson.OPT_SERIALIZE_NUMPY
+_OPTIONS_ANY_KEYS: Final = _OPTIONS | orjson.OPT_NON_STR_KEYS
 
 
 def _default(value: object) -> object:
@@ -65,6 +68,10 @@ def encode(value: object) -> bytes:
     """
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        pass  # a key that is not a string, or a value nothing encodes: the slower options tell which
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTIONS_ANY_KEYS)
     except orjson.JSONEncodeError as exc:
         raise StateEncodeError(f"state is not JSON-serializable: {exc}") from None
 
@@ -100,7 +107,8 @@ def _is_small(value: object, budget: int = _SMALL_BUDGET) -> int:
     if budget <= 0:
         return budget
     for child in children:
-        if type(child) is dict or type(child) is list:
+        kind = type(child)
+        if kind is dict or kind is list:
             budget = _is_small(child, budget)
             if budget <= 0:
                 return budget
@@ -218,14 +226,14 @@ async def encode_documents(uploads: Iterable[StateUpload],
                     if pacer.count(len(piece)):
                         await pacer.pause()
                 # A large state: assemble the body piece by piece too (one big copy is a long hold as well).
-                name, tags, head, tail = _frame(upload, sum(map(len, pieces)), uploaded)
-                body = bytearray(head)
+                template, name, before, after = _frame(upload, uploaded)
+                body = bytearray(template.head % before)
                 for piece in pieces:
                     body += piece
                     if pacer.count(len(piece)):
                         await pacer.pause()
-                body += tail
-                upload.encoded = _encoded(upload, name, tags, body, digest.digest())
+                body += template.tail % (*after, sum(map(len, pieces)))
+                upload.encoded = _encoded(upload, name, template.tags, body, digest.digest())
                 out.append(upload.encoded)
             except StateEncodeError as exc:
                 out.append(str(exc))
@@ -270,17 +278,28 @@ def new_document_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_UUID4_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-class _SecondCache:
-    """The ISO-8601 text of the current UTC second, made once per second (timestamps are per upload)."""
+class _Second:
+    """The texts of one UTC second, made once per second (timestamps are per upload): ISO-8601 up to
+    the seconds, and the compact form the original module named documents with."""
 
-    __slots__ = ("prefix", "second")
+    __slots__ = ("compact", "iso", "second")
 
-    def __init__(self) -> None:
-        self.second = -1
-        self.prefix = ""
+    def __init__(self, second: int) -> None:
+        self.second = second
+        self.iso = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:19]
+        self.compact = self.iso.replace("-", "").replace(":", "").replace("T", "_")
 
 
-_NOW: Final = _SecondCache()
+#: The second last written out (replaced whole, so threads writing timestamps never see half of one).
+_last_second = _Second(0)
+
+
+def _second(second: int) -> _Second:
+    global _last_second
+    cached = _last_second
+    if cached.second != second:
+        cached = _last_second = _Second(second)
+    return cached
 
 
 def utc_now_iso() -> str:
@@ -294,11 +313,15 @@ def utc_now_iso() -> str:
 def utc_iso(ns: int) -> str:
     """``ns`` nanoseconds since the epoch as :func:`utc_now_iso` writes them."""
     second, micros = divmod(ns // 1000, 1_000_000)
-    cache = _NOW
-    if second != cache.second:
-        cache.prefix = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:19]
-        cache.second = second
-    return f"{cache.prefix}.{micros:06d}+00:00"
+    return f"{_second(second).iso}.{micros:06d}+00:00"
+
+
+def _timestamps(ns: int) -> tuple[str, str]:
+    """``ns`` as :func:`utc_iso` writes it, and in the compact form of document names
+    (``20261203_104500_123456``)."""
+    second, micros = divmod(ns // 1000, 1_000_000)
+    texts = _second(second)
+    return f"{texts.iso}.{micros:06d}+00:00", f"{texts.compact}_{micros:06d}"
 
 
 def normalize_timestamp(value: str | datetime) -> str:
@@ -376,9 +399,13 @@ def check_upload(upload: StateUpload) -> None:
         raise TypeError(f"tools_count must be a number, got {type(upload.tools_count).__qualname__}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EncodedDocument:
-    """A document ready for a store: its id, the fields stores index, and the JSON body as bytes."""
+    """A document ready for a store: its id, the fields stores index, and the JSON body as bytes.
+
+    Treat it as immutable. (It is not frozen: a frozen dataclass sets each field through
+    ``object.__setattr__``, which made a document three times as costly to create, once per upload.)
+    """
 
     id: str
     session_id: str
@@ -396,23 +423,26 @@ class EncodedDocument:
 
 @dataclass(frozen=True, slots=True)
 class _Template:
-    """The encoded parts of a document that depend only on who uploads what (not on when or which state)."""
+    """A document's JSON as bytes formats, made of what depends only on who uploads what (not on when or
+    which state). ``head`` takes the id's JSON and the name's time stamp, ``tail`` the timestamp, the
+    upload timestamp and the state's size; ``whole`` is ``head``, the state's bytes, then ``tail``."""
 
     name_prefix: str
     tags: tuple[str, ...]
-    #: The document's JSON cut where its id, name, state, timestamp, upload timestamp and state size go.
-    parts: tuple[bytes, ...]
+    head: bytes
+    tail: bytes
+    whole: bytes
 
 
-#: Templates by the upload fields they are made of (``None``: seen once, not made yet); cleared when it
+#: Templates by the upload fields they are made of (``None``: seen once, not kept yet); cleared when it
 #: holds :data:`_TEMPLATES_MAX`.
 _TEMPLATES: Final[dict[tuple[object, ...], _Template | None]] = {}
 _TEMPLATES_MAX: Final = 4096
 
 
-def _template(upload: StateUpload) -> _Template | None:
-    """The document's fixed parts for ``upload``, made the second time a session, agent, task and
-    details are seen (``None`` the first time: a session that uploads once never pays for one)."""
+def _template(upload: StateUpload) -> _Template:
+    """The template of ``upload``'s document, kept the second time a session, agent, task and details
+    are seen (a session that uploads once never holds one)."""
     key = (upload.session_id, upload.agent_name, upload.task, upload.description, upload.agent_description,
            upload.agent_color, upload.tools_count, upload.parent_seq)
     try:
@@ -421,34 +451,27 @@ def _template(upload: StateUpload) -> _Template | None:
         if len(_TEMPLATES) >= _TEMPLATES_MAX:
             _TEMPLATES.clear()
         _TEMPLATES[key] = None
-        return None
-    except TypeError:  # an unhashable detail (tools_count): no template
-        return None
+        return _make_template(upload)
+    except TypeError:  # an unhashable detail (tools_count): not kept
+        return _make_template(upload)
     if template is None:
-        template = _TEMPLATES[key] = _Template(f"session_state_{upload.session_id}_", _tags(upload),
-                                               tuple(_encode_document_with_gaps(upload, _MARK, _MARK, _MARK,
-                                                                                _MARK, _MARK)))
+        template = _TEMPLATES[key] = _make_template(upload)
     return template
 
 
-def _tags(upload: StateUpload) -> tuple[str, ...]:
-    return (STATE_TAG, AGENT_TAG, upload.agent_name)
-
-
-def _encode_document_with_gaps(upload: StateUpload, doc_id: object, name: object, timestamp: object,
-                               uploaded: object, state_size: object) -> list[bytes]:
-    """The document encoded, cut where ``_MARK`` is given (the state always): the JSON between the gaps."""
+def _make_template(upload: StateUpload) -> _Template:
     agent = upload.agent_name
+    tags = (STATE_TAG, AGENT_TAG, agent)
     doc: dict[str, object] = {
-        "id": doc_id,
-        "name": name,
+        "id": _MARK,
+        "name": _MARK,
         "description": upload.description or f"Session state of agent {agent} in session {upload.session_id}",
         "document_type": DOCUMENT_TYPE,
         "content": {
             "agent_name": agent,
             "task": upload.task,
             "state": _MARK,
-            "timestamp": timestamp,
+            "timestamp": _MARK,
             "tools_count": upload.tools_count,
             "session_metadata": {
                 "agent_description": upload.agent_description,
@@ -456,62 +479,54 @@ def _encode_document_with_gaps(upload: StateUpload, doc_id: object, name: object
             },
         },
         "session_id": upload.session_id,
-        "tags": list(_tags(upload)),
+        "tags": list(tags),
         "metadata": {
-            "upload_timestamp": uploaded,
+            "upload_timestamp": _MARK,
             "task_length": len(upload.task),
-            "state_size": state_size,
+            "state_size": _MARK,
         },
         "is_public": False,
     }
     if upload.parent_seq is not None:
         doc["parent_seq"] = upload.parent_seq
-    # orjson escapes every control character inside strings, so a raw NUL byte marks each gap.
-    return orjson.dumps(doc).split(b"\0")
+    name_prefix = f"session_state_{upload.session_id}_"
+    # orjson escapes every control character inside strings, so a raw NUL byte marks each gap. The
+    # time stamp and timestamps are digits and punctuation JSON strings hold unescaped.
+    id_, name, state, timestamp, uploaded, size, end = orjson.dumps(doc).replace(b"%", b"%%").split(b"\0")
+    name += orjson.dumps(name_prefix)[:-1].replace(b"%", b"%%")
+    head = id_ + b"%b" + name + b'%b"' + state
+    tail = timestamp + b'"%b"' + uploaded + b'"%b"' + size + b"%d" + end
+    return _Template(name_prefix, tags, head, tail, head + b"%b" + tail)
 
 
-def _frame(upload: StateUpload, state_size: int,
-           uploaded: str | None = None) -> tuple[str, tuple[str, ...], bytes, bytes]:
-    """The document around its state: name, tags, and the JSON before and after the state's bytes.
+def _frame(upload: StateUpload,
+           uploaded: str | None) -> tuple[_Template, str, tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """``upload``'s template, its document's name, and what fills the template before and after the state.
 
-    ``uploaded`` is the upload timestamp (now when omitted: callers encoding many documents at once
-    pass one).
+    ``uploaded`` is the upload timestamp (``None``: when the upload was made).
     """
-    timestamp = upload.created
-    # The original named documents with a compact local timestamp; we keep the shape, in UTC.
-    stamp = timestamp[:26].replace("-", "").replace(":", "").replace("T", "_").replace(".", "_")
-    uploaded = uploaded or utc_now_iso()
     template = _template(upload)
-    if template is None:
-        name = f"session_state_{upload.session_id}_{stamp}"
-        head, tail = _encode_document_with_gaps(upload, upload.doc_id, name, timestamp, uploaded, state_size)
-        return name, _tags(upload), head, tail
-    dumps = orjson.dumps
-    name = template.name_prefix + stamp
-    id_, name_, state_, timestamp_, uploaded_, size_, end = template.parts
-    head = b"".join((id_, dumps(upload.doc_id), name_, dumps(name), state_))
-    tail = b"".join((timestamp_, dumps(timestamp), uploaded_, dumps(uploaded), size_, str(state_size).encode(), end))
-    return name, template.tags, head, tail
+    # The original named documents with a compact local timestamp; we keep the shape, in UTC.
+    timestamp, stamp = _timestamps(upload.created_ns)
+    before = (orjson.dumps(upload.doc_id), stamp.encode())
+    after = (timestamp.encode(), (uploaded or timestamp).encode())
+    return template, template.name_prefix + stamp, before, after
 
 
-def encode_document(upload: StateUpload, state_bytes: bytes | None = None,
-                    state_hash: bytes | None = None, *, uploaded: str | None = None) -> EncodedDocument:
+def encode_document(upload: StateUpload, *, uploaded: str | None = None) -> EncodedDocument:
     """Build the original module's document for ``upload`` and encode it (once: it is kept on ``upload``).
 
-    ``state_bytes`` is the state already encoded, if it was, ``state_hash`` its digest, and
-    ``uploaded`` the upload timestamp (now when omitted).
+    ``uploaded`` is the upload timestamp (``None``: when the upload was made).
 
     Raises:
         StateEncodeError: the state cannot be encoded; nothing else is affected.
     """
     if upload.encoded is not None:
         return upload.encoded
-    if state_bytes is None:
-        state_bytes = encode_state(upload.state)
-    if state_hash is None:
-        state_hash = _state_digest(state_bytes).digest()
-    name, tags, head, tail = _frame(upload, len(state_bytes), uploaded)
-    upload.encoded = _encoded(upload, name, tags, head + state_bytes + tail, state_hash)
+    state = encode_state(upload.state)
+    template, name, before, after = _frame(upload, uploaded)
+    body = template.whole % (*before, state, *after, len(state))
+    upload.encoded = _encoded(upload, name, template.tags, body, _whole_state_hash(state))
     return upload.encoded
 
 
@@ -527,15 +542,26 @@ def encode_if_small(upload: StateUpload) -> None:
     if upload.encoded is not None or _is_small(upload.state) <= 0:
         return
     try:
-        encode_document(upload, uploaded=upload.created)  # uploaded as submitted, like the original
+        encode_document(upload)  # uploaded as submitted, like the original
     except StateEncodeError:
         return
     upload.state = None
 
 
-def _state_digest(data: bytes = b"") -> hashlib._Hash:
-    """A digest of encoded state bytes (sha256: with the CPU's SHA instructions, twice blake2b's speed)."""
-    return hashlib.sha256(data)
+def _state_digest() -> hashlib._Hash:
+    """A digest of a large state's bytes, fed piece by piece (sha256: with the CPU's SHA instructions,
+    twice blake2b's speed)."""
+    return hashlib.sha256()
+
+
+def _whole_state_hash(data: bytes) -> bytes:
+    """A hash of a small state's bytes, encoded in one piece: Python's own (SipHash with this process's
+    random key, 64 bits), three times sha256's speed on a few KB.
+
+    Hashes are compared within the process only (is a state the same as the one stored before?), and a
+    state always takes the same path (whole or in pieces), so the two kinds never meet for equal states.
+    """
+    return hash(data).to_bytes(8, "little", signed=True)
 
 
 def _encoded(upload: StateUpload, name: str, tags: tuple[str, ...], body: bytes | bytearray,

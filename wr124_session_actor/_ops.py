@@ -78,9 +78,11 @@ def new_upload(session_id: str, op: str, state: object, task: str, agent_name: s
         return _refused(session_id, op, exc)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UploadOutcome:
     """What became of one upload: its status and the id of the document holding it (or an error).
+
+    Treat it as immutable (one is made per upload: not frozen, which would make it twice as costly).
 
     ``transient`` is true when trying again later may succeed (timeouts, unreachable store);
     ``unchanged`` when the state equals one stored already, whose id ``value`` names (no write).
