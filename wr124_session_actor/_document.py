@@ -282,24 +282,26 @@ class _Second:
     """The texts of one UTC second, made once per second (timestamps are per upload): ISO-8601 up to
     the seconds, and the compact form the original module named documents with."""
 
-    __slots__ = ("compact", "iso", "second")
+    __slots__ = ("compact", "iso")
 
     def __init__(self, second: int) -> None:
-        self.second = second
         self.iso = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")[:19]
         self.compact = self.iso.replace("-", "").replace(":", "").replace("T", "_")
 
 
-#: The second last written out (replaced whole, so threads writing timestamps never see half of one).
-_last_second = _Second(0)
+#: The seconds last written out. Several: a write stamps its documents with the second each upload was
+#: made and with the second it is encoded, in turns (one second cached would be made anew each time).
+_SECONDS: Final[dict[int, _Second]] = {}
 
 
 def _second(second: int) -> _Second:
-    global _last_second
-    cached = _last_second
-    if cached.second != second:
-        cached = _last_second = _Second(second)
-    return cached
+    try:
+        return _SECONDS[second]
+    except KeyError:
+        if len(_SECONDS) >= 8:
+            _SECONDS.clear()
+        texts = _SECONDS[second] = _Second(second)
+        return texts
 
 
 def utc_now_iso() -> str:
@@ -321,7 +323,8 @@ def _timestamps(ns: int) -> tuple[str, str]:
     (``20261203_104500_123456``)."""
     second, micros = divmod(ns // 1000, 1_000_000)
     texts = _second(second)
-    return f"{texts.iso}.{micros:06d}+00:00", f"{texts.compact}_{micros:06d}"
+    fraction = f"{micros:06d}"
+    return f"{texts.iso}.{fraction}+00:00", f"{texts.compact}_{fraction}"
 
 
 def normalize_timestamp(value: str | datetime) -> str:
@@ -421,7 +424,7 @@ class EncodedDocument:
     state_hash: bytes | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Template:
     """A document's JSON as bytes formats, made of what depends only on who uploads what (not on when or
     which state). ``head`` takes the id's JSON and the name's time stamp, ``tail`` the timestamp, the
