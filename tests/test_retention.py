@@ -337,7 +337,9 @@ class TestSweepUnderLoad:
         async with ActorSystem(config) as system, anyio.create_task_group() as tg:
             for w in range(5):
                 tg.start_soon(writer, system, w)
+            sweep_started = time.perf_counter()
             removed = await anyio.to_thread.run_sync(lambda: sweeper.prune(project, policy, batch_size=1000))
+            sweep_took = time.perf_counter() - sweep_started
             sweeping = False
         assert removed.documents >= 5 * (4000 - 5)
         final = sweeper.prune(project, policy)
@@ -347,8 +349,13 @@ class TestSweepUnderLoad:
         sweeper.close()
         worst = max(pauses)
         print(f"\n{engine_kind}: {len(pauses)} awaited uploads during the sweep, worst pause {worst * 1000:.0f} ms,"
-              f" p99 {sorted(pauses)[int(len(pauses) * 0.99)] * 1000:.0f} ms")
+              f" p99 {sorted(pauses)[int(len(pauses) * 0.99)] * 1000:.0f} ms;"
+              f" the sweep took {sweep_took * 1000:.0f} ms")
         assert worst < 1.0  # the bound (loose on purpose: the figure itself is the data)
+        # No writer waits out the sweep. (Waiting in sqlite's busy handler, whose tries back off to one per
+        # 100 ms, the first write of every writer waited until the last batch: 340-1068 ms of a 500 ms
+        # sweep on a slow machine, over the bound above. Writers now ask every millisecond: 35-60 ms.)
+        assert worst < max(0.25, sweep_took / 2)
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ test_http_store.py; PostgreSQL specifics: test_postgres.py)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from wr124_session_actor import DocumentNotFound, DocumentStore, Query, StoreClosed, StoreRejected
+from wr124_session_actor import DocumentNotFound, DocumentStore, Query, StoreClosed, StoreRejected, StoreUnavailable
 from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
 from wr124_session_actor.stores import (
     DocumentConflict,
@@ -20,6 +21,7 @@ from wr124_session_actor.stores import (
     PostgresDocuments,
     SqliteDocuments,
     SqliteStore,
+    _engine,
 )
 
 pytestmark = pytest.mark.anyio
@@ -295,3 +297,64 @@ class TestCheckpoints:
         engine.insert_many("p", [doc(i=1)])
         assert set(self.checkpoint_threads()) == before
         engine.close()
+
+
+class TestWriteLock:
+    """A write waiting for another connection's lock asks for it every millisecond, up to the busy timeout."""
+
+    def test_a_writer_gets_in_between_another_connections_back_to_back_transactions(self, tmp_path: Path) -> None:
+        """Another process's transactions of 20 ms with 2 ms between them: an insert gets in within a few
+        of them. (sqlite's own busy handler, backing off to one try per 100 ms, waited for the last one.)"""
+        path = tmp_path / "lock.db"
+        engine = SqliteDocuments(path)
+        engine.ping()
+        other = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        holding = threading.Event()
+        stop = threading.Event()
+
+        def hold_in_turns() -> None:
+            for _ in range(100):  # 2.2 s at most
+                other.execute("BEGIN IMMEDIATE")
+                holding.set()
+                time.sleep(0.02)
+                other.execute("COMMIT")
+                if stop.is_set():
+                    return
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=hold_in_turns)
+        thread.start()
+        try:
+            assert holding.wait(10)
+            started = time.monotonic()
+            engine.insert_many("p", [doc(i=1)])
+            waited = time.monotonic() - started
+            assert not stop.is_set() and thread.is_alive()  # it got in while the other still wrote
+            stop.set()
+            assert waited < 0.5
+        finally:
+            stop.set()
+            thread.join()
+            other.close()
+            engine.close()
+
+    def test_a_lock_held_past_the_busy_timeout_is_a_store_error(self, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """Held longer than the busy timeout, the write fails (StoreUnavailable, "database is locked"); the
+        connection keeps its busy timeout, and writes once the lock is free."""
+        monkeypatch.setattr(_engine, "_BUSY_TIMEOUT", 0.05)
+        path = tmp_path / "lock.db"
+        engine = SqliteDocuments(path)
+        engine.ping()
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreUnavailable, match="database is locked"):
+                engine.insert_many("p", [doc(i=1)])
+            other.execute("COMMIT")
+            with engine._connection() as conn:
+                assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+            assert engine.insert_many("p", [doc(i=2)])[0][1] is True
+        finally:
+            other.close()
+            engine.close()

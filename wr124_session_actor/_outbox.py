@@ -27,7 +27,7 @@ from ._backoff import backoff_delay
 from ._document import EncodedDocument, StateUpload, encode_documents
 from ._exceptions import ConfigError, error_message
 from .stores import DocumentStore
-from .stores._engine import open_sqlite
+from .stores._engine import begin_write, open_sqlite
 
 __all__ = ["Outbox"]
 
@@ -116,7 +116,7 @@ class Outbox:
     def _write(self, docs: list[tuple[EncodedDocument, str]], delete: list[str]) -> list[str]:
         """One transaction: insert ``docs``, delete ``delete``, enforce the bound; return dropped ids."""
         conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
+        begin_write(conn)
         try:
             conn.executemany(
                 "INSERT OR IGNORE INTO outbox (id, session_id, agent, name, tags, document_type, body)"

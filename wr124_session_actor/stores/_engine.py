@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -66,15 +67,42 @@ _BLOB_CHUNK: Final = 1024 * 1024
 _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name": "name", "seq": "seq"}
 
 
+#: How long a statement waits for a lock another connection holds (the connection's busy timeout).
+_BUSY_TIMEOUT: Final = 30.0
+#: How often a write transaction asks again for the write lock while another connection holds it.
+#: sqlite's own busy handler backs off to one try per 100 ms, and so misses the short gaps between
+#: another process's transactions: a writer waited out a whole sweep of many batches.
+_BUSY_RETRY_MS: Final = 1
+#: The pause after each batch of a sweep, in which writers waiting for the lock take it.
+_SWEEP_GAP: Final = 0.002
+
+
 def open_sqlite(path: str, schema: str, *, synchronous: str) -> sqlite3.Connection:
     """Open (creating its folder) a sqlite file in WAL mode, autocommit, usable from worker threads."""
     if path != ":memory:":
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.executescript(schema)
     return conn
+
+
+def begin_write(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``: take the write lock, asking again every millisecond while another connection
+    holds it, for up to the busy timeout (then ``sqlite3.OperationalError``, "database is locked")."""
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_RETRY_MS}")
+    try:
+        deadline = time.monotonic() + _BUSY_TIMEOUT
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT * 1000)}")
 
 
 def _migrate(conn: sqlite3.Connection) -> list[int]:
@@ -83,7 +111,7 @@ def _migrate(conn: sqlite3.Connection) -> list[int]:
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SQLITE_SCHEMA_VERSION:
         return []
     applied: list[int] = []
-    conn.execute("BEGIN IMMEDIATE")
+    begin_write(conn)
     try:
         version = max(1, conn.execute("PRAGMA user_version").fetchone()[0])
         for number, statements in enumerate(_MIGRATIONS[version - 1 :], start=version + 1):
@@ -158,7 +186,7 @@ class SqliteDocuments:
                 nothing is inserted.
         """
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_write(conn)
             try:
                 # Taken under the write lock, so that created_at follows seq order across processes.
                 now = utc_now_iso()
@@ -254,7 +282,13 @@ class SqliteDocuments:
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
         with self._connection() as conn:
-            cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
+            begin_write(conn)
+            try:
+                cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         self._wrote()
         return cursor.rowcount > 0
 
@@ -270,11 +304,12 @@ class SqliteDocuments:
         time_budget: float | None = None,
     ) -> PruneReport:
         """Remove (or count) what ``policy`` removes, one short write transaction per batch
-        (:func:`~._retention.prune_documents`); the lock is free for writers between batches."""
+        (:func:`~._retention.prune_documents`); the lock is free for writers between batches (a pause of
+        :data:`_SWEEP_GAP` after each lets writers of other processes, asking every millisecond, in)."""
 
         def transact(work: Callable[[sqlite3.Connection], T]) -> T:
             with self._connection() as conn:
-                conn.execute("BEGIN IMMEDIATE")
+                begin_write(conn)
                 try:
                     result = work(conn)
                 except BaseException:
@@ -282,6 +317,7 @@ class SqliteDocuments:
                     raise
                 conn.execute("COMMIT")
             self._wrote()
+            time.sleep(_SWEEP_GAP)
             return result
 
         return prune_documents(transact, SQLITE_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
