@@ -358,3 +358,29 @@ class TestWriteLock:
         finally:
             other.close()
             engine.close()
+
+    def test_every_kind_of_busy_is_tried_again_and_other_errors_are_not(self) -> None:
+        """An extended busy code (SQLITE_BUSY_RECOVERY: another process recovers the WAL) is tried again
+        like a plain one; another error is raised at once. Either way the busy timeout is set back."""
+
+        class Connection:
+            def __init__(self, failures: list[int]) -> None:
+                self.failures = failures
+                self.statements: list[str] = []
+
+            def execute(self, sql: str) -> None:
+                self.statements.append(sql)
+                if sql == "BEGIN IMMEDIATE" and self.failures:
+                    exc = sqlite3.OperationalError("database is locked")
+                    exc.sqlite_errorcode = self.failures.pop(0)
+                    raise exc
+
+        busy = Connection([sqlite3.SQLITE_BUSY, sqlite3.SQLITE_BUSY_RECOVERY])
+        _engine.begin_write(busy)  # type: ignore[arg-type]
+        assert busy.statements.count("BEGIN IMMEDIATE") == 3
+        assert busy.statements[-1] == "PRAGMA busy_timeout = 30000"
+        readonly = Connection([sqlite3.SQLITE_READONLY])
+        with pytest.raises(sqlite3.OperationalError):
+            _engine.begin_write(readonly)  # type: ignore[arg-type]
+        assert readonly.statements.count("BEGIN IMMEDIATE") == 1
+        assert readonly.statements[-1] == "PRAGMA busy_timeout = 30000"
