@@ -226,7 +226,8 @@ async def encode_documents(uploads: Iterable[StateUpload],
                     if pacer.count(len(piece)):
                         await pacer.pause()
                 # A large state: assemble the body piece by piece too (one big copy is a long hold as well).
-                template, name, before, after = _frame(upload, uploaded)
+                template = _template(upload) or _make_template(upload)
+                name, before, after = _fill(template, upload, uploaded)
                 body = bytearray(template.head % before)
                 for piece in pieces:
                     body += piece
@@ -443,9 +444,9 @@ _TEMPLATES: Final[dict[tuple[object, ...], _Template | None]] = {}
 _TEMPLATES_MAX: Final = 4096
 
 
-def _template(upload: StateUpload) -> _Template:
-    """The template of ``upload``'s document, kept the second time a session, agent, task and details
-    are seen (a session that uploads once never holds one)."""
+def _template(upload: StateUpload) -> _Template | None:
+    """The template of ``upload``'s document, made the second time a session, agent, task and details
+    are seen (``None`` the first time: a session that uploads once never pays for one)."""
     key = (upload.session_id, upload.agent_name, upload.task, upload.description, upload.agent_description,
            upload.agent_color, upload.tools_count, upload.parent_seq)
     try:
@@ -454,27 +455,37 @@ def _template(upload: StateUpload) -> _Template:
         if len(_TEMPLATES) >= _TEMPLATES_MAX:
             _TEMPLATES.clear()
         _TEMPLATES[key] = None
-        return _make_template(upload)
-    except TypeError:  # an unhashable detail (tools_count): not kept
-        return _make_template(upload)
+        return None
+    except TypeError:  # an unhashable detail (tools_count): no template
+        return None
     if template is None:
         template = _TEMPLATES[key] = _make_template(upload)
     return template
 
 
-def _make_template(upload: StateUpload) -> _Template:
+def _tags(upload: StateUpload) -> tuple[str, ...]:
+    return (STATE_TAG, AGENT_TAG, upload.agent_name)
+
+
+def _name_prefix(upload: StateUpload) -> str:
+    # The original named documents with a compact local timestamp; we keep the shape, in UTC.
+    return f"session_state_{upload.session_id}_"
+
+
+def _document(upload: StateUpload, doc_id: object, name: object, state: object, timestamp: object,
+              uploaded: object, state_size: object) -> dict[str, object]:
+    """The original module's document for ``upload``, with the given values (or gaps) for the rest."""
     agent = upload.agent_name
-    tags = (STATE_TAG, AGENT_TAG, agent)
     doc: dict[str, object] = {
-        "id": _MARK,
-        "name": _MARK,
+        "id": doc_id,
+        "name": name,
         "description": upload.description or f"Session state of agent {agent} in session {upload.session_id}",
         "document_type": DOCUMENT_TYPE,
         "content": {
             "agent_name": agent,
             "task": upload.task,
-            "state": _MARK,
-            "timestamp": _MARK,
+            "state": state,
+            "timestamp": timestamp,
             "tools_count": upload.tools_count,
             "session_metadata": {
                 "agent_description": upload.agent_description,
@@ -482,38 +493,41 @@ def _make_template(upload: StateUpload) -> _Template:
             },
         },
         "session_id": upload.session_id,
-        "tags": list(tags),
+        "tags": [STATE_TAG, AGENT_TAG, agent],
         "metadata": {
-            "upload_timestamp": _MARK,
+            "upload_timestamp": uploaded,
             "task_length": len(upload.task),
-            "state_size": _MARK,
+            "state_size": state_size,
         },
         "is_public": False,
     }
     if upload.parent_seq is not None:
         doc["parent_seq"] = upload.parent_seq
-    name_prefix = f"session_state_{upload.session_id}_"
+    return doc
+
+
+def _make_template(upload: StateUpload) -> _Template:
+    name_prefix = _name_prefix(upload)
     # orjson escapes every control character inside strings, so a raw NUL byte marks each gap. The
     # time stamp and timestamps are digits and punctuation JSON strings hold unescaped.
-    id_, name, state, timestamp, uploaded, size, end = orjson.dumps(doc).replace(b"%", b"%%").split(b"\0")
+    doc = orjson.dumps(_document(upload, _MARK, _MARK, _MARK, _MARK, _MARK, _MARK))
+    id_, name, state, timestamp, uploaded, size, end = doc.replace(b"%", b"%%").split(b"\0")
     name += orjson.dumps(name_prefix)[:-1].replace(b"%", b"%%")
     head = id_ + b"%b" + name + b'%b"' + state
     tail = timestamp + b'"%b"' + uploaded + b'"%b"' + size + b"%d" + end
-    return _Template(name_prefix, tags, head, tail, head + b"%b" + tail)
+    return _Template(name_prefix, _tags(upload), head, tail, head + b"%b" + tail)
 
 
-def _frame(upload: StateUpload,
-           uploaded: str | None) -> tuple[_Template, str, tuple[bytes, bytes], tuple[bytes, bytes]]:
-    """``upload``'s template, its document's name, and what fills the template before and after the state.
+def _fill(template: _Template, upload: StateUpload,
+          uploaded: str | None) -> tuple[str, tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """The document's name, and what fills ``template`` before and after the state.
 
     ``uploaded`` is the upload timestamp (``None``: when the upload was made).
     """
-    template = _template(upload)
-    # The original named documents with a compact local timestamp; we keep the shape, in UTC.
     timestamp, stamp = _timestamps(upload.created_ns)
     before = (orjson.dumps(upload.doc_id), stamp.encode())
     after = (timestamp.encode(), (uploaded or timestamp).encode())
-    return template, template.name_prefix + stamp, before, after
+    return template.name_prefix + stamp, before, after
 
 
 def encode_document(upload: StateUpload, *, uploaded: str | None = None) -> EncodedDocument:
@@ -527,9 +541,18 @@ def encode_document(upload: StateUpload, *, uploaded: str | None = None) -> Enco
     if upload.encoded is not None:
         return upload.encoded
     state = encode_state(upload.state)
-    template, name, before, after = _frame(upload, uploaded)
-    body = template.whole % (*before, state, *after, len(state))
-    upload.encoded = _encoded(upload, name, template.tags, body, _whole_state_hash(state))
+    template = _template(upload)
+    if template is None:  # the first of its kind: one orjson call, the state's bytes spliced in as they are
+        timestamp, stamp = _timestamps(upload.created_ns)
+        name = _name_prefix(upload) + stamp
+        body = orjson.dumps(_document(upload, upload.doc_id, name, orjson.Fragment(state), timestamp,
+                                      uploaded or timestamp, len(state)))
+        tags = _tags(upload)
+    else:
+        name, before, after = _fill(template, upload, uploaded)
+        body = template.whole % (*before, state, *after, len(state))
+        tags = template.tags
+    upload.encoded = _encoded(upload, name, tags, body, _whole_state_hash(state))
     return upload.encoded
 
 
