@@ -12,7 +12,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from wr124_session_actor import DocumentNotFound, DocumentStore, Query, StoreClosed, StoreRejected, StoreUnavailable
+from wr124_session_actor import (
+    DocumentNotFound,
+    DocumentStore,
+    Query,
+    RetentionPolicy,
+    StoreClosed,
+    StoreRejected,
+    StoreUnavailable,
+)
 from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
 from wr124_session_actor.stores import (
     DocumentConflict,
@@ -384,3 +392,24 @@ class TestWriteLock:
             _engine.begin_write(readonly)  # type: ignore[arg-type]
         assert readonly.statements.count("BEGIN IMMEDIATE") == 1
         assert readonly.statements[-1] == "PRAGMA busy_timeout = 30000"
+
+    @pytest.mark.parametrize("path", ["file", ":memory:"])
+    def test_only_a_files_long_sweep_pauses_for_writers(self, path: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """A sweep of a file that held the lock long pauses between batches; the trim of one session (as
+        after each write) does not, nor does any sweep of an in-memory database (its engine runs on the
+        event loop, and no other process writes it)."""
+        pauses: list[float] = []
+        monkeypatch.setattr(time, "sleep", pauses.append)
+        engine = SqliteDocuments(tmp_path / "sweep.db" if path == "file" else path)
+        try:
+            engine.insert_many("p", [doc(f"s{n % 3}", i=n) for n in range(30)])
+            engine.prune("p", RetentionPolicy(keep_last=5), session_id="s0")
+            assert pauses == []
+            monkeypatch.setattr(_engine, "_SWEEP_HOLD", 0.0)  # as if each batch held the lock long
+            report = engine.prune("p", RetentionPolicy(keep_last=1), batch_size=2)
+            assert report.documents == 4 + 9 + 9
+            assert pauses == ([_engine._SWEEP_GAP] * len(pauses) if path == "file" else [])
+            assert len(pauses) >= (5 if path == "file" else 0)
+        finally:
+            engine.close()

@@ -73,7 +73,10 @@ _BUSY_TIMEOUT: Final = 30.0
 #: sqlite's own busy handler backs off to one try per 100 ms, and so misses the short gaps between
 #: another process's transactions: a writer waited out a whole sweep of many batches.
 _BUSY_RETRY_MS: Final = 1
-#: The pause after each batch of a sweep, in which writers waiting for the lock take it.
+#: A sweep that has held the write lock this long (seconds, over its batches) pauses for
+#: :data:`_SWEEP_GAP` before its next batch, and writers of other processes waiting for the lock take it.
+#: (The short sweeps that trim a session after each write never hold it that long: they never pause.)
+_SWEEP_HOLD: Final = 0.02
 _SWEEP_GAP: Final = 0.002
 
 
@@ -306,20 +309,29 @@ class SqliteDocuments:
         time_budget: float | None = None,
     ) -> PruneReport:
         """Remove (or count) what ``policy`` removes, one short write transaction per batch
-        (:func:`~._retention.prune_documents`); the lock is free for writers between batches (a pause of
-        :data:`_SWEEP_GAP` after each lets writers of other processes, asking every millisecond, in)."""
+        (:func:`~._retention.prune_documents`); the lock is free for writers between batches. A file's
+        sweep pauses between batches now and then (:data:`_SWEEP_HOLD`), so that writers of other
+        processes, asking every millisecond, get in. (Files only: the engine then runs in a worker
+        thread, and no other process writes a private in-memory database.)"""
+        held = 0.0  # seconds this sweep has held the write lock since its last pause
+        pauses = self.path != ":memory:"
 
         def transact(work: Callable[[sqlite3.Connection], T]) -> T:
+            nonlocal held
+            if pauses and held >= _SWEEP_HOLD:
+                time.sleep(_SWEEP_GAP)
+                held = 0.0
             with self._connection() as conn:
                 begin_write(conn)
+                locked = time.monotonic()
                 try:
                     result = work(conn)
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+                held += time.monotonic() - locked
             self._wrote()
-            time.sleep(_SWEEP_GAP)
             return result
 
         return prune_documents(transact, SQLITE_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
