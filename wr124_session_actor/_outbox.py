@@ -27,7 +27,7 @@ from ._backoff import backoff_delay
 from ._document import EncodedDocument, StateUpload, encode_documents
 from ._exceptions import ConfigError, error_message
 from .stores import DocumentStore
-from .stores._engine import begin_write, open_sqlite
+from .stores._engine import open_sqlite, write_transaction
 
 __all__ = ["Outbox"]
 
@@ -116,8 +116,7 @@ class Outbox:
     def _write(self, docs: list[tuple[EncodedDocument, str]], delete: list[str]) -> list[str]:
         """One transaction: insert ``docs``, delete ``delete``, enforce the bound; return dropped ids."""
         conn = self._connect()
-        begin_write(conn)
-        try:
+        with write_transaction(conn):
             conn.executemany(
                 "INSERT OR IGNORE INTO outbox (id, session_id, agent, name, tags, document_type, body)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -138,10 +137,6 @@ class Outbox:
                         "SELECT id FROM outbox WHERE id NOT IN (SELECT value FROM json_each(?))"
                         " ORDER BY seq LIMIT ?", (orjson.dumps(dropped).decode(), excess - len(dropped)))]
                 conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in dropped])
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return dropped
 
     async def sync(self) -> None:

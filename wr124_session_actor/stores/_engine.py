@@ -110,24 +110,31 @@ def begin_write(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT * 1000)}")
 
 
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (:func:`begin_write`): committed when the block ends, rolled back when it raises."""
+    begin_write(conn)
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def _migrate(conn: sqlite3.Connection) -> list[int]:
     """Bring the schema to :data:`SQLITE_SCHEMA_VERSION` (under sqlite's write lock); return the
     versions applied."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SQLITE_SCHEMA_VERSION:
         return []
     applied: list[int] = []
-    begin_write(conn)
-    try:
+    with write_transaction(conn):
         version = max(1, conn.execute("PRAGMA user_version").fetchone()[0])
         for number, statements in enumerate(_MIGRATIONS[version - 1 :], start=version + 1):
             for statement in statements:
                 conn.execute(statement)
             applied.append(number)
         conn.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return applied
 
 
@@ -190,29 +197,23 @@ class SqliteDocuments:
                 is older than the newest state of its (session, agent) stored before this batch;
                 nothing is inserted.
         """
-        with self._connection() as conn:
-            begin_write(conn)
-            try:
-                # Taken under the write lock, so that created_at follows seq order across processes.
-                now = utc_now_iso()
-                _check_parents(conn, project, docs)
-                # The common case: every id is new. Insert them all, ignoring ids that exist; if any
-                # was ignored, undo and go through the batch again, checking each id. A batch sent
-                # again (its first id exists) goes straight to the check.
-                if docs and _exists(conn, project, docs[0].id):
-                    results = _insert_checked(conn, project, docs, now)
+        with self._connection() as conn, write_transaction(conn):
+            # Taken under the write lock, so that created_at follows seq order across processes.
+            now = utc_now_iso()
+            _check_parents(conn, project, docs)
+            # The common case: every id is new. Insert them all, ignoring ids that exist; if any was
+            # ignored, undo and go through the batch again, checking each id. A batch sent again (its
+            # first id exists) goes straight to the check.
+            if docs and _exists(conn, project, docs[0].id):
+                results = _insert_checked(conn, project, docs, now)
+            else:
+                conn.execute("SAVEPOINT insert_new")
+                if _insert_new(conn, project, docs, now):
+                    results = [(doc.id, True) for doc in docs]
                 else:
-                    conn.execute("SAVEPOINT insert_new")
-                    if _insert_new(conn, project, docs, now):
-                        results = [(doc.id, True) for doc in docs]
-                    else:
-                        conn.execute("ROLLBACK TO insert_new")
-                        results = _insert_checked(conn, project, docs, now)
-                    conn.execute("RELEASE insert_new")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                    conn.execute("ROLLBACK TO insert_new")
+                    results = _insert_checked(conn, project, docs, now)
+                conn.execute("RELEASE insert_new")
         self._wrote()
         return results
 
@@ -286,14 +287,8 @@ class SqliteDocuments:
 
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
-        with self._connection() as conn:
-            begin_write(conn)
-            try:
-                cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connection() as conn, write_transaction(conn):
+            cursor = conn.execute("DELETE FROM documents WHERE project = ? AND id = ?", (project, doc_id))
         self._wrote()
         return cursor.rowcount > 0
 
@@ -322,14 +317,9 @@ class SqliteDocuments:
                 time.sleep(_SWEEP_GAP)
                 held = 0.0
             with self._connection() as conn:
-                begin_write(conn)
-                locked = time.monotonic()
-                try:
+                with write_transaction(conn):
+                    locked = time.monotonic()
                     result = work(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
                 held += time.monotonic() - locked
             self._wrote()
             return result
