@@ -493,7 +493,7 @@ def _document(upload: StateUpload, doc_id: object, name: object, state: object, 
             },
         },
         "session_id": upload.session_id,
-        "tags": [STATE_TAG, AGENT_TAG, agent],
+        "tags": list(_tags(upload)),
         "metadata": {
             "upload_timestamp": uploaded,
             "task_length": len(upload.task),
