@@ -192,12 +192,13 @@ class TestWaitingSessions:
     async def _park(system: ActorSystem, store: CountingStore, sessions: int) -> SystemStatistics:
         """Submit once in each of ``sessions`` new sessions and wait until the batches behind the first
         (slow) write park in the stage with no task; return the statistics then. (The actors' tasks end as
-        they do, and trio runs the new tasks in a random order, so this waits for the last ones.)"""
+        they do, and trio runs the new tasks in a random order, so this waits for the last ones, and for
+        every upload to be in its session's batch: a task still running may not have taken its own yet.)"""
         for n in range(sessions):
             system.handle(f"s{n}").submit({"n": n}, "t", "a")
         with anyio.fail_after(10):
             while store.in_flight == 0 or (stats := system.statistics()).running_actors > 2 \
-                    or stats.write_queue < sessions - 100:
+                    or stats.write_queue < sessions - 100 or stats.pending < sessions:
                 await anyio.sleep(0.01)
         return stats
 
