@@ -6,6 +6,7 @@ import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import anyio
 import pytest
@@ -334,3 +335,19 @@ class TestBadArguments:
             assert await manager.restore_session_state(5) == (S.FAILED, None)  # type: ignore[arg-type]
             status, message = await manager.delete_session_state(5)  # type: ignore[arg-type]
             assert (status, "no document" in message) == (S.FAILED, True), message
+
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_document_ids_that_name_nothing_are_refused_with_a_warm_cache(self, memory_config: Config,
+                                                                                 mode: str) -> None:
+        """The same refusal once the read cache holds a state and the actor is idle, the path that answers a
+        cached restore without the mailbox (an unhashable id raised TypeError out of restore there)."""
+        async with manager_in(mode, memory_config) as manager:
+            _, doc_id = await manager.upload_session_state({"n": 1}, "t", "a")
+            assert await manager.restore_session_state(doc_id) == (S.SUCCESS, ANY)  # now cached
+            with anyio.fail_after(5):
+                while manager.handle is not None and manager.handle.cached_restore(doc_id) is None:
+                    await anyio.sleep(0.01)  # the actor is still busy
+            nothing: list[Any] = [None, "", 2.5, ["d"], {"d": 1}, {"d"}]
+            for doc_id_ in nothing:
+                assert await manager.restore_session_state(doc_id_) == (S.FAILED, None), doc_id_
+            assert (await manager.restore_session_state(doc_id))[1]["state"] == {"n": 1}  # type: ignore[index]

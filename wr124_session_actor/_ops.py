@@ -496,8 +496,14 @@ class SessionOps:
         return result.status, result.value
 
     def cached_restore(self, doc_id: str) -> dict[str, Any] | None:
-        """The cached content of ``doc_id`` (a copy), or ``None`` when it is not cached."""
-        cached: dict[str, Any] | None = self._cache_get(("restore", doc_id))
+        """The cached content of ``doc_id`` (a copy), or ``None`` when it is not cached (or names nothing)."""
+        if self._cache is None:
+            return None
+        try:
+            key = ("restore", _document_id(doc_id))
+        except ValueError:
+            return None  # :meth:`restore` refuses it
+        cached: dict[str, Any] | None = self._cache_get(key)
         return cached
 
     async def restore(self, doc_id: str) -> tuple[Status, dict[str, Any] | None]:
