@@ -235,8 +235,9 @@ class SessionStateManager:
 
         A document of another session, or one that is not a state document, does not restore.
         """
-        if self._handle is not None and self.config.enabled:
-            hit = self._handle.cached_restore(doc_id)  # the actor is idle: no need to queue behind it
+        if self.config.enabled:  # a cached state is answered here (in actor mode when the actor is idle)
+            handle = self._handle
+            hit = self._ops.cached_restore(doc_id) if handle is None else handle.cached_restore(doc_id)
             if hit is not None:
                 await anyio.lowlevel.checkpoint()
                 return Status.SUCCESS, hit

@@ -243,8 +243,11 @@ class SessionOps:
     def _cache_get(self, key: tuple[Any, ...]) -> Any:
         if self._cache is None:
             return None
-        raw = self._cache.get(key)
-        return None if raw is None else decode(raw)
+        try:
+            raw = self._cache[key]  # one lookup: TTLCache.get() checks the entry's time twice
+        except KeyError:
+            return None
+        return decode(raw)
 
     async def _cache_hit(self, key: tuple[Any, ...]) -> Any:
         """The cached value of ``key`` (a copy), or ``None``. A hit is a checkpoint, as the store call it
