@@ -18,6 +18,16 @@ class Color(enum.Enum):
     RED = "red"
 
 
+class Model:
+    """A pydantic-v2-like model: ``model_dump(mode="json")``."""
+
+    def __init__(self, **fields: object) -> None:
+        self.fields = fields
+
+    def model_dump(self, mode: str) -> dict[str, object]:
+        return dict(self.fields)
+
+
 @dataclasses.dataclass
 class Point:
     x: int
@@ -99,6 +109,18 @@ class TestDocumentFormat:
 
         with pytest.raises(StateEncodeError, match="Opaque"):
             encode_document(StateUpload("s", {"x": Opaque()}))
+
+    @pytest.mark.parametrize(("tools_count", "stored"), [
+        ({"a"}, ["a"]), (frozenset([3]), [3]), ({1: "x"}, {"1": "x"}), (Model(n=2), {"n": 2}), (True, True),
+        (Color.RED, "red"), (2.5, 2.5),
+    ])
+    def test_tools_count_is_stored_as_the_state_encoder_takes_it(self, tools_count: object, stored: object) -> None:
+        """A tools_count the argument check accepts (any value the state encoder takes) is encoded, by the first
+        document of its kind and by its template alike (a set raised TypeError at the write: it crashed the
+        session's actor and the system's exit)."""
+        for _ in range(3):
+            upload = StateUpload("s", {"n": 1}, "t", "a", tools_count=tools_count)  # type: ignore[arg-type]
+            assert orjson.loads(encode_document(upload).body)["content"]["tools_count"] == stored
 
     def test_ids_are_unique_uuids(self) -> None:
         """Every upload gets its own client-made UUID4 in canonical text, across many refills of the

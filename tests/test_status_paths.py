@@ -260,6 +260,22 @@ class TestBadArguments:
             assert (await manager.upload_session_state({"n": 1}, "t", "coder"))[0] is S.SUCCESS
         assert [s["n"] for s in await stored_states(config, "s")] == [1, 0]
 
+    @pytest.mark.parametrize("keep", ["latest", "all"])
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_a_tools_count_the_state_encoder_takes_is_stored(self, sqlite_config: Config, mode: str,
+                                                                   keep: str) -> None:
+        """A set (or anything else the state encoder takes) as tools_count is stored as encoded: it passed the
+        argument check and raised TypeError at the write, out of a direct-mode call, or crashing the actor
+        and the system with it."""
+        async with manager_in(mode, sqlite_config.replace(keep=keep)) as manager:
+            assert (await manager.upload_session_state({"n": 0}, "t", "coder", tools_count={"search"}))[0] is S.SUCCESS  # type: ignore[arg-type]
+            if manager.handle is not None:
+                assert manager.submit_session_state({"n": 1}, "t", "coder", tools_count={7}) is S.SUCCESS  # type: ignore[arg-type]
+                assert (await manager.flush())[0] is S.SUCCESS
+            status, documents = await manager.download_session_states()
+        expected = [[7], ["search"]] if mode == "actor" else [["search"]]
+        assert (status, [d["content"]["tools_count"] for d in documents]) == (S.SUCCESS, expected)
+
     async def test_submitted_wrong_arguments_are_refused_at_once(self, sqlite_config: Config) -> None:
         """``submit`` with such arguments answers FAILED at once and logs why; the session's other submits and
         the system are unaffected (the actor crashed at the write, and the system's exit raised)."""

@@ -486,7 +486,7 @@ def _document(upload: StateUpload, doc_id: object, name: object, state: object, 
             "task": upload.task,
             "state": state,
             "timestamp": timestamp,
-            "tools_count": upload.tools_count,
+            "tools_count": _as_json(upload.tools_count),
             "session_metadata": {
                 "agent_description": upload.agent_description,
                 "agent_color": upload.agent_color,
@@ -504,6 +504,12 @@ def _document(upload: StateUpload, doc_id: object, name: object, state: object, 
     if upload.parent_seq is not None:
         doc["parent_seq"] = upload.parent_seq
     return doc
+
+
+def _as_json(value: object) -> object:
+    """``value`` as the document's encoding takes it: an int as it is, anything else (a set, a model, a dict
+    with int keys: :func:`check_upload` lets through what :func:`encode` takes) as :func:`encode` makes it."""
+    return value if type(value) is int else orjson.Fragment(encode(value))
 
 
 def _make_template(upload: StateUpload) -> _Template:
