@@ -124,9 +124,14 @@ class TestDocumentFormat:
 
     def test_ids_are_unique_uuids(self) -> None:
         """Every upload gets its own client-made UUID4 in canonical text, across many refills of the
-        random pool (128 ids a refill)."""
+        random pool (128 ids a refill); it is made when first read, and is the same at every read."""
         ids = {StateUpload("s", {}).doc_id for _ in range(1000)}
         assert len(ids) == 1000
+        read_first, read_later = StateUpload("s", {}), StateUpload("s", {})  # made when first read
+        first_id = read_first.doc_id
+        assert orjson.loads(encode_document(read_first).body)["id"] == first_id == read_first.doc_id
+        later = orjson.loads(encode_document(read_later).body)["id"]
+        assert later == read_later.doc_id == encode_document(read_later).id != first_id
         for doc_id in ids:
             parsed = uuid.UUID(doc_id)
             assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, doc_id)

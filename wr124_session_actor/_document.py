@@ -341,7 +341,8 @@ def normalize_timestamp(value: str | datetime) -> str:
 
 @dataclass(slots=True)
 class StateUpload:
-    """One upload as callers gave it, before encoding; ``doc_id`` is assigned at creation.
+    """One upload as callers gave it, before encoding; ``doc_id`` is assigned when first read (an upload
+    coalesced away before its write never needs one: most of a chatty agent's).
 
     A caller's arguments are checked with :func:`check_upload` where they come in: a field no document
     can hold would otherwise fail only at the write, far from the caller."""
@@ -356,11 +357,19 @@ class StateUpload:
     description: str | None = None
     #: The ``seq`` of this agent's state the upload continues (optimistic concurrency), if any.
     parent_seq: int | None = None
-    doc_id: str = field(default_factory=new_document_id)
     #: When it was made, in nanoseconds since the epoch (written out as text only when encoded).
     created_ns: int = field(default_factory=time.time_ns)
     #: The encoded document, once made (the outbox and the store write share one encoding).
     encoded: EncodedDocument | None = field(default=None, repr=False)
+    _doc_id: str | None = field(default=None, init=False, repr=False)
+
+    @property
+    def doc_id(self) -> str:
+        """The id of the document that will hold this upload: a client-made UUID4, the same at every read."""
+        doc_id = self._doc_id
+        if doc_id is None:
+            doc_id = self._doc_id = new_document_id()
+        return doc_id
 
     @property
     def created(self) -> str:
