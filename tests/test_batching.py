@@ -133,3 +133,30 @@ class TestSettle:
         pending.add(upload(), "r", 0, now=0.0)
         done = pending.settle(pending.take(), [UploadOutcome(S.FAILED, "HTTP 422")], now=0.0)
         assert len(done) == 1 and len(pending) == 0
+
+    def test_a_newer_state_that_came_during_the_write_stays_pending(self) -> None:
+        """keep="latest": states of the written agents that came while the write was in flight replace the
+        written ones in the batch and stay pending after it (the batch counted as many items as were
+        written, and was emptied: the newest states were lost, with nothing logged)."""
+        pending = batch()
+        pending.add(upload("x", 0), None, 0, now=0.0)
+        pending.add(upload("y", 0), "r", 0, now=0.0)
+        items = pending.take()
+        pending.add(upload("x", 1), None, 0, now=0.1)  # the write of x0, y0 is in flight
+        pending.add(upload("y", 1), None, 0, now=0.1)
+        done = pending.settle(items, [UploadOutcome(S.SUCCESS, "x0"), UploadOutcome(S.SUCCESS, "y0")], now=0.2)
+        assert [p.upload.state for p, _ in done] == [{"n": 0}, {"n": 0}]
+        assert [(p.upload.agent_name, p.upload.state) for p in pending.take()] == [("x", {"n": 1}), ("y", {"n": 1})]
+        assert pending.awaited  # y0's caller is answered by y1's write too (it holds y0's reply)
+        done = pending.settle(pending.take(), [UploadOutcome(S.SUCCESS, "x1"), UploadOutcome(S.SUCCESS, "y1")],
+                              now=0.3)
+        assert len(done) == 2 and len(pending) == 0 and not pending.awaited
+
+    def test_keep_all_while_failing_a_replaced_upload_in_flight_leaves_its_successor(self) -> None:
+        """keep="all" at the bound: an upload that replaced one in flight stays pending after that write."""
+        pending = batch(keep="all", bound=1)
+        pending.add(upload("x", 0), None, 0, now=0.0)
+        items = pending.take()
+        pending.add(upload("x", 1), None, 0, now=0.1)
+        done = pending.settle(items, [UploadOutcome(S.SUCCESS, "x0")], now=0.2)
+        assert len(done) == 1 and [p.upload.state for p in pending.take()] == [{"n": 1}]

@@ -17,6 +17,8 @@ from wr124_session_actor._document import EncodedDocument
 from wr124_session_actor._write_stage import MAX_PACE
 from wr124_session_actor.stores import DocumentStore, open_store
 
+from .conftest import stored_states
+
 pytestmark = pytest.mark.anyio
 
 
@@ -124,6 +126,36 @@ class TestMerging:
             store.gate.set()
         assert store.writes == [1, 1, 1, 1]
         assert store.started_with == [1, 2, 1, 2]
+
+    @pytest.mark.parametrize("leave", ["exit", "read"])
+    async def test_newer_states_submitted_during_the_write_are_written_after_it(self, memory_config: Config,
+                                                                                leave: str) -> None:
+        """keep="latest": a session's newer states of the agents being written, submitted while that write is
+        in flight, are written after it, whether the system then closes or a read flushes them (they were
+        dropped without a word: the batch held as many items as the write, and was emptied)."""
+        config = memory_config.replace(debounce=0.0)
+        store = GatedStore(open_store(config))
+
+        async def open_gate_later() -> None:
+            await anyio.sleep(0.1)  # meanwhile the actor, woken by the read or the exit, takes the newer states
+            store.gate.set()
+
+        async with anyio.create_task_group() as tg, ActorSystem(config, store=store) as system:
+            assert system.handle("other").submit({"v": 0}, "t", "x") is S.SUCCESS  # its actor leads the write
+            manager = system.manager("s")
+            for agent in ("x", "y"):
+                assert manager.submit_session_state({"v": 0}, "t", agent) is S.SUCCESS
+            await store.started(1)
+            for agent in ("x", "y"):
+                assert manager.submit_session_state({"v": 1}, "t", agent) is S.SUCCESS
+            tg.start_soon(open_gate_later)
+            if leave == "read":
+                status, latest = await manager.restore_agent_session_state("x")
+                assert (status, latest and latest["state"]) == (S.SUCCESS, {"v": 1})
+        stats = system.statistics()
+        assert (stats.documents, stats.failed, stats.pending) == (5, 0, 0)
+        stored = await stored_states(config, "s")
+        assert sorted(state["v"] for state in stored) == [0, 0, 1, 1]
 
     async def test_write_observers_see_every_write(self, memory_config: Config) -> None:
         """Each store write is reported once to the observers, with its documents and status."""

@@ -248,8 +248,9 @@ class SessionActor:
             self._host.rest(self)
 
     def _settle(self, items: list[PendingUpload[Reply]], outcomes: list[UploadOutcome]) -> None:
+        before = len(self._batch)
         done = self._batch.settle(items, outcomes, monotonic())
-        self.counters.pending -= len(done)
+        self.counters.pending -= before - len(self._batch)
         self._answer(done)
 
     async def _flush(self) -> None:

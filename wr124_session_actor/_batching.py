@@ -75,7 +75,7 @@ class PendingBatch(Generic[R]):
             self._first_at = now
         self._last_at = now
         keep_latest = self._config.keep == "latest"
-        key = upload.agent_name if keep_latest else upload.doc_id
+        key = self._key(upload)
         older = items.pop(key, None) if keep_latest else None
         if older is None and len(items) >= self.bound:
             older = self._pop_oldest_of(upload.agent_name)  # the store is failing: stay bounded
@@ -92,6 +92,9 @@ class PendingBatch(Generic[R]):
             self._awaited = True
         items[key] = pending
         return (None if older is None else older.upload), coalesced + (older is not None)
+
+    def _key(self, upload: StateUpload) -> str:
+        return upload.agent_name if self._config.keep == "latest" else upload.doc_id
 
     def _pop_oldest_of(self, agent_name: str) -> PendingUpload[R] | None:
         for key, pending in self._items.items():
@@ -126,17 +129,17 @@ class PendingBatch(Generic[R]):
                now: float) -> list[tuple[PendingUpload[R], UploadOutcome]]:
         """Record a write's outcomes; return the uploads that are done (written, or failed for good).
 
-        Uploads that failed for a transient reason stay pending, and the batch waits a backoff.
+        Uploads that failed for a transient reason stay pending, and the batch waits a backoff. Uploads
+        added while the write was in flight stay pending, those that replaced a written one included.
         """
         done = [(pending, outcome) for pending, outcome in zip(batch, outcomes, strict=True)
                 if outcome.status is SessionStateStatus.SUCCESS or not outcome.transient]
-        if len(done) == len(self._items):  # the common case: everything is done
-            self._items.clear()
-            self._awaited = False
-        else:
-            finished = {id(p) for p, _ in done}
-            self._items = {k: p for k, p in self._items.items() if id(p) not in finished}
-            self._awaited = any(p.replies for p in self._items.values())
+        items = self._items
+        for pending, _ in done:
+            key = self._key(pending.upload)
+            if items.get(key) is pending:  # else replaced meanwhile (by a newer state, or at the bound)
+                del items[key]
+        self._awaited = bool(items) and any(p.replies for p in items.values())
         if len(done) < len(batch):
             self._failures += 1
             config = self._config
