@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from wr124_session_actor import ActorSystem, Config, StoreBadResponse, StoreRejected, StoreUnavailable
-from wr124_session_actor._document import StateUpload, encode_document
+from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
 from wr124_session_actor.server import ServerLimits, ServerThread
 from wr124_session_actor.stores import open_store
 from wr124_session_actor.stores._http import HttpStore
@@ -114,6 +115,29 @@ async def test_a_failed_post_among_several_sessions_is_a_store_error() -> None:
     await store.aclose()
 
 
+def resent(docs: list[EncodedDocument]) -> list[EncodedDocument]:
+    """The documents as sent again by another write: a replay of the outbox in a new process, say (a write's
+    own retry does not send again what its single POSTs stored)."""
+    return [dataclasses.replace(doc, stored_as=None) for doc in docs]
+
+
+async def test_a_retried_write_does_not_post_again_what_it_stored() -> None:
+    """A write of single POSTs that fails part-way raises; its retry posts only the documents not stored yet and
+    answers every id, those the server made for the first ones included (a server that makes its own ids
+    stored them twice)."""
+    def answer(n: int, doc: dict[str, Any]) -> object:
+        return Response(503, {}, b'{"detail": "busy"}') if n == 3 else {"id": f"server-{doc['content']['state']['n']}"}
+
+    transport = NoBatchTransport(answer)
+    store = HttpStore("http://127.0.0.1:1", "p", lambda: transport, concurrency=1)
+    docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(5)]
+    with pytest.raises(StoreUnavailable, match="503"):
+        await store.insert_many(docs)
+    assert await store.insert_many(docs) == [f"server-{n}" for n in range(5)]
+    assert transport.posted == [("s", 0), ("s", 1), ("s", 2), ("s", 2), ("s", 3), ("s", 4)]
+    await store.aclose()
+
+
 async def test_a_created_id_may_be_named_underscore_id() -> None:
     """``{"_id": ...}`` answers are taken (a number as its text); an answer with neither is a bad response."""
     # As the original client allowed: ``_id``, a string or a number.
@@ -126,7 +150,7 @@ async def test_a_created_id_may_be_named_underscore_id() -> None:
     store = HttpStore("http://127.0.0.1:1", "p", lambda: NoBatchTransport(lambda _n, _doc: {"ok": True}),
                       concurrency=1)
     with pytest.raises(StoreBadResponse, match="no 'id'"):
-        await store.insert_many(docs[:1])
+        await store.insert_many(resent(docs[:1]))
     await store.aclose()
 
 
@@ -176,10 +200,10 @@ async def test_a_repeated_id_refused_as_a_conflict_is_taken_as_stored() -> None:
     store = HttpStore("http://127.0.0.1:1", "p", Transport, concurrency=1)
     docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(3)]
     assert await store.insert_many(docs[:2]) == [d.id for d in docs[:2]]
-    assert await store.insert_many(docs) == [d.id for d in docs]  # the first two again: already there
+    assert await store.insert_many(resent(docs)) == [d.id for d in docs]  # the first two again: already there
     held[docs[0].id] = {**held[docs[0].id], "name": "another document"}
     with pytest.raises(StoreRejected, match="409"):
-        await store.insert_many(docs[:1])
+        await store.insert_many(resent(docs[:1]))
     with pytest.raises(StoreRejected, match="409"):
         await store.insert_many([encode_document(StateUpload("s", {"conflict": True}, "t", "a"))])
     await store.aclose()

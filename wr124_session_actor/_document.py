@@ -416,8 +416,8 @@ def check_upload(upload: StateUpload) -> None:
 class EncodedDocument:
     """A document ready for a store: its id, the fields stores index, and the JSON body as bytes.
 
-    Treat it as immutable. (It is not frozen: a frozen dataclass sets each field through
-    ``object.__setattr__``, which made a document three times as costly to create, once per upload.)
+    Treat it as immutable, but for ``stored_as``. (It is not frozen: a frozen dataclass sets each field
+    through ``object.__setattr__``, which made a document three times as costly to create, once per upload.)
     """
 
     id: str
@@ -432,6 +432,9 @@ class EncodedDocument:
     parent_seq: int | None = None
     #: A digest of the encoded state (taken while encoding): equal digests, equal states.
     state_hash: bytes | None = field(default=None, compare=False, repr=False)
+    #: The id a store gave it, once stored by a write of several requests that failed as a whole
+    #: (a POST per document): a retry of that write does not send it again.
+    stored_as: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -194,6 +194,27 @@ class TestRandomFailures:
         assert (stats.documents, stats.failed) == (1000, 0)
 
 
+class TestRandomFailuresWithoutTheBatchEndpoint:
+    async def test_a_long_batch_of_single_posts_gets_through(self, anyio_backend: str) -> None:
+        """Fault: no batch endpoint, and 5% of the POSTs answer 500 (half after storing). One session's 200
+        states, one POST each: a failed POST is sent again, and only it (every retry sent the whole batch
+        again, so a try succeeded only if its 200 POSTs all did: none was answered, and all 200 were lost at
+        exit, while the server held most of them)."""
+        seed = 777 + (0 if anyio_backend == "asyncio" else 1)
+        with doc_server("flaky-500", rate=0.05, seed=seed, batch=False) as server:
+            async with ActorSystem(FLAKY_CONFIG.replace(api_url=server.url, shutdown_timeout=20.0)) as system:
+                handle = system.handle("s")
+                for n in range(200):
+                    assert handle.submit({"n": n}, "t", "a") is S.SUCCESS
+            posts = [w for w in server.writes() if not w.path.endswith("/batch")]
+            injected = sum(1 for w in posts if w.outcome != "ok")
+            stored = sorted(s["n"] for s in server.stored_states())
+        stats = system.statistics()
+        assert stored == list(range(200))
+        assert (stats.documents, stats.failed) == (200, 0)
+        assert injected > 0 and len(posts) == 200 + injected  # each failed POST sent once more, nothing else
+
+
 class TestActorRetries:
     async def test_retained_batch_logs_retry_events_and_one_outcome(self) -> None:
         """Fault: the first two batch writes answer 503, the third succeeds (actor mode, retries=0: the

@@ -9,6 +9,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import orjson
 
@@ -177,11 +178,17 @@ class HttpStore:
         A few workers take the sessions one after another (a task per session would cost more than its
         POST when thousands of sessions wrote one document each). The first POST that fails stops the
         workers from taking another session; those in flight end, and its error is raised as it is
-        (never wrapped in an exception group: callers handle a :class:`StoreError`)."""
+        (never wrapped in an exception group: callers handle a :class:`StoreError`). The documents stored
+        by then keep their ids (``stored_as``), and the write's retry does not send them again: else it
+        would succeed only if all its POSTs did at once, and a server that makes its own ids would store
+        them twice."""
         by_session: dict[str, list[int]] = {}
-        for index, doc in enumerate(docs):
-            by_session.setdefault(doc.session_id, []).append(index)
         ids: list[str] = [""] * len(docs)
+        for index, doc in enumerate(docs):
+            if doc.stored_as is None:
+                by_session.setdefault(doc.session_id, []).append(index)
+            else:
+                ids[index] = doc.stored_as
         sessions = deque(by_session.values())
         failures: list[StoreError] = []
 
@@ -193,12 +200,14 @@ class HttpStore:
                         async with self._limiter:  # the look-up after a 409 is a request in flight too
                             resp = await self._request("POST", self._collection, content=bytes(doc.body))
                             held = resp.status == 409 and await self._stored_before(doc)
-                        ids[index] = doc.id if held else _created_id(resp, doc.id)
+                        ids[index] = doc.stored_as = doc.id if held else _created_id(resp, doc.id)
             except StoreError as exc:
                 failures.append(exc)
 
         workers = min(len(sessions), int(self._limiter.total_tokens))
-        if workers == 1:
+        if workers == 0:
+            await anyio.lowlevel.checkpoint()  # every document stored by an earlier try
+        elif workers == 1:
             await post_sessions_in_order()
         else:
             async with anyio.create_task_group() as group:
