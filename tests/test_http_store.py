@@ -138,6 +138,47 @@ async def test_a_retried_write_does_not_post_again_what_it_stored() -> None:
     await store.aclose()
 
 
+async def test_a_batch_refused_for_a_repeated_id_is_looked_up_document_by_document() -> None:
+    """A batch endpoint that answers 409 to a repeated id (a retry of a batch whose answer was lost): the batch
+    is posted document by document, each 409 looked up, and a look-up answered 5xx is a transient error
+    (both were a permanent 'HTTP 409' failure of documents the server held)."""
+    held: dict[str, dict[str, Any]] = {}
+    gets: list[str] = []
+
+    class Transport:
+        name = "mock"
+
+        async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                          content: bytes | None = None) -> Response:
+            await anyio.lowlevel.checkpoint()
+            if method == "GET":
+                gets.append(url)
+                doc = held.get(url.rsplit("/", 1)[1])
+                if len(gets) == 1:
+                    return Response(503, {}, b'{"detail": "busy"}')
+                return Response(200, {}, orjson.dumps(doc)) if doc else Response(404, {}, b'{"detail": "no"}')
+            assert content is not None
+            body = orjson.loads(content)
+            docs = body["documents"] if url.endswith("/batch") else [body]
+            if any(doc["id"] in held for doc in docs):
+                return Response(409, {}, b'{"detail": "duplicate id"}')
+            held.update((doc["id"], doc) for doc in docs)
+            ids = [doc["id"] for doc in docs]
+            return Response(201, {}, orjson.dumps({"ids": ids} if url.endswith("/batch") else {"id": ids[0]}))
+
+        async def aclose(self) -> None:
+            await anyio.lowlevel.checkpoint()
+
+    store = HttpStore("http://127.0.0.1:1", "p", Transport, concurrency=1)
+    docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(3)]
+    assert await store.insert_many(docs[:1]) == [docs[0].id]  # its answer was lost, say: all three are sent
+    with pytest.raises(StoreUnavailable, match="503"):
+        await store.insert_many(docs)
+    assert await store.insert_many(docs) == [d.id for d in docs]
+    assert list(held) == [d.id for d in docs] and len(gets) == 2 and store.batch_supported
+    await store.aclose()
+
+
 async def test_a_created_id_may_be_named_underscore_id() -> None:
     """``{"_id": ...}`` answers are taken (a number as its text); an answer with neither is a bad response."""
     # As the original client allowed: ``_id``, a string or a number.

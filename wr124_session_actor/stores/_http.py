@@ -42,6 +42,8 @@ _READ_REDIRECTS: Final = frozenset({301, 302, 303})
 _MAX_REDIRECTS: Final = 5
 #: Answers to a query that may mean "this page is larger than the server allows" (a validated ``limit``).
 _PAGE_REFUSALS: Final = frozenset({400, 422})
+#: Answers below 500 that a later try may not get (with every 5xx).
+_TRANSIENT: Final = frozenset({408, 429})
 
 
 class HttpStore:
@@ -152,7 +154,8 @@ class HttpStore:
         return ids
 
     async def _insert_batch(self, chunk: Sequence[EncodedDocument]) -> list[str] | None:
-        """POST ``chunk`` to the batch endpoint; ``None`` when the server has none.
+        """POST ``chunk`` to the batch endpoint; ``None`` when the server has none, or refuses a repeated id
+        (409): the chunk is then posted document by document, each 409 looked up.
 
         Raises:
             _TooLarge: the server answered 413 to several documents (the store's limits are halved).
@@ -167,6 +170,8 @@ class HttpStore:
             self._max_body = min(self._max_body, max(len(body) // 2, _ENVELOPE + 1))
             self._max_count = min(self._max_count, len(chunk) // 2)
             raise _TooLarge
+        if resp.status == 409:  # a repeated id (a retry whose answer was lost): each document says which
+            return None
         if _no_content(resp):  # created, and answered with no body: the documents keep our ids
             return [doc.id for doc in chunk]
         return [str(i) for i in _expect(resp, "ids", list)]
@@ -225,6 +230,8 @@ class HttpStore:
         (409) answers so to a retry whose first answer was lost, and to a replay; the id is ours (made
         for this upload), so the document there, of the same name and session, is this one."""
         resp = await self._request("GET", self._document_url(doc.id))
+        if resp.status in _TRANSIENT or resp.status >= 500:
+            _check_status(resp, doc.id)  # not known yet: the write is tried again
         if resp.status != 200:
             return False
         try:
