@@ -140,6 +140,27 @@ class TestScoping:
         assert docs[0]["content"]["state"] == {"v": 3}
         await manager.aclose()
 
+    @pytest.mark.parametrize("where", ["sqlite", "reference server"])
+    async def test_any_agent_name_restores_that_agent_only(self, sqlite_config: Config, server: Any,
+                                                           where: str) -> None:
+        """An agent named as one of the library's tags ("agent_state", "session_state") gets its own states
+        only (every state carries those tags: another agent's came back), and so does one whose name holds a
+        comma or spaces (the reference server split and stripped every tags value: nothing came back)."""
+        config = sqlite_config if where == "sqlite" else Config(api_url=server.url, timeout=5.0)
+        manager = SessionStateManager("s", config.replace(cache_ttl=0))
+        names = ["agent_state", "session_state", "a,b", " planner ", "coder"]
+        for n, name in enumerate(names):
+            assert (await manager.upload_session_state({"n": n}, "t", name))[0] is S.SUCCESS
+        for n, name in enumerate(names):
+            status, content = await manager.restore_agent_session_state(name)
+            assert (status, content and content["state"], content and content["agent_name"]) == (
+                S.SUCCESS, {"n": n}, name), name
+            status, docs = await manager.download_session_states(agent_name=name)
+            assert (status, [d["content"]["state"] for d in docs]) == (S.SUCCESS, [{"n": n}]), name
+            status, summaries = await manager.list_available_session_states(agent_name=name)
+            assert (status, len(summaries)) == (S.SUCCESS, 1), name
+        await manager.aclose()
+
     async def test_date_filters(self, sqlite_config: Config) -> None:
         """start_date / end_date bound the download; a malformed date is FAILED, not an exception."""
         manager = SessionStateManager("s", sqlite_config)

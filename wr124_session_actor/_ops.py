@@ -420,6 +420,10 @@ class SessionOps:
             return False
         if not all(tag in tags for tag in query.tags):
             return False
+        if len(query.tags) > 1:  # (STATE_TAG, agent): the agent's tag may also be one of ours, or another's
+            content = doc.get("content")
+            if isinstance(content, dict) and content.get("agent_name", query.tags[1]) != query.tags[1]:
+                return False
         if query.created_after is not None or query.created_before is not None:
             created = _created(doc)
             if created is None or (query.created_after is not None and created < query.created_after) or (

@@ -428,7 +428,8 @@ def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
     """Turn the list endpoint's query parameters into a :class:`Query`.
 
     Empty values count as absent. ``tags`` may repeat (``tags=a&tags=b``, as the original client sends a
-    list) and each may be comma-joined (``tags=a,b``); a document must carry every tag. ``limit`` defaults
+    list: each value is one tag, as it is, commas and spaces included), or be one comma-joined value
+    (``tags=a,b``, each tag stripped); a document must carry every tag. ``limit`` defaults
     to 10 and is capped at ``limits.max_limit`` (the answer's ``limit`` says what was used); a negative or
     non-integer ``limit``/``skip`` is 400.
 
@@ -444,8 +445,10 @@ def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
     sort_order = _SORT_ORDERS.get(raw_order.lower())
     if sort_order is None:
         raise ApiError(400, f"'sort_order' must be 1 or -1, got {raw_order!r}")
-    tags = tuple(dict.fromkeys(tag.strip() for raw in params.getall("tags", ()) for tag in raw.split(",")
-                               if tag.strip()))
+    values = [value for value in params.getall("tags", ()) if value]
+    if len(values) == 1:  # one value: a comma-joined list (tags=a,b); repeated values are one tag each
+        values = [tag.strip() for tag in values[0].split(",")]
+    tags = tuple(dict.fromkeys(tag for tag in values if tag))
     return Query(
         session_id=_one(params, "session_id") or None,
         document_type=_one(params, "document_type") or None,
