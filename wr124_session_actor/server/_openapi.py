@@ -243,7 +243,8 @@ def _list_parameters(validators: Validators) -> list[JSONSchema]:
         _query("document_type", _STRING, "Only documents of this type."),
         # One value on the wire (``tags=a`` or ``tags=a,b``) is a list as well: the contract says both forms.
         {**_query("tags", {"anyOf": [{"type": "array", "items": _STRING}, _STRING]},
-                  "Documents carrying all these tags: repeated (`tags=a&tags=b`); comma-joined values are split."),
+                  "Documents carrying all these tags: repeated (`tags=a&tags=b`, each value one tag as it is),"
+                  " or one comma-joined value (`tags=a,b`)."),
          "style": "form", "explode": True},
         _query("name_pattern", _STRING, "A substring of the name."),
         _time_parameter("created_after", "Inclusive lower bound"),
