@@ -157,6 +157,20 @@ class TestMerging:
         stored = await stored_states(config, "s")
         assert sorted(state["v"] for state in stored) == [0, 0, 1, 1]
 
+    async def test_an_awaited_upload_that_times_out_says_so_and_is_still_written(self, memory_config: Config) -> None:
+        """An awaited upload with no answer within the timeout is TIMEOUT with a message that says so, and that
+        the upload may still be stored (it said "the actor system is closed" of an open system); it is."""
+        config = memory_config.replace(timeout=0.2)
+        store = GatedStore(open_store(config))
+        async with ActorSystem(config, store=store) as system:
+            status, message = await system.manager("s").upload_session_state({"v": 1}, "t", "a")
+            assert status is S.TIMEOUT
+            assert message.startswith("no reply within 0.2s (SESSION_STATE_TIMEOUT)") and "still be stored" in message
+            status, message = await system.manager("s").flush()
+            assert (status, message.startswith("no reply within 0.2s")) == (S.TIMEOUT, True)
+            store.gate.set()
+        assert await stored_states(config, "s") == [{"v": 1}]
+
     async def test_write_observers_see_every_write(self, memory_config: Config) -> None:
         """Each store write is reported once to the observers, with its documents and status."""
         seen: list[tuple[int, S]] = []

@@ -72,8 +72,11 @@ class SessionHandle:
         return Status.SUCCESS
 
     async def _send(self, make: Callable[[Reply], Message], fallback: T,
-                    accepted: Callable[[], None] | None = None) -> tuple[Status, T]:
-        """Send a message (``accepted`` runs once it is queued) and wait for its reply within the timeout."""
+                    accepted: Callable[[], None] | None = None, *, timed_out: T | None = None) -> tuple[Status, T]:
+        """Send a message (``accepted`` runs once it is queued) and wait for its reply within the timeout.
+
+        Answers ``fallback`` when the system is closed, and ``timed_out`` (if not ``None``, else ``fallback``)
+        with ``TIMEOUT``."""
         runtime = self._runtime
         reply = Reply()
         timeout = runtime.config.timeout
@@ -92,7 +95,7 @@ class SessionHandle:
             reply.abandoned = not reply.is_set()
         logger.warning("session_state.call", status=Status.TIMEOUT.value, session_id=self.session_id,
                        op="call", error=f"no reply within {timeout:g}s (SESSION_STATE_TIMEOUT)")
-        return Status.TIMEOUT, fallback
+        return Status.TIMEOUT, fallback if timed_out is None else timed_out
 
     async def upload(self, state: object, task: str = "", agent_name: str = "agent",
                      **details: Any) -> tuple[Status, str]:
@@ -111,11 +114,14 @@ class SessionHandle:
             if runtime.outbox is not None:
                 runtime.outbox.add(upload)
 
-        return await self._send(lambda reply: Upload(upload, reply), CLOSED_MESSAGE, accepted)
+        return await self._send(lambda reply: Upload(upload, reply), CLOSED_MESSAGE, accepted,
+                                timed_out=_timed_out(runtime.config.timeout, "the upload stays queued and may"
+                                                     " still be stored"))
 
     async def flush(self) -> tuple[Status, str]:
         """Write every pending upload of this session now."""
-        return await self._send(lambda reply: Call(None, reply), CLOSED_MESSAGE)
+        return await self._send(lambda reply: Call(None, reply), CLOSED_MESSAGE,
+                                timed_out=_timed_out(self._runtime.config.timeout, "pending uploads stay queued"))
 
     async def call(self, func: Callable[[SessionOps], Awaitable[tuple[Status, T]]], fallback: T) -> tuple[Status, T]:
         """Run ``func`` with the session's ops in the actor, after its pending uploads are written."""
@@ -125,3 +131,7 @@ class SessionHandle:
         """A cached restore of ``doc_id`` when the actor is idle (no write of this session can be missed)."""
         actor = self._runtime.idle_actor(self.session_id)
         return None if actor is None else actor.ops.cached_restore(doc_id)
+
+
+def _timed_out(timeout: float, what_then: str) -> str:
+    return f"no reply within {timeout:g}s (SESSION_STATE_TIMEOUT); {what_then}"
