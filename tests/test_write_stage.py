@@ -299,6 +299,31 @@ class TestRefusals:
         assert conflict[0] is S.FAILED and "conflict" in conflict[1]
 
 
+    async def test_a_conflict_fails_alone_in_its_sessions_batch(self, sqlite_config: Config) -> None:
+        """keep="all": one of a session's ten uploads in one batch is refused with a conflict; the other nine
+        are answered as stored, and counted so (all ten were FAILED 'conflict', while the nine were stored)."""
+        direct = SessionStateManager("s", sqlite_config)
+        _, first = await direct.upload_session_state({"v": 1}, "t", "a")
+        await direct.upload_session_state({"v": 2}, "t", "a")
+        status, content = await direct.restore_session_state(first)
+        assert status is S.SUCCESS and content is not None
+        await direct.aclose()
+        with capture_logs() as logs:
+            async with ActorSystem(sqlite_config.replace(keep="all", debounce=0.05)) as system:
+                manager = system.manager("s")
+                results = await _gather(
+                    [lambda n=n: manager.upload_session_state({"n": n}, "t", f"b{n}") for n in range(9)]
+                    + [lambda: manager.upload_session_state({"v": 3}, "t", "a", parent_seq=content["seq"])])
+        *ok, conflict = results
+        assert {s for s, _ in ok} == {S.SUCCESS} and len({i for _, i in ok}) == 9
+        assert conflict[0] is S.FAILED and "conflict" in conflict[1]
+        stats = system.statistics()
+        assert (stats.documents, stats.failed) == (9, 1)
+        warned = [e for e in logs if e["event"] == "session_state.upload" and e["log_level"] == "warning"]
+        assert [len(e["ids"]) for e in warned] == [1] and "conflict" in warned[0]["error"]
+        assert sorted(s.get("n", -1) for s in await stored_states(sqlite_config, "s")) == [-1, -1, *range(9)]
+
+
 async def _gather(calls: list[Any]) -> list[Any]:
     results: list[Any] = [None] * len(calls)
 

@@ -8,7 +8,7 @@ structlog event per outcome. Nothing here raises for I/O trouble.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -105,6 +105,8 @@ class StoreOutcome:
     duration: float = 0.0
     #: The HTTP status of a refusal (a store error that carries one), else ``None``.
     status_code: int | None = None
+    #: A write's documents that failed alone (by position) while the others were stored, with their outcomes.
+    refused: Mapping[int, StoreOutcome] | None = None
 
 
 RetryHook = Callable[[int, StoreError, float], None]
@@ -357,15 +359,22 @@ class SessionOps:
         if prepared.docs:
             assert result is not None
             docs = prepared.docs
-            self.log("upload", result, final=final, ids=[d.id for d in docs], batch_size=len(docs),
-                     coalesced=coalesced)
+            refused = result.refused or {}
+            self.log("upload", result, final=final, ids=[d.id for p, d in enumerate(docs) if p not in refused],
+                     batch_size=len(docs) - len(refused), coalesced=coalesced)
+            for position, alone in refused.items():
+                self.log("upload", alone, final=final, ids=[docs[position].id], batch_size=1)
             if result.status is Status.SUCCESS:
                 self.invalidate()
                 # The ids the store answered: ours when it honours client ids, its own when it does not.
                 ids = [str(i) for i in result.value] if len(result.value) == len(docs) else [d.id for d in docs]
-                self._remember(docs, ids)
-                for index, doc_id in zip(prepared.uploads_of_docs, ids, strict=True):
-                    outcomes[index] = UploadOutcome(Status.SUCCESS, doc_id)
+                stored = [p for p in range(len(docs)) if p not in refused] if refused else range(len(docs))
+                self._remember([docs[p] for p in stored], [ids[p] for p in stored])
+                for position in stored:
+                    outcomes[prepared.uploads_of_docs[position]] = UploadOutcome(Status.SUCCESS, ids[position])
+                for position, alone in refused.items():
+                    outcomes[prepared.uploads_of_docs[position]] = UploadOutcome(
+                        alone.status, _message("upload", alone), alone.transient)
             else:
                 failure = UploadOutcome(result.status, _message("upload", result), result.transient)
                 for index in prepared.uploads_of_docs:

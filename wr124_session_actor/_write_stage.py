@@ -302,19 +302,23 @@ class WriteStage:
         return self._config.timeout * requests
 
     async def _write_singly(self, job: Job) -> None:
-        """Write a refused batch one document at a time; the batch's outcome is its worst one."""
+        """Write a refused batch one document at a time: a document the store refuses (or that fails) fails
+        alone, and the others are answered as stored."""
         ids: list[str] = []
-        failure: StoreOutcome | None = None
+        refused: dict[int, StoreOutcome] = {}
         store = self._store
-        for doc in job.docs:
+        for position, doc in enumerate(job.docs):
             single = await call_store(self._config, self._circuit, store, partial(_insert, store, [doc]))
             self._counters.observe_write(single.duration, 1, single.status)
             if single.status is Status.SUCCESS:
                 ids.extend(single.value)
             else:
-                failure = failure or single
+                refused[position] = single
                 ids.append(doc.id)
-        job.answer(failure if failure is not None else StoreOutcome(Status.SUCCESS, ids))
+        if len(refused) == len(job.docs):
+            job.answer(refused[0])
+        else:
+            job.answer(StoreOutcome(Status.SUCCESS, ids, refused=refused or None))
 
 
 async def _insert(store: Callable[[], DocumentStore], docs: list[EncodedDocument]) -> list[str]:
