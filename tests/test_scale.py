@@ -223,6 +223,27 @@ class TestAgentFilter:
             finally:
                 await manager.aclose()
 
+    @pytest.mark.parametrize("sorting", [False, True])
+    async def test_a_service_that_dates_to_the_second_still_gives_the_newest_state(self, anyio_backend: str,
+                                                                                   sorting: bool) -> None:
+        """A server that dates documents to the whole second, oldest first or as asked: states of the same
+        second come newest first too (a tie was taken for newest first, for good, and ties kept the server's
+        oldest-first order: the oldest state of the second was restored as the latest)."""
+        with doc_server(sorting=sorting, whole_seconds=True) as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend).replace(cache_ttl=0))
+            try:
+                for round_ in range(2):  # the first round learns the order, the second uses what was learned
+                    for step in range(5):
+                        await manager.upload_session_state({"round": round_, "step": step}, "t", "coder")
+                    status, content = await manager.restore_latest_session_state()
+                    assert (status, content and content["state"]) == (S.SUCCESS, {"round": round_, "step": 4})
+                    status, docs = await manager.download_session_states(limit=5)
+                    assert [d["content"]["state"]["step"] for d in docs] == [4, 3, 2, 1, 0]
+                    status, content = await manager.restore_agent_session_state("coder")
+                    assert (status, content and content["state"]) == (S.SUCCESS, {"round": round_, "step": 4})
+            finally:
+                await manager.aclose()
+
     async def test_a_service_that_caps_the_limit_is_read_to_its_total(self, anyio_backend: str) -> None:
         """A server that ignores tags and answers at most 5 documents a page (fewer than asked, with the
         total of all matches): a short page is not the end while the total says more follow."""

@@ -456,7 +456,7 @@ class SessionOps:
         known = True if http is None else http.newest_first
         newest_first = known is not False
         compared = False
-        previous: str | None = None
+        previous: tuple[str, str] | None = None
         page_query = query if known is not None else replace(query, limit=max(query.limit, 2))
         for _ in range(_MAX_PAGES):
             result = await store.query(page_query)
@@ -469,12 +469,12 @@ class SessionOps:
                         continue
                     seen.add(doc_id)
                 fresh += 1
-                created = _created(doc)
-                if created is not None:
-                    if previous is not None:
+                dated = _newest_first_key(doc)
+                if dated[0]:
+                    if previous is not None and dated != previous:  # a full tie shows no order
                         compared = True
-                        newest_first = newest_first and created <= previous
-                    previous = created
+                        newest_first = newest_first and dated < previous
+                    previous = dated
                 if self._matches(doc, query):
                     kept.append(doc)
             last = len(page) < page_query.limit and page_query.skip + len(page) >= result.total
@@ -487,7 +487,7 @@ class SessionOps:
         if http is not None and known is None and compared:
             http.newest_first = newest_first
         if not newest_first:
-            kept.sort(key=lambda doc: _created(doc) or "", reverse=True)  # stable: ties keep the store's order
+            kept.sort(key=_newest_first_key, reverse=True)
         return kept[: query.limit]
 
     async def download(self, limit: int = 10, agent_name: str | None = None,
@@ -581,6 +581,14 @@ def _document_id(doc_id: object) -> str:
     if type(doc_id) is int:
         return str(doc_id)
     raise ValueError(f"doc_id must be a non-empty string or a number, got {doc_id!r}")
+
+
+def _newest_first_key(doc: Document) -> tuple[str, str]:
+    """What orders documents the store did not sort: ``created_at``, then the state's own timestamp (to the
+    microsecond), which tells apart documents a store dated in the same second."""
+    content = doc.get("content")
+    stamp = content.get("timestamp") if isinstance(content, dict) else None
+    return _created(doc) or "", stamp if isinstance(stamp, str) else ""
 
 
 def _created(doc: Document) -> str | None:

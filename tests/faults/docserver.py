@@ -19,7 +19,8 @@ ignore ``skip`` (``paging=False``: every page starts at the first document), and
 (``sorting=False``: oldest first, as stored), and cap ``limit`` (``max_limit``: fewer documents than
 asked, with the ``total`` of all matches), and route paths that end in "/" only, redirecting the others
 there with 307 (``slash=True``), and refuse a ``limit`` above ``refused_limit`` (422, as a validated
-query parameter does), and ignore ``session_id`` (``sessions=False``).
+query parameter does), and ignore ``session_id`` (``sessions=False``), and date documents to the second
+(``whole_seconds=True``, as a SQL ``DATETIME`` column does).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class DocServer:
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
                  tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True,
                  max_limit: int = 10_000, health: bool = True, slash: bool = False,
-                 refused_limit: int | None = None, sessions: bool = True) -> None:
+                 refused_limit: int | None = None, sessions: bool = True, whole_seconds: bool = False) -> None:
         self.batch = batch
+        self.whole_seconds = whole_seconds
         self.sessions = sessions
         self.refused_limit = refused_limit
         self.slash = slash
@@ -143,7 +145,7 @@ class DocServer:
             for doc in docs:
                 doc_id = str(doc["id"])
                 if doc_id not in self.docs:
-                    now = datetime.now(UTC).isoformat()
+                    now = datetime.now(UTC).isoformat(timespec="seconds" if self.whole_seconds else "auto")
                     self.docs[doc_id] = {**doc, "_id": doc_id, "created_at": now, "updated_at": now}
                 ids.append(doc_id)
         return ids
