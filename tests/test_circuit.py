@@ -8,6 +8,7 @@ import pytest
 from wr124_session_actor import CircuitOpen, Config, SessionStateManager, StoreRejected, StoreUnavailable
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._circuit import CircuitBreaker
+from wr124_session_actor._ops import call_store
 from wr124_session_actor.stores import MemoryStore
 
 from .faultserver import fault_server
@@ -83,3 +84,33 @@ class TestCircuitBreaker:
             await manager.aclose()
         assert set(statuses) == {S.FAILED}
         assert len(hits) == 3
+
+
+class TestRetriesCountFailuresInARow:
+    async def test_a_failure_that_got_work_done_starts_a_new_run(self) -> None:
+        """A write of many requests that fails after storing some of its documents (``progressed``) is tried
+        again past ``retries`` while each try gets further, without a longer backoff or opening the circuit;
+        a failure that got nothing done counts as before (a 200-document write with 5% of its POSTs failing
+        gave up after 5 tries, each with a longer backoff)."""
+        config = Config(api_url="memory://", retries=2, retry_backoff=0.001, retry_backoff_max=0.002)
+        circuit = CircuitBreaker(threshold=3, cooldown=10)
+        tries: list[int] = []
+
+        async def write() -> str:
+            tries.append(len(tries))
+            await anyio.lowlevel.checkpoint()
+            if len(tries) <= 6:  # six tries each store a part, then fail
+                error = StoreUnavailable("HTTP 503")
+                error.progressed = True
+                raise error
+            return "done"
+
+        outcome = await call_store(config, circuit, lambda: MemoryStore("x"), write)
+        assert (outcome.status, outcome.value, outcome.attempts, circuit.state) == (S.SUCCESS, "done", 7, "closed")
+
+        async def fail() -> str:
+            await anyio.lowlevel.checkpoint()
+            raise StoreUnavailable("HTTP 503")
+
+        outcome = await call_store(config, circuit, lambda: MemoryStore("x"), fail)
+        assert (outcome.status, outcome.attempts, circuit.state) == (S.FAILED, 3, "open")

@@ -48,6 +48,9 @@ class StoreError(Exception):
 
     #: Whether retrying the same request later may succeed.
     transient: bool = False
+    #: Whether the failed call got part of its work done first (a write of several requests stored some
+    #: documents): its retry is then not one more failure in a row.
+    progressed: bool = False
 
 
 class StoreUnavailable(StoreError):

@@ -120,24 +120,31 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
 
     Transient failures are tried again after :func:`backoff_delay` (at least ``Retry-After``) until the
     deadline (``timeout``, by default ``config.timeout``); ``on_retry(attempt, error, delay)`` hears of each.
+    A failure that got part of the work done (:attr:`StoreError.progressed`) starts a new run of failures:
+    the backoff and the ``retries`` bound count the failures in a row.
     """
     started = time.perf_counter()
     attempt = 0
+    in_a_row = 0
     error: StoreError | None = None
     timeout = config.timeout if timeout is None else timeout
     with anyio.move_on_after(timeout) as scope:
         while True:
             attempt += 1
+            in_a_row += 1
             try:
                 await circuit.before_call(store())
                 result = await func()
             except StoreError as exc:
                 error = exc
-                if exc.transient and not isinstance(exc, CircuitOpen):
+                if exc.progressed:  # the store works: a new run of failures
+                    in_a_row = 1
+                    circuit.record_success()
+                elif exc.transient and not isinstance(exc, CircuitOpen):
                     circuit.record_failure()
-                if not exc.transient or attempt > config.retries:
+                if not exc.transient or in_a_row > config.retries:
                     break
-                delay = backoff_delay(attempt, config.retry_backoff, config.retry_backoff_max)
+                delay = backoff_delay(in_a_row, config.retry_backoff, config.retry_backoff_max)
                 retry_after = getattr(exc, "retry_after", None)
                 if retry_after is not None:
                     delay = max(delay, min(retry_after, timeout))

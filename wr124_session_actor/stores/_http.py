@@ -219,6 +219,7 @@ class HttpStore:
                 for _ in range(workers):
                     group.start_soon(post_sessions_in_order)
         if failures:
+            failures[0].progressed = any(ids[i] for indexes in by_session.values() for i in indexes)
             raise failures[0]
         return ids
 
