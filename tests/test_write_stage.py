@@ -72,6 +72,22 @@ class GatedStore(CountingStore):
                 await anyio.sleep(0.001)
 
 
+class RecordingGatedStore(GatedStore):
+    """A gated store that records the sessions of each write's documents."""
+
+    def __init__(self, inner: DocumentStore) -> None:
+        super().__init__(inner)
+        self.sessions: list[list[str]] = []
+
+    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+        self.sessions.append([doc.session_id for doc in docs])
+        return await super().insert_many(docs)
+
+    async def open_gate_later(self) -> None:
+        await anyio.sleep(0.05)
+        self.gate.set()
+
+
 class TestMerging:
     async def test_sessions_share_writes_bounded_by_max_batch(self, sqlite_config: Config) -> None:
         """2,000 sessions with one upload each go to the store in few writes of at most max_batch
@@ -156,6 +172,29 @@ class TestMerging:
         assert (stats.documents, stats.failed, stats.pending) == (5, 0, 0)
         stored = await stored_states(config, "s")
         assert sorted(state["v"] for state in stored) == [0, 0, 1, 1]
+
+    async def test_batches_a_caller_waits_for_are_written_first(self, memory_config: Config) -> None:
+        """While 50 sessions' submitted batches queue behind a write in flight, an awaited upload of another
+        session and the flush before an actor-mode read go in the next write, not after the 50 (with more
+        queued than the timeout lets through, they timed out behind fire-and-forget traffic)."""
+        config = memory_config.replace(write_concurrency=1, max_batch=5, debounce=0.0)
+        store = RecordingGatedStore(open_store(config))
+        async with anyio.create_task_group() as tg, ActorSystem(config, store=store) as system:
+            system.handle("first").submit({"n": 0}, "t", "a")
+            await store.started(1)
+            for n in range(50):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+            await anyio.sleep(0.05)  # their batches are queued in the stage
+            reader = system.manager("reader")
+            reader.submit_session_state({"r": 1}, "t", "a")
+            tg.start_soon(store.open_gate_later)
+            uploaded, (status, content) = await _gather([
+                lambda: system.manager("waiter").upload_session_state({"w": 1}, "t", "a"),
+                reader.restore_latest_session_state])
+            assert (uploaded[0], status, content and content["state"]) == (S.SUCCESS, S.SUCCESS, {"r": 1})
+        assert store.sessions[0] == ["first"]
+        assert {"waiter", "reader"} <= set(store.sessions[1])
+        assert sum(map(len, store.sessions)) == 53
 
     async def test_an_awaited_upload_that_times_out_says_so_and_is_still_written(self, memory_config: Config) -> None:
         """An awaited upload with no answer within the timeout is TIMEOUT with a message that says so, and that

@@ -256,6 +256,7 @@ class SessionActor:
     async def _flush(self) -> None:
         """Write everything pending now and wait for it: the batch in the stage, then the rest (once)."""
         if self._job is not None:
+            self._stage.hurry(self._job)
             await self._stage.wait(self._job)
         await self._hand_over(urgent=True)
         if self._job is not None:

@@ -15,7 +15,9 @@ least ``debounce`` ago (:data:`MAX_PACE` at most), or a caller waits for one of 
 awaited upload, a flush, the final flush). Batches arriving while the store is busy therefore queue up
 and leave together: under load, writes grow towards ``max_batch``; and sessions that trickle in (each
 due on its own, a store faster than their arrival) share one write per pace instead of one write each.
-The owner of the oldest queued batch stays to start a paced write when its time comes.
+The owner of the oldest queued batch stays to start a paced write when its time comes. Batches a
+caller waits for (an awaited upload, the flush before an actor-mode read) are written before those
+nobody waits for, each kind oldest first, so that a read is not queued behind thousands of submits.
 
 Against a server without the batch endpoint merging saves no request (each document is a POST of its
 own), so there a write starts whenever a slot is free, takes a few batches (``concurrency`` documents)
@@ -32,10 +34,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import islice
+from itertools import chain, islice
 from time import monotonic
 from typing import Final
 
@@ -69,7 +71,7 @@ class Job:
 
     ``done`` is called with the outcome, in the task that wrote it; ``wake`` is called when the job may
     lead a write and nobody waits on it (its actor handed it over and went idle). An ``urgent`` job has
-    a caller waiting for it: an idle store writes it without pacing.
+    a caller waiting for it: it is written before the others, and an idle store writes it without pacing.
     """
 
     docs: list[EncodedDocument]
@@ -108,9 +110,9 @@ class WriteStage:
         self._counters = counters
         #: Store writes in flight at most.
         self.concurrency = config.store_write_concurrency
-        self._queue: deque[Job] = deque()
+        self._queue: deque[Job] = deque()  # jobs nobody waits for, oldest first
+        self._urgent: deque[Job] = deque()  # jobs a caller waits for: written first, oldest first
         self._queued_docs = 0
-        self._urgent = 0  # urgent jobs queued
         self._in_flight = 0
         self._last_start = -math.inf  # when the last write started (time.monotonic())
         self._encoding: anyio.Lock | None = None  # made on first use (in the event loop)
@@ -119,17 +121,21 @@ class WriteStage:
     @property
     def queued(self) -> int:
         """Session batches waiting for a write."""
-        return len(self._queue)
+        return len(self._urgent) + len(self._queue)
+
+    def _jobs(self) -> Iterator[Job]:
+        """The queued jobs in the order they are written: those a caller waits for first."""
+        return chain(self._urgent, self._queue)
 
     def _may_lead(self) -> bool:
         """Whether a new write (of the oldest queued batches) may start now."""
-        if not self._queue or self._in_flight >= self.concurrency:
+        if not (self._urgent or self._queue) or self._in_flight >= self.concurrency:
             return False
         if self._in_flight and self._batch_support() is None:
             return False  # one write finds out whether the server has the batch endpoint
         if self._queued_docs >= self._config.max_batch or self._posts_singly():
             return True
-        return self._in_flight == 0 and (self._urgent > 0 or self._closing or self._paced_at() <= monotonic())
+        return self._in_flight == 0 and (bool(self._urgent) or self._closing or self._paced_at() <= monotonic())
 
     def _paced_at(self) -> float:
         """When an idle store may start a write that is neither full nor urgent."""
@@ -137,7 +143,7 @@ class WriteStage:
 
     def _pacing(self) -> bool:
         """Whether the store is idle and its next write waits for its pace (its oldest job's owner times it)."""
-        return bool(self._queue) and self._in_flight == 0 and not self._may_lead()
+        return bool(self._urgent or self._queue) and self._in_flight == 0 and not self._may_lead()
 
     def _batch_support(self) -> bool | None:
         """Whether the store writes many documents in one request: ``False`` for a server without the
@@ -154,13 +160,13 @@ class WriteStage:
         the next write waits for its pace, wake the oldest job's owner to time it."""
         if self._may_lead():
             free = self.concurrency - self._in_flight
-            writes = len(self._queue) if self._posts_singly() else -(-self._queued_docs // self._config.max_batch)
+            writes = self.queued if self._posts_singly() else -(-self._queued_docs // self._config.max_batch)
             count = min(free, writes)
         elif self._pacing():
             count = 1
         else:
             return
-        for job in islice(self._queue, count):
+        for job in islice(self._jobs(), count):
             if job.wakeup is not None:
                 job.wakeup.set()
             elif job.wake is not None:
@@ -176,12 +182,23 @@ class WriteStage:
         return job
 
     def _enqueue(self, job: Job, *, first: bool = False) -> None:
+        queue = self._urgent if job.urgent else self._queue
         if first:
-            self._queue.appendleft(job)
+            queue.appendleft(job)
         else:
-            self._queue.append(job)
+            queue.append(job)
         self._queued_docs += len(job.docs)
-        self._urgent += job.urgent
+
+    def hurry(self, job: Job) -> None:
+        """A caller now waits for ``job``: if it is queued among the batches nobody waits for, it moves to
+        the end of those a caller waits for."""
+        if not job.urgent and job.result is None:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return  # in a write already
+            job.urgent = True
+            self._urgent.append(job)
 
     def close(self) -> None:
         """The system is closing: every queued batch is awaited (no pacing); wake the owners of the
@@ -202,7 +219,7 @@ class WriteStage:
 
         Its own batch may already be in another leader's write: two slots freed at once wake two owners,
         and the one that runs first takes the oldest batch, maybe the other's."""
-        return job.result is None and (self._may_lead() or (self._pacing() and self._queue[0] is job))
+        return job.result is None and (self._may_lead() or (self._pacing() and next(self._jobs()) is job))
 
     async def wait(self, job: Job) -> StoreOutcome:
         """Wait until ``job`` is written, leading writes (of the oldest queued batches) while one may start,
@@ -232,11 +249,11 @@ class WriteStage:
         jobs: list[Job] = []
         count = 0
         limit = self._config.max_batch if self._batch_support() else self.concurrency
-        while self._queue and (not jobs or count + len(self._queue[0].docs) <= limit):
-            job = self._queue.popleft()
-            count += len(job.docs)
-            self._urgent -= job.urgent
-            jobs.append(job)
+        for queue in (self._urgent, self._queue):
+            while queue and (not jobs or count + len(queue[0].docs) <= limit):
+                job = queue.popleft()
+                count += len(job.docs)
+                jobs.append(job)
         self._queued_docs -= count
         return jobs
 
