@@ -142,12 +142,16 @@ class TestSettle:
         pending.add(upload("x", 0), None, 0, now=0.0)
         pending.add(upload("y", 0), "r", 0, now=0.0)
         items = pending.take()
-        pending.add(upload("x", 1), None, 0, now=0.1)  # the write of x0, y0 is in flight
-        pending.add(upload("y", 1), None, 0, now=0.1)
+        # The write of x0, y0 is in flight: they are written all the same, so not coalesced; y0's caller is
+        # answered by its write (or y1's, should it fail for now), y1's caller by y1's only.
+        assert pending.add(upload("x", 1), None, 0, now=0.1)[1] == 0
+        assert pending.add(upload("y", 1), "r1", 0, now=0.1)[1] == 0
+        assert [p.replies for p in items] == [(), ["r"]]
         done = pending.settle(items, [UploadOutcome(S.SUCCESS, "x0"), UploadOutcome(S.SUCCESS, "y0")], now=0.2)
         assert [p.upload.state for p, _ in done] == [{"n": 0}, {"n": 0}]
-        assert [(p.upload.agent_name, p.upload.state) for p in pending.take()] == [("x", {"n": 1}), ("y", {"n": 1})]
-        assert pending.awaited  # y0's caller is answered by y1's write too (it holds y0's reply)
+        assert [(p.upload.agent_name, p.upload.state, p.replies, p.coalesced) for p in pending.take()] == [
+            ("x", {"n": 1}, (), 0), ("y", {"n": 1}, ["r", "r1"], 0)]
+        assert pending.awaited
         done = pending.settle(pending.take(), [UploadOutcome(S.SUCCESS, "x1"), UploadOutcome(S.SUCCESS, "y1")],
                               now=0.3)
         assert len(done) == 2 and len(pending) == 0 and not pending.awaited

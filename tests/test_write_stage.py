@@ -169,7 +169,7 @@ class TestMerging:
                 status, latest = await manager.restore_agent_session_state("x")
                 assert (status, latest and latest["state"]) == (S.SUCCESS, {"v": 1})
         stats = system.statistics()
-        assert (stats.documents, stats.failed, stats.pending) == (5, 0, 0)
+        assert (stats.submitted, stats.documents, stats.coalesced, stats.failed, stats.pending) == (5, 5, 0, 0, 0)
         stored = await stored_states(config, "s")
         assert sorted(state["v"] for state in stored) == [0, 0, 1, 1]
 

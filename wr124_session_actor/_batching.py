@@ -30,6 +30,8 @@ class PendingUpload(Generic[R]):
     #: The callers waiting for this upload's outcome (a list made for the first one: most have none).
     replies: list[R] | tuple[()] = ()
     coalesced: int = 0
+    #: Taken for a write that has not been settled yet.
+    writing: bool = False
 
 
 def continue_lineage(newer: StateUpload, older: StateUpload) -> None:
@@ -80,10 +82,16 @@ class PendingBatch(Generic[R]):
         if older is None and len(items) >= self.bound:
             older = self._pop_oldest_of(upload.agent_name)  # the store is failing: stay bounded
         pending: PendingUpload[R] = PendingUpload(upload, coalesced=coalesced)
+        replaced = older is not None and not older.writing
         if older is not None:
             continue_lineage(upload, older.upload)
-            pending.replies = older.replies
-            pending.coalesced += older.coalesced + 1
+            if older.writing:
+                # Being written all the same (not coalesced): its callers are answered by its write, or by
+                # this one's should it fail for now; this one's callers only by this one's.
+                pending.replies = list(older.replies) if older.replies else ()
+            else:
+                pending.replies = older.replies
+                pending.coalesced += older.coalesced + 1
         if reply is not None:
             if pending.replies:
                 pending.replies.append(reply)  # non-empty: a list
@@ -91,7 +99,7 @@ class PendingBatch(Generic[R]):
                 pending.replies = [reply]
             self._awaited = True
         items[key] = pending
-        return (None if older is None else older.upload), coalesced + (older is not None)
+        return (None if older is None else older.upload), coalesced + replaced
 
     def _key(self, upload: StateUpload) -> str:
         return upload.agent_name if self._config.keep == "latest" else upload.doc_id
@@ -123,7 +131,10 @@ class PendingBatch(Generic[R]):
 
     def take(self) -> list[PendingUpload[R]]:
         """The uploads to write now, oldest first (they stay pending until :meth:`settle`)."""
-        return list(self._items.values())
+        items = list(self._items.values())
+        for pending in items:
+            pending.writing = True
+        return items
 
     def settle(self, batch: list[PendingUpload[R]], outcomes: Iterable[UploadOutcome],
                now: float) -> list[tuple[PendingUpload[R], UploadOutcome]]:
@@ -132,6 +143,8 @@ class PendingBatch(Generic[R]):
         Uploads that failed for a transient reason stay pending, and the batch waits a backoff. Uploads
         added while the write was in flight stay pending, those that replaced a written one included.
         """
+        for pending in batch:
+            pending.writing = False
         done = [(pending, outcome) for pending, outcome in zip(batch, outcomes, strict=True)
                 if outcome.status is SessionStateStatus.SUCCESS or not outcome.transient]
         items = self._items
