@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, ConfigError, Query
+from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._document import StateUpload
 from wr124_session_actor._outbox import Outbox
 from wr124_session_actor.stores import MemoryStore
@@ -64,6 +65,25 @@ class TestOutbox:
             ("a", 2), ("a", 3), ("b", 0)]
         await outbox.aclose()
 
+    async def test_replay_takes_only_what_was_there_when_the_spool_was_opened(self, tmp_path: Path) -> None:
+        """Rows another live system adds to a shared spool are not replayed by this one, at its exit neither (they
+        were written to this system's store, perhaps another store than theirs, and taken from the spool)."""
+        path = str(tmp_path / "o.db")
+        earlier = Outbox(path)
+        earlier.add(uploads(1, "earlier")[0])
+        await earlier.aclose()
+        mine, other = Outbox(path), Outbox(path)
+        await mine.open()
+        other.add(uploads(1, "other")[0])
+        await other.sync()
+        store = MemoryStore("mine")
+        assert await mine.replay(store) == 1
+        assert await mine.replay(store) == 0  # as at its exit
+        stored = (await store.query(Query(limit=10))).data
+        assert [d["content"]["agent_name"] for d in stored] == ["earlier"] and mine.count() == 1
+        await mine.aclose()
+        await other.aclose()
+
     async def test_replay_writes_in_order_and_empties(self, tmp_path: Path) -> None:
         """What a previous run spooled is written on the next start, oldest first, once."""
         path = str(tmp_path / "o.db")
@@ -98,6 +118,30 @@ class TestSystemWithSpool:
                     await anyio.sleep(0.02)
             stored = await system.store.query(Query(limit=100))
         assert sorted(d["content"]["state"]["n"] for d in stored.data) == list(range(20))
+
+    async def test_sessions_wait_for_what_an_earlier_run_left_of_them(self, tmp_path: Path, sqlite_url: str) -> None:
+        """Right after the next start, a session whose states an earlier run left in the spool reads them, and
+        its new states are stored after them (a read answered "no state" and cached that for cache_ttl, and a
+        Team then began a new conversation above the replayed one); another session is not held."""
+        spool = str(tmp_path / "outbox.db")
+        down = Config(api_url=closed_port_url(), spool=spool, retries=0, timeout=0.5, shutdown_timeout=0.3,
+                      spool_sync_interval=0.01)
+        async with ActorSystem(down) as system:
+            for n in range(5):
+                system.handle("s").submit({"n": n}, "t", "a")
+                system.handle("s").submit({"other": n}, "t", "b")
+        up = down.replace(api_url=sqlite_url, timeout=10.0)
+        async with ActorSystem(up) as system:
+            manager = system.manager("s")
+            status, content = await manager.restore_latest_session_state()
+            assert (status, content and content["state"]) == (S.SUCCESS, {"other": 4})
+            assert manager.submit_session_state({"n": 99}, "t", "a") is S.SUCCESS
+            assert (await system.manager("t").download_session_states()) == (S.SUCCESS, [])
+        async with ActorSystem(up) as system:
+            status, content = await system.manager("s").restore_agent_session_state("a")
+            assert (status, content and content["state"]) == (S.SUCCESS, {"n": 99})
+            status, docs = await system.manager("s").download_session_states(limit=20, agent_name="b")
+            assert [d["content"]["state"] for d in docs] == [{"other": 4}]  # keep="latest": the older coalesced
 
     async def test_a_hanging_server_holds_the_exit_no_longer_than_shutdown_timeout(
             self, tmp_path: Path, sqlite_url: str) -> None:

@@ -140,6 +140,8 @@ class SessionActor:
         stage = self._stage
         parked = False
         try:
+            if self.outbox is not None:  # what an earlier run left of this session is stored first
+                await self.outbox.wait_replayed(self.ops.session_id)
             while not mailbox.closed:
                 if self._job is not None:
                     await self._make_room()

@@ -9,7 +9,9 @@ without a durable copy. Uploads that the store confirms before their first sync 
 
 On the next start of a system with the same spool, what is left is replayed to the store in the order
 it was accepted. Documents carry client-made ids, so a replayed write is not duplicated by a store that
-honours ids (the embedded stores and the reference server do).
+honours ids (the embedded stores and the reference server do). Until that replay has ended, the sessions
+it holds states of wait (:meth:`Outbox.wait_replayed`): their reads would miss those states, and their
+new states would be stored before older ones.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class Outbox:
         self._syncing: set[str] = set()
         self._synced: set[str] = set()
         self._settled: set[str] = set()
+        #: The last row an earlier run left (read by :meth:`open`), and the sessions of those rows.
+        self._earlier_last = 0
+        self._earlier_sessions: set[str] = set()
+        self._replayed: anyio.Event | None = None
         #: Uploads written to the spool file so far, and syncs made (for tests and benchmarks).
         self.spooled = 0
         self.syncs = 0
@@ -109,9 +115,25 @@ class Outbox:
                 ``SESSION_STATE_SPOOL``.
         """
         try:
-            await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+            self._earlier_last, self._earlier_sessions = await anyio.to_thread.run_sync(
+                self._earlier, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"SESSION_STATE_SPOOL: cannot use {self.path!r} as the spool: {exc}") from None
+        self._replayed = anyio.Event()
+        if not self._earlier_last:
+            self._replayed.set()
+
+    def _earlier(self) -> tuple[int, set[str]]:
+        conn = self._connect()
+        (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+        sessions = {r[0] for r in conn.execute("SELECT DISTINCT session_id FROM outbox WHERE seq <= ?", (last,))}
+        return int(last), sessions
+
+    async def wait_replayed(self, session_id: str) -> None:
+        """Wait until the states an earlier run left of ``session_id`` are in the store (at once when none)."""
+        replayed = self._replayed
+        if replayed is not None and not replayed.is_set() and session_id in self._earlier_sessions:
+            await replayed.wait()
 
     def _write(self, docs: list[tuple[EncodedDocument, str]], delete: list[str]) -> list[str]:
         """One transaction: insert ``docs``, delete ``delete``, enforce the bound; return dropped ids."""
@@ -181,18 +203,22 @@ class Outbox:
     async def replay(self, store: DocumentStore, *, retry_backoff: float = 0.2, max_backoff: float = 5.0) -> int:
         """Write what an earlier run left in the spool to ``store``, oldest first; return how many.
 
-        Retries while the store fails, until it takes everything or the caller is cancelled.
+        Only what was there when the spool was opened (:meth:`open`, here if not yet): this run's own
+        uploads are its actors' to write. Retries while the store fails, until it takes everything or the
+        caller is cancelled.
         """
         total = 0
         failures = 0
-        last: int | None = None
         while True:
             docs: list[EncodedDocument] = []
             try:
-                if last is None:  # only what an earlier run left: this run's own uploads are its actors' to write
-                    last = await anyio.to_thread.run_sync(self._last_seq, limiter=self._limiter)
-                rows = await anyio.to_thread.run_sync(self._oldest, last, limiter=self._limiter)
+                if self._replayed is None:
+                    await self.open()
+                rows = await anyio.to_thread.run_sync(self._oldest, self._earlier_last, limiter=self._limiter)
                 if not rows:
+                    if self._replayed is not None:
+                        self._replayed.set()
+                    self._earlier_sessions = set()
                     return total
                 docs = [doc for doc, _ in rows]
                 await store.insert_many(docs)
@@ -209,9 +235,6 @@ class Outbox:
             failures = 0
             total += len(docs)
             logger.info("session_state.outbox", status="success", op="replay", batch_size=len(docs))
-
-    def _last_seq(self) -> int:
-        return int(self._connect().execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
 
     def _oldest(self, last: int) -> list[tuple[EncodedDocument, str]]:
         rows = self._connect().execute(
