@@ -202,6 +202,36 @@ class TestSpoolFaults:
             async with ActorSystem(Config(api_url="memory://", spool=str(path))):
                 pass
 
+    @pytest.mark.parametrize("kind", ["corrupt", "read-only"])
+    async def test_a_spool_that_cannot_be_read_or_written_fails_at_entry(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    ) -> None:
+        """A spool whose pages are corrupt, or that cannot be written (a read-only file in a writable folder),
+        is a ConfigError at entry too (the system started, and every exit retried its replay until
+        shutdown_timeout: 30 s for an empty enter and leave)."""
+        path = tmp_path / "spool.db"
+        config = Config(api_url="memory://", spool=str(path), shutdown_timeout=0.2, spool_sync_interval=0.01)
+        async with ActorSystem(config.replace(api_url=closed_port_url(), retries=0, timeout=0.2)) as system:
+            for n in range(300):
+                system.handle(f"s{n}").submit({"n": n, "pad": "x" * 200}, "t", "a")
+        if kind == "corrupt":
+            with sqlite3.connect(path) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            data = bytearray(path.read_bytes())
+            data[8192:] = bytes(len(data) - 8192)
+            path.write_bytes(bytes(data))
+        else:
+            from wr124_session_actor import _outbox
+
+            def read_only(path: str, schema: str, **options: Any) -> sqlite3.Connection:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+                return conn
+
+            monkeypatch.setattr(_outbox, "open_sqlite", read_only)
+        with pytest.raises(ConfigError, match="SESSION_STATE_SPOOL: cannot use"):
+            async with ActorSystem(config):
+                pass
+
     async def test_a_spool_that_fails_during_the_run_is_logged_and_retried(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -124,7 +124,13 @@ class Outbox:
             self._replayed.set()
 
     def _earlier(self) -> tuple[int, set[str]]:
+        """The last row an earlier run left and the sessions of those rows; fails unless the file can be read
+        and written (a corrupt or read-only spool would only fail at the exit, its replay retried until
+        ``shutdown_timeout``)."""
         conn = self._connect()
+        with write_transaction(conn):
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute(f"PRAGMA user_version = {int(version)}")  # a write that changes nothing
         (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
         sessions = {r[0] for r in conn.execute("SELECT DISTINCT session_id FROM outbox WHERE seq <= ?", (last,))}
         return int(last), sessions
