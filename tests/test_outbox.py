@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, ConfigError, Query
 from wr124_session_actor import SessionStateStatus as S
-from wr124_session_actor._document import StateUpload
+from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor._outbox import Outbox
 from wr124_session_actor.stores import MemoryStore
 
@@ -83,6 +84,26 @@ class TestOutbox:
         assert [d["content"]["agent_name"] for d in stored] == ["earlier"] and mine.count() == 1
         await mine.aclose()
         await other.aclose()
+
+    @pytest.mark.parametrize("keep", ["latest", "all"])
+    async def test_keep_latest_replays_no_state_older_than_the_agents_newest(self, tmp_path: Path,
+                                                                           keep: str) -> None:
+        """keep="latest": of an agent's spooled states only the newest is replayed, and not when the store holds a
+        newer one (a process killed after a write, before its next sync, left the states it superseded in the
+        spool: replayed, they were stored as newer, and restored as the latest). keep="all" replays them all."""
+        path = str(tmp_path / "o.db")
+        earlier = Outbox(path)
+        a_states, b_state = uploads(3, "a"), uploads(1, "b")[0]
+        for upload in [*a_states, b_state]:
+            earlier.add(upload)
+        await earlier.aclose()
+        store = MemoryStore("replay-latest")
+        await store.insert_many([encode_document(StateUpload("s", {"n": 9}, "t", "a"))])  # made after them
+        replayed = await Outbox(path).replay(store, keep_latest=keep == "latest")
+        stored = (await store.query(Query(limit=10, sort_order=1))).data
+        expected = [("a", 9), ("b", 0)] if keep == "latest" else [("a", 9), ("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+        assert [(d["content"]["agent_name"], d["content"]["state"]["n"]) for d in stored] == expected
+        assert replayed == len(expected) - 1 and Outbox(path).count() == 0
 
     async def test_replay_writes_in_order_and_empties(self, tmp_path: Path) -> None:
         """What a previous run spooled is written on the next start, oldest first, once."""
@@ -217,9 +238,8 @@ class TestSpoolFaults:
         if kind == "corrupt":
             with sqlite3.connect(path) as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            data = bytearray(path.read_bytes())
-            data[8192:] = bytes(len(data) - 8192)
-            path.write_bytes(bytes(data))
+            data = path.read_bytes()
+            path.write_bytes(data[:100] + random.Random(7).randbytes(len(data) - 100))  # past sqlite's header
         else:
             from wr124_session_actor import _outbox
 
@@ -231,6 +251,25 @@ class TestSpoolFaults:
         with pytest.raises(ConfigError, match="SESSION_STATE_SPOOL: cannot use"):
             async with ActorSystem(config):
                 pass
+
+    async def test_a_replay_that_finds_corrupt_pages_gives_up_at_once(self, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """Pages found corrupt during the replay (where entry's checks did not read) end it at once with an
+        error, the rows left as they are: retrying cannot mend them (every exit took shutdown_timeout)."""
+        path = str(tmp_path / "outbox.db")
+        earlier = Outbox(path)
+        earlier.add(uploads(1)[0])
+        await earlier.aclose()
+
+        def corrupt(self: Outbox, last: int) -> Any:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+        monkeypatch.setattr(Outbox, "_oldest", corrupt)
+        with capture_logs() as logs:
+            with anyio.fail_after(2):
+                assert await Outbox(path).replay(MemoryStore("corrupt"), retry_backoff=1.0) == 0
+        assert [(e["op"], e["log_level"]) for e in logs] == [("replay", "error")]
+        assert "malformed" in logs[0]["error"]
 
     async def test_a_spool_that_fails_during_the_run_is_logged_and_retried(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -258,7 +297,8 @@ class TestSpoolFaults:
 
         for name in faults:
             monkeypatch.setattr(Outbox, name, failing(name))
-        config = Config(api_url="memory://spool-faults", spool=path, retry_backoff=0.01, retry_backoff_max=0.02)
+        config = Config(api_url="memory://spool-faults", spool=path, keep="all", retry_backoff=0.01,
+                        retry_backoff_max=0.02)
         with capture_logs() as logs:
             async with ActorSystem(config) as system:
                 with anyio.fail_after(10):

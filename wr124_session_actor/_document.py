@@ -26,6 +26,7 @@ __all__ = [
     "StateUpload",
     "check_session_id",
     "check_upload",
+    "created_of_name",
     "decode",
     "encode",
     "encode_document",
@@ -326,6 +327,16 @@ def _timestamps(ns: int) -> tuple[str, str]:
     texts = _second(second)
     fraction = f"{micros:06d}"
     return f"{texts.iso}.{fraction}+00:00", f"{texts.compact}_{fraction}"
+
+
+def created_of_name(name: str) -> str | None:
+    """When the upload a document of ours is named after was made, as :func:`utc_iso` writes it (to the
+    microsecond); ``None`` for a name not made here."""
+    stamp = name[-22:]
+    if len(stamp) != 22 or stamp[8] != "_" or stamp[15] != "_" or not stamp.replace("_", "").isdigit():
+        return None
+    return (f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
+            f".{stamp[16:22]}+00:00")
 
 
 def normalize_timestamp(value: str | datetime) -> str:

@@ -26,9 +26,9 @@ import orjson
 import structlog
 
 from ._backoff import backoff_delay
-from ._document import EncodedDocument, StateUpload, encode_documents
+from ._document import STATE_TAG, EncodedDocument, StateUpload, created_of_name, encode_documents
 from ._exceptions import ConfigError, error_message
-from .stores import DocumentStore
+from .stores import DocumentStore, Query
 from .stores._engine import open_sqlite, write_transaction
 
 __all__ = ["Outbox"]
@@ -206,12 +206,18 @@ class Outbox:
             await anyio.sleep(self.sync_interval)
             await self.sync()
 
-    async def replay(self, store: DocumentStore, *, retry_backoff: float = 0.2, max_backoff: float = 5.0) -> int:
+    async def replay(self, store: DocumentStore, *, retry_backoff: float = 0.2, max_backoff: float = 5.0,
+                     keep_latest: bool = False) -> int:
         """Write what an earlier run left in the spool to ``store``, oldest first; return how many.
 
         Only what was there when the spool was opened (:meth:`open`, here if not yet): this run's own
         uploads are its actors' to write. Retries while the store fails, until it takes everything or the
         caller is cancelled.
+
+        ``keep_latest`` (``keep="latest"``): of each agent's spooled states only the newest is written, and
+        not when the store holds a newer state of the agent already. (A process killed after a write, before
+        its next sync, leaves the states that write superseded in the spool: written now, they were stored
+        as newer than it.)
         """
         total = 0
         failures = 0
@@ -226,11 +232,17 @@ class Outbox:
                         self._replayed.set()
                     self._earlier_sessions = set()
                     return total
-                docs = [doc for doc, _ in rows]
-                await store.insert_many(docs)
+                docs = await _newest_only(store, rows) if keep_latest else [doc for doc, _ in rows]
+                if docs:
+                    await store.insert_many(docs)
                 # Stored: a spool that fails now keeps the rows, which the ids keep from being stored twice.
-                await anyio.to_thread.run_sync(self._write, [], [d.id for d in docs], limiter=self._limiter)
+                await anyio.to_thread.run_sync(self._write, [], [d.id for d, _ in rows], limiter=self._limiter)
             except Exception as exc:  # the store's error or the spool file's, or one nobody foresaw: retried
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                    # Corrupt pages (a busy or failing disk is an OperationalError): no retry mends them.
+                    logger.error("session_state.outbox", status="failed", op="replay",
+                                 error=f"spool {self.path}: {exc}", hint="the spool file is damaged; its rows stay")
+                    return total
                 failures += 1
                 delay = backoff_delay(failures, retry_backoff, max_backoff)
                 error = f"spool {self.path}: {exc}" if isinstance(exc, sqlite3.Error) else error_message(exc)
@@ -268,3 +280,30 @@ class Outbox:
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
         return left
+
+
+async def _newest_only(store: DocumentStore, rows: list[tuple[EncodedDocument, str]]) -> list[EncodedDocument]:
+    """Of ``rows`` (oldest first), the newest of each session's agent, unless the store holds a newer one."""
+    newest: dict[tuple[str, str], EncodedDocument] = {}
+    for doc, agent in rows:
+        newest[doc.session_id, agent] = doc
+    kept = set()
+    for (session_id, agent), doc in newest.items():
+        if not await _stored_newer(store, session_id, agent, doc):
+            kept.add(doc.id)
+    return [doc for doc, _ in rows if doc.id in kept]
+
+
+async def _stored_newer(store: DocumentStore, session_id: str, agent: str, doc: EncodedDocument) -> bool:
+    """Whether the store's newest state of the agent was made after ``doc`` (by the times our documents carry)."""
+    made = created_of_name(doc.name)
+    if made is None:
+        return False
+    result = await store.query(Query(session_id=session_id, tags=(STATE_TAG, agent), limit=1))
+    for stored in result.data:
+        content = stored.get("content")
+        if stored.get("session_id") == session_id and isinstance(content, dict) and content.get("agent_name") == agent:
+            stamp = content.get("timestamp")
+            if isinstance(stamp, str) and stamp[:26] > made[:26]:
+                return True
+    return False

@@ -174,7 +174,8 @@ class ActorRuntime:
     async def _replay(self) -> None:
         assert self.outbox is not None
         await self.outbox.replay(self.store, retry_backoff=self.config.retry_backoff,
-                                 max_backoff=max(self.config.retry_backoff_max, self.config.retry_backoff))
+                                 max_backoff=max(self.config.retry_backoff_max, self.config.retry_backoff),
+                                 keep_latest=self.config.keep == "latest")
 
     # -- actors -----------------------------------------------------------------------------------
 
