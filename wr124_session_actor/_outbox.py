@@ -2,7 +2,7 @@
 
 Every accepted upload is noted in memory at once and written to a sqlite file by a sync task every
 ``spool_sync_interval`` (one transaction per sync, in a worker thread): a process killed with SIGKILL
-loses at most the uploads of the last interval. An upload the store confirmed, or one superseded by a
+loses at most the uploads of the last interval and of the sync in progress. An upload the store confirmed, or one superseded by a
 newer state of its agent, is removed; the removal of a superseded upload lands in the same
 transaction as, or after, the insert of the state that supersedes it, so no state is ever left
 without a durable copy. Uploads that the store confirms before their first sync never touch the disk.
