@@ -265,9 +265,11 @@ class TestSpoolFaults:
             raise sqlite3.DatabaseError("database disk image is malformed")
 
         monkeypatch.setattr(Outbox, "_oldest", corrupt)
+        outbox = Outbox(path)
         with capture_logs() as logs:
             with anyio.fail_after(2):
-                assert await Outbox(path).replay(MemoryStore("corrupt"), retry_backoff=1.0) == 0
+                assert await outbox.replay(MemoryStore("corrupt"), retry_backoff=1.0) == 0
+                await outbox.wait_replayed("s")  # its sessions go on
         assert [(e["op"], e["log_level"]) for e in logs] == [("replay", "error")]
         assert "malformed" in logs[0]["error"]
 

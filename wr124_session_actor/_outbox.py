@@ -2,10 +2,10 @@
 
 Every accepted upload is noted in memory at once and written to a sqlite file by a sync task every
 ``spool_sync_interval`` (one transaction per sync, in a worker thread): a process killed with SIGKILL
-loses at most the uploads of the last interval and of the sync in progress. An upload the store confirmed, or one superseded by a
-newer state of its agent, is removed; the removal of a superseded upload lands in the same
-transaction as, or after, the insert of the state that supersedes it, so no state is ever left
-without a durable copy. Uploads that the store confirms before their first sync never touch the disk.
+loses at most the uploads of the last interval and of the sync in progress. An upload the store
+confirmed, or one superseded by a newer state of its agent, is removed; the removal of a superseded
+upload lands in the same transaction as, or after, the insert of the state that supersedes it, so no
+state is ever left without a durable copy. Uploads that the store confirms before their first sync never touch the disk.
 
 On the next start of a system with the same spool, what is left is replayed to the store in the order
 it was accepted. Documents carry client-made ids, so a replayed write is not duplicated by a store that
@@ -228,9 +228,7 @@ class Outbox:
                     await self.open()
                 rows = await anyio.to_thread.run_sync(self._oldest, self._earlier_last, limiter=self._limiter)
                 if not rows:
-                    if self._replayed is not None:
-                        self._replayed.set()
-                    self._earlier_sessions = set()
+                    self._end_replay()
                     return total
                 docs = await _newest_only(store, rows) if keep_latest else [doc for doc, _ in rows]
                 if docs:
@@ -242,6 +240,7 @@ class Outbox:
                     # Corrupt pages (a busy or failing disk is an OperationalError): no retry mends them.
                     logger.error("session_state.outbox", status="failed", op="replay",
                                  error=f"spool {self.path}: {exc}", hint="the spool file is damaged; its rows stay")
+                    self._end_replay()
                     return total
                 failures += 1
                 delay = backoff_delay(failures, retry_backoff, max_backoff)
@@ -253,6 +252,12 @@ class Outbox:
             failures = 0
             total += len(docs)
             logger.info("session_state.outbox", status="success", op="replay", batch_size=len(docs))
+
+    def _end_replay(self) -> None:
+        """The sessions that waited for the replay go on (it ended, or gave up)."""
+        if self._replayed is not None:
+            self._replayed.set()
+        self._earlier_sessions = set()
 
     def _oldest(self, last: int) -> list[tuple[EncodedDocument, str]]:
         rows = self._connect().execute(
