@@ -339,12 +339,13 @@ OPERATIONS: Final[Mapping[tuple[str, str], Operation]] = {
         "ui", "The browser view of sessions and their states.", {200: ("text/html", "")}, (), project=False, open=True,
     ),
     ("GET", UI_PATH + "/{asset}"): Operation(
-        "uiAsset", "A file of the browser view.", {200: (_ASSET, "")}, (404,), project=False, open=True,
+        "uiAsset", "A file of the browser view.", {200: (_ASSET, "")}, (400, 404), project=False, open=True,
     ),
 }
 
 _REASONS: Final = {
-    400: "Malformed request (bad JSON, bad parameter, nested too deep).",
+    400: "Malformed request (bad JSON, bad parameter, nested too deep); a request line or header longer than"
+         " 8 KiB is refused as plain text by the HTTP parser, before the service.",
     401: "A valid key is required (Authorization: Bearer <key>).",
     403: "X-Project-ID names another project than the path.",
     404: "Not found.",
@@ -382,7 +383,10 @@ def _operation(op: Operation, path: str, validators: Validators, queries: Mappin
         description = "OK" if status == 200 else "Created"
         responses[str(status)] = {"description": description, "content": _content(media, schema)}
     for status in op.errors:
-        responses[str(status)] = {"description": _REASONS.get(status, "Error"), "content": _content(_JSON, "Error")}
+        content = _content(_JSON, "Error")
+        if status == 400:  # aiohttp's HTTP parser answers a request line or header too long as plain text
+            content["text/plain"] = {"schema": _STRING}
+        responses[str(status)] = {"description": _REASONS.get(status, "Error"), "content": content}
     result: JSONSchema = {"operationId": op.operation_id, "summary": op.summary, "responses": responses}
     if parameters:
         result["parameters"] = parameters
