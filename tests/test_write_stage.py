@@ -150,7 +150,7 @@ class TestMerging:
         in flight, are written after it, whether the system then closes or a read flushes them (they were
         dropped without a word: the batch held as many items as the write, and was emptied)."""
         config = memory_config.replace(debounce=0.0)
-        store = GatedStore(open_store(config))
+        store = RecordingGatedStore(open_store(config))
 
         async def open_gate_later() -> None:
             await anyio.sleep(0.1)  # meanwhile the actor, woken by the read or the exit, takes the newer states
@@ -162,6 +162,9 @@ class TestMerging:
             for agent in ("x", "y"):
                 assert manager.submit_session_state({"v": 0}, "t", agent) is S.SUCCESS
             await store.started(1)
+            with anyio.fail_after(5):  # the session's batch is handed over: in the write, or queued behind it
+                while "s" not in store.sessions[0] and not system.statistics().write_queue:
+                    await anyio.sleep(0.001)
             for agent in ("x", "y"):
                 assert manager.submit_session_state({"v": 1}, "t", agent) is S.SUCCESS
             tg.start_soon(open_gate_later)
