@@ -36,6 +36,19 @@ class TestDemo:
         assert (tmp_path / "wr124_sessions.db").exists()
 
 
+class TestDatabaseUrls:
+    @pytest.mark.parametrize("command", ["migrate", "serve"])
+    @pytest.mark.parametrize("url", ["mysql://db/x", "postgresq://postgres@127.0.0.1:1/p"])
+    def test_a_url_of_another_kind_is_refused(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], command: str, url: str) -> None:
+        """``--db`` with a URL that is neither PostgreSQL nor sqlite (or a misspelt one) is an error naming it, and
+        makes no file (it became a new sqlite file, './mysql:/db/x', and a server ran on it as if on PostgreSQL)."""
+        monkeypatch.chdir(tmp_path)
+        assert main([command, "--db", url, *(["--port", "0"] if command == "serve" else [])]) == 1
+        assert f"got {url!r}" in capsys.readouterr().err
+        assert list(tmp_path.iterdir()) == []
+
+
 class TestInspect:
     def test_ls_show_rm(self, tmp_path: Path) -> None:
         """ls lists a session's states (text and JSON), show prints one, rm deletes it."""

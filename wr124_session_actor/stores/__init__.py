@@ -70,12 +70,18 @@ def open_engine(target: str | os.PathLike[str], config: Config | None = None) ->
     Args:
         target: where the documents live.
         config: PostgreSQL pool settings, timeout and ``migrate`` (default: read from the environment).
+
+    Raises:
+        ValueError: ``target`` is a URL of another kind (``mysql://``, a misspelt ``postgresql://``), which
+            would otherwise be taken for a file path and quietly become a new sqlite file.
     """
     text = os.fspath(target)
     if is_postgres_url(text):
         return PostgresDocuments.from_config(config or Config.from_env(), text)
     if text.startswith("sqlite:///"):
         text = sqlite_path_from_url(text)
+    elif "://" in text:
+        raise ValueError(f"the database must be a postgresql:// or sqlite:/// URL, or a sqlite file path; got {text!r}")
     return SqliteDocuments(text)
 
 
