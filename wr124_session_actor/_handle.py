@@ -94,7 +94,7 @@ class SessionHandle:
         finally:
             reply.abandoned = not reply.is_set()
         logger.warning("session_state.call", status=Status.TIMEOUT.value, session_id=self.session_id,
-                       op="call", error=f"no reply within {timeout:g}s (SESSION_STATE_TIMEOUT)")
+                       op="call", error=_timed_out(timeout))
         return Status.TIMEOUT, fallback if timed_out is None else timed_out
 
     async def upload(self, state: object, task: str = "", agent_name: str = "agent",
@@ -133,5 +133,6 @@ class SessionHandle:
         return None if actor is None else actor.ops.cached_restore(doc_id)
 
 
-def _timed_out(timeout: float, what_then: str) -> str:
-    return f"no reply within {timeout:g}s (SESSION_STATE_TIMEOUT); {what_then}"
+def _timed_out(timeout: float, what_then: str = "") -> str:
+    said = f"no reply within {timeout:g}s (SESSION_STATE_TIMEOUT)"
+    return f"{said}; {what_then}" if what_then else said

@@ -42,8 +42,6 @@ _READ_REDIRECTS: Final = frozenset({301, 302, 303})
 _MAX_REDIRECTS: Final = 5
 #: Answers to a query that may mean "this page is larger than the server allows" (a validated ``limit``).
 _PAGE_REFUSALS: Final = frozenset({400, 422})
-#: Answers below 500 that a later try may not get (with every 5xx).
-_TRANSIENT: Final = frozenset({408, 429})
 
 
 class HttpStore:
@@ -231,8 +229,12 @@ class HttpStore:
         (409) answers so to a retry whose first answer was lost, and to a replay; the id is ours (made
         for this upload), so the document there, of the same name and session, is this one."""
         resp = await self._request("GET", self._document_url(doc.id))
-        if resp.status in _TRANSIENT or resp.status >= 500:
-            _check_status(resp, doc.id)  # not known yet: the write is tried again
+        try:
+            _check_status(resp, doc.id)
+        except StoreError as exc:
+            if exc.transient:
+                raise  # not known yet: the write is tried again
+            return False
         if resp.status != 200:
             return False
         try:
