@@ -52,7 +52,17 @@ class TestFromEnv:
             ("SESSION_STATE_KEEP", "some"),
             ("SESSION_STATE_HTTP_CLIENTS", "requests"),
             ("DEFAULT_PROJECT_ID", "a/b"),
+            # A dot segment: aiohttp's URL normalising takes it out of the path (every call was a 404).
+            ("DEFAULT_PROJECT_ID", "."),
+            ("DEFAULT_PROJECT_ID", ".."),
             ("SESSION_STATE_DEBOUNCE", "nan"),
+            # URLs without a host or with a bad port: every call FAILED (under trio with a traceback).
+            ("SESSION_API_URL", "http://"),
+            ("SESSION_API_URL", "https:///path"),
+            ("SESSION_API_URL", "http://127.0.0.1:notaport"),
+            ("SESSION_API_URL", "http://127.0.0.1:70000"),
+            ("SESSION_API_URL", "http://127.0.0.1:0"),
+            ("SESSION_API_URL", "http://[::1"),
         ],
     )
     def test_malformed_value_names_the_variable(self, variable: str, value: str) -> None:
@@ -66,6 +76,12 @@ class TestFromEnv:
         with pytest.raises(ConfigError, match="SESSION_STATE_TIMEOUT"):
             SessionStateManager("s")
         assert issubclass(ConfigError, ValueError)
+
+    @pytest.mark.parametrize("url", ["http://localhost:8000", "https://api.example.com/v1/", "http://[::1]:8080",
+                                     "http://user:secret@127.0.0.1:80/base"])
+    def test_http_urls_with_a_host_are_taken(self, url: str) -> None:
+        """A host, an optional port and path: as before."""
+        assert Config.from_env({"SESSION_API_URL": url}).api_url == url
 
     def test_store_kind(self) -> None:
         """The URL scheme picks the store."""

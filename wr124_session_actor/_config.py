@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
@@ -113,8 +114,9 @@ class Config:
                or (_whole(self.pg_prepare_threshold) and self.pg_prepare_threshold >= 0),
                "SESSION_STATE_PG_PREPARE_THRESHOLD", "a whole number >= 0, or 'none' to never prepare")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
-        _check(isinstance(self.project_id, str) and bool(self.project_id) and "/" not in self.project_id,
-               "DEFAULT_PROJECT_ID", "a non-empty name without '/'")
+        _check(isinstance(self.project_id, str) and self.project_id not in ("", ".", "..")
+               and "/" not in self.project_id,
+               "DEFAULT_PROJECT_ID", "a non-empty name without '/', and not '.' or '..' (a URL's path segment)")
         _check(isinstance(self.http_clients, tuple | list) and bool(self.http_clients)
                and all(c in HTTP_CLIENTS for c in self.http_clients),
                "SESSION_STATE_HTTP_CLIENTS", "a comma-separated subset of " + ",".join(HTTP_CLIENTS))
@@ -125,6 +127,9 @@ class Config:
         if scheme == "sqlite":
             _check(self.api_url.startswith("sqlite:///") and len(self.api_url) > len("sqlite:///"),
                    "SESSION_API_URL", "sqlite:///relative.db or sqlite:////absolute/path.db")
+        elif scheme in ("http", "https"):
+            _check(_is_http_url(self.api_url), "SESSION_API_URL",
+                   "an http(s)://host[:port][/path] URL with a host and a port number from 1 to 65535")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -223,6 +228,17 @@ def _number(value: object) -> bool:
 def _whole(value: object) -> bool:
     """A count: an ``int`` (not a bool, not a float)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_http_url(url: str) -> bool:
+    """Whether ``url`` names a host (and a valid port, if any): ``http://``, ``http://[::1`` and
+    ``http://host:notaport`` do not."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and port != 0
 
 
 def _check(ok: bool, variable: str, expected: str) -> None:
