@@ -213,6 +213,20 @@ class TestMerging:
             store.gate.set()
         assert await stored_states(config, "s") == [{"v": 1}]
 
+    async def test_an_actor_mode_delete_that_times_out_or_finds_the_system_closed_says_so(
+            self, memory_config: Config) -> None:
+        """A delete behind a write that does not answer is TIMEOUT "no reply within ...", and one after the
+        system closed is FAILED "the actor system is closed" (both said "session state upload is disabled")."""
+        config = memory_config.replace(timeout=0.2)
+        store = GatedStore(open_store(config))
+        async with ActorSystem(config, store=store) as system:
+            manager = system.manager("s")
+            manager.submit_session_state({"v": 1}, "t", "a")
+            status, message = await manager.delete_session_state("some-id")
+            assert (status, message) == (S.TIMEOUT, "no reply within 0.2s (SESSION_STATE_TIMEOUT)")
+            store.gate.set()
+        assert await manager.delete_session_state("some-id") == (S.FAILED, "the actor system is closed")
+
     async def test_write_observers_see_every_write(self, memory_config: Config) -> None:
         """Each store write is reported once to the observers, with its documents and status."""
         seen: list[tuple[int, S]] = []

@@ -127,6 +127,13 @@ class SessionHandle:
         """Run ``func`` with the session's ops in the actor, after its pending uploads are written."""
         return await self._send(lambda reply: Call(func, reply), fallback)
 
+    async def call_with_message(
+        self, func: Callable[[SessionOps], Awaitable[tuple[Status, str]]]
+    ) -> tuple[Status, str]:
+        """:meth:`call` for an operation that answers a message: a closed system or a timeout says so."""
+        return await self._send(lambda reply: Call(func, reply), CLOSED_MESSAGE,
+                                timed_out=_timed_out(self._runtime.config.timeout))
+
     def cached_restore(self, doc_id: str) -> dict[str, Any] | None:
         """A cached restore of ``doc_id`` when the actor is idle (no write of this session can be missed)."""
         actor = self._runtime.idle_actor(self.session_id)

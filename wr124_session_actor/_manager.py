@@ -259,4 +259,8 @@ class SessionStateManager:
 
     async def delete_session_state(self, doc_id: str) -> tuple[Status, str]:
         """Delete one of this session's state documents; return a message."""
-        return await self._run("delete", lambda ops: ops.delete(doc_id), _DISABLED_MESSAGE)
+        def delete(ops: SessionOps) -> Awaitable[tuple[Status, str]]:
+            return ops.delete(doc_id)
+
+        return await self._run("delete", delete, _DISABLED_MESSAGE,
+                               via_mailbox=lambda handle: handle.call_with_message(delete))
