@@ -12,6 +12,7 @@ import pytest
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor._document import MAX_NAME_CHARS
 
 from .conftest import http_config
 
@@ -79,6 +80,21 @@ class TestOriginalUsage:
         status, listed = await manager.list_available_session_states()
         assert (status, [entry["id"] for entry in listed]) == (S.SUCCESS, [doc_id])
         assert (await manager.delete_session_state(doc_id))[0] == S.SUCCESS
+        await manager.aclose()
+
+    @pytest.mark.parametrize(("anyio_backend", "client"), BACKEND_CLIENTS)
+    async def test_the_longest_names_are_read_back(self, server: Any, client: str) -> None:
+        """A session id and an agent name of the longest length taken (256 characters, here of 4 UTF-8 bytes
+        each: 12 bytes percent-encoded) fit a read's request line together (a session id of 900 CJK
+        characters was stored, and every read of it refused by the server's 8 KiB request-line limit)."""
+        session_id, agent = "\U0001F600" * MAX_NAME_CHARS, "\U0001F916" * MAX_NAME_CHARS
+        manager = SessionStateManager(session_id, http_config(server.url, client))
+        assert (await manager.upload_session_state({"n": 1}, "t", agent))[0] == S.SUCCESS
+        status, content = await manager.restore_agent_session_state(agent)
+        assert (status, content and content["state"]) == (S.SUCCESS, {"n": 1})
+        status, documents = await manager.download_session_states(agent_name=agent, start_date="2000-01-01",
+                                                                  end_date="2999-01-01")
+        assert (status, len(documents)) == (S.SUCCESS, 1)
         await manager.aclose()
 
     @TRIO_CLOSES_A_DROPPED_GUARD

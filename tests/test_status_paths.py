@@ -227,6 +227,7 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"agent_name": None}, "agent_name must be a string"),
     ({"agent_name": ["coder"]}, "agent_name must be a string"),
     ({"agent_name": "co\0der"}, "agent_name must not contain NUL"),
+    ({"agent_name": "a" * 257}, "agent_name must be at most 256 characters"),
     ({"agent_description": Opaque()}, "agent_description must be a string"),
     ({"agent_color": None}, "agent_color must be a string"),
     ({"description": 5}, "description must be a string or None"),
@@ -294,11 +295,12 @@ class TestBadArguments:
         assert system.statistics().failed == 0
         assert sorted(s["n"] for s in await stored_states(config, "s")) == [0, 1]
 
-    @pytest.mark.parametrize("session_id", ["", 5, None, "a\0b"])
+    @pytest.mark.parametrize("session_id", ["", 5, None, "a\0b", "s" * 257])
     async def test_session_ids_no_store_can_find_again_are_refused(self, memory_config: Config,
                                                                    session_id: Any) -> None:
-        """An empty, non-string or NUL-holding session id raises ValueError where the manager or handle is
-        made (a handle took any, and its uploads were lost at exit, or stored where no read finds them)."""
+        """An empty, non-string, NUL-holding or too long session id raises ValueError where the manager or
+        handle is made (a handle took any, and its uploads were lost at exit, or stored where no read finds them;
+        a long one was stored over HTTP and no read's request line got through)."""
         with pytest.raises(ValueError, match="session_id must"):
             SessionStateManager(session_id, memory_config)
         async with ActorSystem(memory_config) as system:
@@ -316,7 +318,8 @@ class TestBadArguments:
         wrong: list[tuple[dict[str, Any], str]] = [
             ({"limit": "x"}, "limit must be"), ({"limit": -1}, "limit must be"), ({"limit": None}, "limit must be"),
             ({"limit": 2.5}, "limit must be"), ({"limit": True}, "limit must be"),
-            ({"agent_name": 5}, "agent_name must be"), ({"agent_name": "co\0der"}, "agent_name must be"),
+            ({"agent_name": 5}, "agent_name must be"), ({"agent_name": "co\0der"}, "agent_name must not"),
+            ({"agent_name": "a" * 257}, "agent_name must be at most 256"),
             ({"start_date": "soon"}, "start_date is not a date"), ({"end_date": 5}, "end_date is not a date"),
         ]
         with capture_logs() as logs:

@@ -328,6 +328,13 @@ class TestTeamConstruction:
         assert team.session_id.startswith("team-")
         assert team.manager.mode == "direct"
 
+    @pytest.mark.parametrize("session_id", ["", 0, "a\0b"])
+    def test_a_session_id_that_is_not_one_is_a_value_error(self, memory_config: Config, session_id: Any) -> None:
+        """Only None means "a fresh id": an empty id, or one that is not a string, is a ValueError as for the
+        manager (the team took them for a random session)."""
+        with pytest.raises(ValueError, match="session_id"):
+            Team(ScriptedModelClient(["a"]), session_id=session_id, config=memory_config)
+
     async def test_cannot_be_entered_twice(self, memory_config: Config) -> None:
         """Entering a team again, while open or after close, is a RuntimeError."""
         team = Team(ScriptedModelClient(["a"]), session_id="s", config=memory_config)

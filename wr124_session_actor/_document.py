@@ -21,9 +21,11 @@ import orjson
 from ._exceptions import StateEncodeError
 
 __all__ = [
+    "MAX_NAME_CHARS",
     "STATE_TAG",
     "EncodedDocument",
     "StateUpload",
+    "check_agent_name",
     "check_session_id",
     "check_upload",
     "created_of_name",
@@ -388,12 +390,33 @@ class StateUpload:
         return utc_iso(self.created_ns)
 
 
+#: The longest session id or agent name, in characters. Both go into a read's query string, percent-encoded
+#: (up to 12 bytes a character); HTTP servers commonly refuse a request line over 8 KiB (aiohttp's
+#: default, nginx's), so a longer one could be written and never read back over HTTP.
+MAX_NAME_CHARS: Final = 256
+
+
+def _too_long(what: str, value: str) -> str:
+    return (f"{what} must be at most {MAX_NAME_CHARS} characters (it goes into a read's URL), got"
+            f" {len(value)}")
+
+
 def check_session_id(session_id: object) -> None:
     """Raise ``ValueError`` unless ``session_id`` is a session id every store can keep and find again."""
     if not isinstance(session_id, str) or not session_id:
         raise ValueError(f"session_id must be a non-empty string, got {session_id!r}")
     if "\0" in session_id:
         raise ValueError("session_id must not contain NUL characters")
+    if len(session_id) > MAX_NAME_CHARS:
+        raise ValueError(_too_long("session_id", session_id))
+
+
+def check_agent_name(agent_name: str) -> None:
+    """Raise ``ValueError`` unless the string ``agent_name`` is an agent name every store can keep and find again."""
+    if "\0" in agent_name:
+        raise ValueError("agent_name must not contain NUL characters")
+    if len(agent_name) > MAX_NAME_CHARS:
+        raise ValueError(_too_long("agent_name", agent_name))
 
 
 def check_upload(upload: StateUpload) -> None:
@@ -404,7 +427,7 @@ def check_upload(upload: StateUpload) -> None:
             and type(upload.agent_color) is str and type(upload.tools_count) is int
             and (upload.description is None or type(upload.description) is str)
             and (upload.parent_seq is None or (type(upload.parent_seq) is int and upload.parent_seq >= 0))
-            and "\0" not in upload.agent_name):
+            and "\0" not in upload.agent_name and len(upload.agent_name) <= MAX_NAME_CHARS):
         return
     for name in ("task", "agent_name", "agent_description", "agent_color"):
         value = getattr(upload, name)
@@ -412,8 +435,7 @@ def check_upload(upload: StateUpload) -> None:
             raise TypeError(f"{name} must be a string, got {type(value).__qualname__}")
     if upload.description is not None and not isinstance(upload.description, str):
         raise TypeError(f"description must be a string or None, got {type(upload.description).__qualname__}")
-    if "\0" in upload.agent_name:
-        raise ValueError("agent_name must not contain NUL characters")
+    check_agent_name(upload.agent_name)
     seq = upload.parent_seq
     if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool) or seq < 0):
         raise ValueError(f"parent_seq must be a whole number >= 0 or None, got {seq!r}")

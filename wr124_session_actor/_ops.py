@@ -25,6 +25,7 @@ from ._document import (
     STATE_TAG,
     EncodedDocument,
     StateUpload,
+    check_agent_name,
     check_upload,
     decode,
     encode,
@@ -289,8 +290,10 @@ class SessionOps:
         store is not asked: a caller's mistake is neither retried nor counted against the store)."""
         if type(limit) is not int or limit < 0:
             raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
-        if agent_name is not None and (not isinstance(agent_name, str) or "\0" in agent_name):
-            raise ValueError(f"agent_name must be a string without NUL characters, or None, got {agent_name!r}")
+        if agent_name is not None:
+            if not isinstance(agent_name, str):
+                raise ValueError(f"agent_name must be a string or None, got {agent_name!r}")
+            check_agent_name(agent_name)
         bounds: list[str | None] = []
         for name, value in (("start_date", start), ("end_date", end)):
             try:

@@ -45,7 +45,8 @@ class Team:
     Args:
         model_client: the model client of the built-in agent made when ``agent`` is omitted.
         session_id: the session the states belong to; taken from ``manager`` when omitted there, and a
-            fresh random id when both are omitted.
+            fresh random id when both are omitted (``None``; an empty id is a ``ValueError``, as for the
+            manager).
         agent: the agent to run (duck-typed like AutoGen's; an AutoGen ``AssistantAgent`` works); a
             :class:`~wr124_session_actor.agents.BuiltinAgent` named ``"assistant"`` over
             ``model_client`` when omitted.
@@ -55,7 +56,7 @@ class Team:
 
     Raises:
         ValueError: neither ``agent`` nor ``model_client`` is given; both ``manager`` and ``config``
-            are given; or ``session_id`` differs from the manager's.
+            are given; ``session_id`` differs from the manager's, or is not a session id (empty, say).
         ConfigError: the environment holds a malformed value (when the team makes its manager).
     """
 
@@ -73,7 +74,9 @@ class Team:
                 raise ValueError("Team needs a model_client (for the built-in agent) or an agent")
             agent = BuiltinAgent("assistant", model_client)
         if manager is None:
-            manager = SessionStateManager(session_id or f"team-{uuid.uuid4().hex}", config)
+            if session_id is None:
+                session_id = f"team-{uuid.uuid4().hex}"
+            manager = SessionStateManager(session_id, config)
             self._owns_manager = True
         else:
             if config is not None:
