@@ -13,6 +13,7 @@ import pytest
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._document import MAX_NAME_CHARS
+from wr124_session_actor._exceptions import StoreUnavailable
 
 from .conftest import http_config
 
@@ -216,6 +217,72 @@ class TestCache:
         assert len((await manager.download_session_states())[1]) == 1
         await manager.upload_session_state({"v": 2}, "t", "a")
         assert len((await manager.download_session_states())[1]) == 2
+
+    async def test_a_read_that_overlaps_a_write_does_not_cache_what_it_read_before(self, memory_config: Config) -> None:
+        """Direct mode: a download (and a restore) begun before an upload or delete ended, and answered after,
+        is not cached: the next read sees the write (the older answer was cached past the write's
+        invalidation, and every later read returned it until the TTL ran out)."""
+        manager = SessionStateManager("s", memory_config)
+        _, first_id = await manager.upload_session_state({"v": 1}, "t", "a")
+        store = manager._direct_store()
+        held = anyio.Event()
+        answered = anyio.Event()
+        query, get = store.query, store.get
+
+        async def held_query(q: Any) -> Any:
+            result = await query(q)
+            answered.set()
+            await held.wait()
+            return result
+
+        async def held_get(doc_id: str) -> Any:
+            result = await get(doc_id)
+            if not answered.is_set():  # the restore's; the delete's own look-up goes through
+                answered.set()
+                await held.wait()
+            return result
+
+        async def read_during(read: Any, write: Any) -> None:
+            nonlocal held, answered
+            held, answered = anyio.Event(), anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await answered.wait()  # the store has answered the read; the write comes before the reply
+                await write()
+                held.set()
+
+        store.query = held_query  # type: ignore[method-assign,assignment]
+        await read_during(manager.download_session_states,
+                          lambda: manager.upload_session_state({"v": 2}, "t", "a"))
+        store.query = query  # type: ignore[method-assign]
+        status, docs = await manager.download_session_states()
+        assert (status, [d["content"]["state"]["v"] for d in docs]) == (S.SUCCESS, [2, 1])
+
+        store.get = held_get  # type: ignore[method-assign]
+        await read_during(lambda: manager.restore_session_state(first_id),
+                          lambda: manager.delete_session_state(first_id))
+        store.get = get  # type: ignore[method-assign]
+        assert await manager.restore_session_state(first_id) == (S.FAILED, None)
+        await manager.aclose()
+
+    async def test_a_write_that_failed_after_storing_invalidates_the_cache(self, memory_config: Config) -> None:
+        """A write whose answer was lost (here: stored, then the store raised a transient error) may have stored
+        its state: the next download asks the store instead of answering the listing cached before."""
+        manager = SessionStateManager("s", memory_config.replace(retries=0))
+        await manager.upload_session_state({"v": 1}, "t", "a")
+        assert len((await manager.download_session_states())[1]) == 1
+        store = manager._direct_store()
+        insert_many = store.insert_many
+
+        async def stored_then_lost(docs: Any) -> Any:
+            await insert_many(docs)
+            raise StoreUnavailable("connection reset after the request was sent")
+
+        store.insert_many = stored_then_lost  # type: ignore[method-assign]
+        assert (await manager.upload_session_state({"v": 2}, "t", "a"))[0] is S.FAILED
+        status, docs = await manager.download_session_states()
+        assert (status, [d["content"]["state"]["v"] for d in docs]) == (S.SUCCESS, [2, 1])
+        await manager.aclose()
 
 
 @asynccontextmanager

@@ -196,7 +196,8 @@ class SessionOps:
         circuit: the circuit breaker shared by the sessions of one store.
     """
 
-    __slots__ = ("_cache", "_disabled_logged", "_last_stored", "_store", "circuit", "config", "session_id")
+    __slots__ = ("_cache", "_disabled_logged", "_invalidations", "_last_stored", "_store", "circuit", "config",
+                 "session_id")
 
     def __init__(self, session_id: str, config: Config, store: Callable[[], DocumentStore],
                  circuit: CircuitBreaker | None = None) -> None:
@@ -205,6 +206,8 @@ class SessionOps:
         self._store = store
         self.circuit = circuit or CircuitBreaker(config.circuit_threshold, config.circuit_cooldown)
         self._cache: TTLCache[tuple[Any, ...], bytes] | None = None
+        # Counts :meth:`invalidate` calls: a read that began before one does not cache its (older) answer.
+        self._invalidations = 0
         self._disabled_logged = False
         # agent → (state digest, id) of its last stored state: an equal state is not written again.
         self._last_stored: dict[str, tuple[bytes, str]] | None = None
@@ -267,8 +270,10 @@ class SessionOps:
             await anyio.lowlevel.checkpoint()
         return cached
 
-    def _cache_put(self, key: tuple[Any, ...], value: object) -> None:
-        if self.config.cache_ttl <= 0:
+    def _cache_put(self, key: tuple[Any, ...], value: object, invalidations: int) -> None:
+        """Cache ``value``, read when :attr:`_invalidations` was ``invalidations``: unless a write or delete of
+        this session has ended since (in direct mode reads and writes of one session can overlap)."""
+        if self.config.cache_ttl <= 0 or invalidations != self._invalidations:
             return
         if self._cache is None:
             self._cache = TTLCache(maxsize=self.config.cache_size, ttl=self.config.cache_ttl)
@@ -276,6 +281,7 @@ class SessionOps:
 
     def invalidate(self, doc_id: str | None = None) -> None:
         """Forget cached listings (this session wrote) and, with ``doc_id``, that document (deleted)."""
+        self._invalidations += 1
         if self._cache:
             for key in [k for k in self._cache if k[0] != "restore" or k[1] == doc_id]:
                 self._cache.pop(key, None)
@@ -374,8 +380,8 @@ class SessionOps:
                      batch_size=len(docs) - len(refused), coalesced=coalesced)
             for position, alone in refused.items():
                 self.log("upload", alone, final=final, ids=[docs[position].id], batch_size=1)
+            self.invalidate()  # whatever the outcome: a write that failed may have stored something
             if result.status is Status.SUCCESS:
-                self.invalidate()
                 # The ids the store answered: ours when it honours client ids, its own when it does not.
                 ids = [str(i) for i in result.value] if len(result.value) == len(docs) else [d.id for d in docs]
                 stored = [p for p in range(len(docs)) if p not in refused] if refused else range(len(docs))
@@ -514,11 +520,12 @@ class SessionOps:
         cached = await self._cache_hit(key)
         if cached is not None:
             return Status.SUCCESS, cached
+        invalidations = self._invalidations
         result = await self._call("download", lambda: self._query_states(query), limit=limit,
                                   agent_name=agent_name)
         if result.status is not Status.SUCCESS:
             return result.status, []
-        self._cache_put(key, result.value)
+        self._cache_put(key, result.value, invalidations)
         return result.status, result.value
 
     def cached_restore(self, doc_id: str) -> dict[str, Any] | None:
@@ -554,10 +561,11 @@ class SessionOps:
                 raise DocumentNotFound(f"document {doc_id!r} has no state content")
             return content
 
+        invalidations = self._invalidations
         result = await self._call("restore", run, ids=[doc_id])
         if result.status is not Status.SUCCESS:
             return result.status, None
-        self._cache_put(key, result.value)
+        self._cache_put(key, result.value, invalidations)
         return result.status, result.value
 
     async def restore_latest(self, agent_name: str | None = None) -> tuple[Status, dict[str, Any] | None]:
