@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 
 from .conftest import stored_count
+from .test_manager import manager_in
 
 pytestmark = pytest.mark.anyio
 
@@ -52,6 +54,27 @@ class TestUnchanged:
         _, again = await manager.upload_session_state({"same": True}, "t", "a")
         assert first != second and again == first
         assert await stored_count(memory_config, "s") == 2
+
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_what_another_process_deleted_is_stored_again_once_no_longer_trusted(
+            self, sqlite_config: Config, mode: str) -> None:
+        """The last stored state is trusted for ``cache_ttl``, as cached reads are: after that an equal state is
+        written again. Another process deleted it (or pruned it, or stored a newer state of the agent): the
+        upload answered SUCCESS with the deleted document's id for as long as the manager lived, and the state
+        was gone."""
+        config = sqlite_config.replace(cache_ttl=0.2)
+        async with manager_in(mode, config) as manager:
+            _, first = await manager.upload_session_state({"same": True}, "t", "a")
+            assert await manager.upload_session_state({"same": True}, "t", "a") == (S.SUCCESS, first)
+            other = SessionStateManager("s", config)  # another process
+            assert (await other.delete_session_state(first))[0] is S.SUCCESS
+            await other.aclose()
+            await anyio.sleep(0.25)
+            status, again = await manager.upload_session_state({"same": True}, "t", "a")
+            assert status is S.SUCCESS and again != first
+            status, content = await manager.restore_session_state(again)
+            assert (status, content and content["state"]) == (S.SUCCESS, {"same": True})
+        assert await stored_count(config, "s") == 1
 
     async def test_setting_off_writes_every_upload(self, sqlite_config: Config) -> None:
         """SESSION_STATE_SKIP_UNCHANGED=false: every upload is written."""

@@ -209,8 +209,9 @@ class SessionOps:
         # Counts :meth:`invalidate` calls: a read that began before one does not cache its (older) answer.
         self._invalidations = 0
         self._disabled_logged = False
-        # agent → (state digest, id) of its last stored state: an equal state is not written again.
-        self._last_stored: dict[str, tuple[bytes, str]] | None = None
+        # agent → (state digest, id, when) of its last stored state: an equal state is not written again
+        # while that is trusted (``cache_ttl``, as cached reads: another process may delete or supersede it).
+        self._last_stored: dict[str, tuple[bytes, str, float]] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class SessionOps:
                 self._cache.pop(key, None)
         if doc_id is not None and self._last_stored:
             # A deleted state may not be the reference for "unchanged" any more.
-            for agent in [a for a, (_, stored) in self._last_stored.items() if stored == doc_id]:
+            for agent in [a for a, (_, stored, _) in self._last_stored.items() if stored == doc_id]:
                 del self._last_stored[agent]
 
     def _state_query(self, limit: int, agent_name: str | None = None, start: str | datetime | None = None,
@@ -326,6 +327,7 @@ class SessionOps:
         prepared = PreparedWrite([None] * len(uploads), [], [])
         skip = self.config.skip_unchanged
         last = self._last_stored or {}
+        trusted_since = time.monotonic() - self.config.cache_ttl
         in_batch: dict[str, tuple[bytes | None, int]] = {}
         for index, item in enumerate(encoded):
             if not isinstance(item, EncodedDocument):
@@ -342,7 +344,8 @@ class SessionOps:
                     prepared.same_as[index] = earlier[1]
                     continue
                 stored = last.get(agent)
-                if earlier is None and stored is not None and stored[0] == item.state_hash:
+                if (earlier is None and stored is not None and stored[0] == item.state_hash
+                        and stored[2] > trusted_since):
                     prepared.outcomes[index] = UploadOutcome(Status.SUCCESS, stored[1], unchanged=True)
                     continue
             in_batch[agent] = (item.state_hash, index)
@@ -406,9 +409,10 @@ class SessionOps:
             return
         if self._last_stored is None:
             self._last_stored = {}
+        now = time.monotonic()
         for doc, doc_id in zip(docs, ids, strict=True):
             if doc.agent is not None and doc.state_hash is not None:
-                self._last_stored[doc.agent] = (doc.state_hash, doc_id)
+                self._last_stored[doc.agent] = (doc.state_hash, doc_id, now)
 
     async def upload(self, upload: StateUpload) -> tuple[Status, str]:
         """Store one state now; return ``(status, document id or error message)``."""
