@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,6 +28,15 @@ from wr124_session_actor.agents import (
 from .faultserver import closed_port_url
 
 pytestmark = pytest.mark.anyio
+
+
+async def stored_tasks(config: Config, session_id: str) -> list[str]:
+    """The tasks of the session's stored states, newest first."""
+    manager = SessionStateManager(session_id, config)
+    status, docs = await manager.download_session_states(limit=100)
+    await manager.aclose()
+    assert status is S.SUCCESS
+    return [doc["content"]["task"] for doc in docs]
 
 
 async def collect(team: Team, task: str) -> list[Any]:
@@ -397,3 +408,55 @@ class TestContinuation:
         assert docs[0]["content"]["task"] == "go on"
         for team in restored:
             await team.aclose()
+
+    @pytest.mark.parametrize("keep", ["latest", "all"])
+    @pytest.mark.parametrize("mode", ["actor", "actor+spool", "direct"])
+    async def test_a_stale_continuation_is_refused_whole_whatever_the_model_speed(
+            self, sqlite_config: Config, mode: str, keep: str, tmp_path: Path) -> None:
+        """A team restores a state, another writer stores a newer one, then the team runs tasks with a slow
+        model (each snapshot written on its own): none of its states is stored, and the other writer's
+        stays the newest. Only the first snapshot after the restore carried parent_seq: it was refused and
+        the later ones (and the next task's) were stored over the other writer's state. With a spool, whose
+        sync encodes the snapshots before their write, as without."""
+        config = sqlite_config.replace(keep=keep, debounce=0.0, spool_sync_interval=0.01,
+                                       spool=str(tmp_path / "spool.db") if mode == "actor+spool" else None)
+        async with Team(ScriptedModelClient(["seed"]), session_id="fork", config=config) as seeder:
+            await collect(seeder, "seed")
+        team = Team(agent=BuiltinAgent("assistant", ScriptedModelClient(["stale"], delay=0.05), turns=3),
+                    session_id="fork", config=config)
+        async with contextlib.AsyncExitStack() as stack:
+            if mode != "direct":
+                await stack.enter_async_context(team)
+            status, content = await team.restore_latest()
+            assert status is S.SUCCESS and content is not None
+            other = SessionStateManager("fork", config)
+            assert (await other.upload_session_state(content["state"], "the other writer", "assistant"))[0] \
+                is S.SUCCESS
+            await other.aclose()
+            with capture_logs() as logs:
+                await collect(team, "stale task")
+                await collect(team, "next stale task")
+            await team.aclose()
+        uploads = [e for e in logs if e["event"] == "session_state.upload"]
+        assert uploads and all(e["status"] == "failed" and "conflict" in e["error"] for e in uploads), uploads
+        tasks = await stored_tasks(config, "fork")
+        assert tasks[0] == "the other writer" and not {"stale task", "next stale task"} & set(tasks), tasks
+
+    @pytest.mark.parametrize("keep", ["latest", "all"])
+    async def test_a_continuation_nobody_interrupts_is_stored_whole(self, sqlite_config: Config, keep: str) -> None:
+        """The same slow team with no other writer: every snapshot is stored (the first one with parent_seq, the
+        later ones continuing it, not refused as forks of their own first state)."""
+        config = sqlite_config.replace(keep=keep, debounce=0.0)
+        async with Team(ScriptedModelClient(["seed"]), session_id="line", config=config) as seeder:
+            await collect(seeder, "seed")
+        team = Team(agent=BuiltinAgent("assistant", ScriptedModelClient(["go"], delay=0.05), turns=3),
+                    session_id="line", config=config)
+        async with team:
+            assert (await team.restore_latest())[0] is S.SUCCESS
+            with capture_logs() as logs:
+                await collect(team, "first")
+                await collect(team, "second")
+        assert [e for e in logs if e["event"] == "session_state.upload" and e["status"] != "success"] == []
+        tasks = await stored_tasks(config, "line")
+        assert tasks[0] == "second" and "first" in tasks, tasks
+        assert tasks.count("second") >= 2, tasks  # written in separate writes, none refused

@@ -14,6 +14,7 @@ from wr124_session_actor import ActorSystem, Config, SessionStateManager, System
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor import _write_stage as write_stage
 from wr124_session_actor._document import EncodedDocument
+from wr124_session_actor._exceptions import StoreRejected
 from wr124_session_actor._write_stage import MAX_PACE
 from wr124_session_actor.stores import DocumentStore, open_store
 
@@ -226,6 +227,36 @@ class TestMerging:
             assert (status, message) == (S.TIMEOUT, "no reply within 0.2s (SESSION_STATE_TIMEOUT)")
             store.gate.set()
         assert await manager.delete_session_state("some-id") == (S.FAILED, "the actor system is closed")
+
+    async def test_a_flush_reports_the_failures_of_its_own_session_only(self, memory_config: Config) -> None:
+        """Another session's upload refused for good while a flush waits does not make that flush FAILED (it
+        compared the system's failure count before and after)."""
+        config = memory_config.replace(write_concurrency=2, debounce=0.0)
+
+        class RefusingB(GatedStore):
+            async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+                if any(doc.session_id == "b" for doc in docs):
+                    await self.gate.wait()
+                    raise StoreRejected("refused", status_code=422)
+                await self.gate.wait()
+                await anyio.sleep(0.05)  # ends after b's refusal
+                return await self.inner.insert_many(docs)
+
+        store = RefusingB(open_store(config))
+
+        async def open_gate_later() -> None:
+            await anyio.sleep(0.05)
+            store.gate.set()
+
+        async with anyio.create_task_group() as tg, ActorSystem(config, store=store) as system:
+            system.handle("b").submit({"n": 1}, "t", "a")
+            await anyio.sleep(0.02)  # b's write has started
+            a = system.manager("a")
+            a.submit_session_state({"n": 2}, "t", "a")
+            tg.start_soon(open_gate_later)
+            assert await a.flush() == (S.SUCCESS, "flushed")
+            assert await system.manager("b").flush() == (S.SUCCESS, "flushed")  # b's own failure was earlier
+        assert system.statistics().failed == 1
 
     async def test_write_observers_see_every_write(self, memory_config: Config) -> None:
         """Each store write is reported once to the observers, with its documents and status."""

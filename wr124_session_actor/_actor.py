@@ -64,8 +64,8 @@ class SessionActor:
         outbox: the durable outbox, if the system has one.
     """
 
-    __slots__ = ("_batch", "_deadline", "_host", "_job", "_stage", "busy", "counters", "mailbox", "ops", "outbox",
-                 "running")
+    __slots__ = ("_batch", "_deadline", "_failed", "_host", "_job", "_stage", "busy", "counters", "mailbox", "ops",
+                 "outbox", "running")
 
     def __init__(self, ops: SessionOps, counters: SystemCounters, stage: WriteStage, host: ActorHost,
                  outbox: Outbox | None = None) -> None:
@@ -88,6 +88,8 @@ class SessionActor:
         self.busy = False
         #: When the last writes must end (``anyio.current_time()``), once the system closes.
         self._deadline = math.inf
+        #: This session's uploads answered with a failure (what a flush reports of its own session).
+        self._failed = 0
 
     @property
     def pending(self) -> int:
@@ -195,13 +197,13 @@ class SessionActor:
             return
         if message.reply.abandoned:
             return  # its caller gave up (timed out or cancelled): do not keep the session busy for nobody
-        failed_before = self.counters.failed
+        failed_before = self._failed
         await self._flush()
         if message.func is not None:
             message.reply.set(await message.func(self.ops))
         elif self._batch:
             message.reply.set((Status.FAILED, f"{len(self._batch)} uploads wait for the store to recover"))
-        elif failed := self.counters.failed - failed_before:
+        elif failed := self._failed - failed_before:
             message.reply.set((Status.FAILED, f"{failed} uploads were refused for good (see the log)"))
         else:
             message.reply.set((Status.SUCCESS, "flushed"))
@@ -273,6 +275,7 @@ class SessionActor:
                 counters.documents += 1
             else:
                 counters.fail(outcome.status)
+                self._failed += 1
             for reply in pending.replies:
                 reply.set((outcome.status, outcome.value))
         if self.outbox is not None:

@@ -56,9 +56,12 @@ class SessionHandle:
         if isinstance(upload, str):
             return Status.FAILED
         try:
-            if runtime.config.keep == "all":  # every snapshot is written: hold its bytes, not the caller's objects
+            actor = runtime.actor(self.session_id)
+            # keep="all" writes every snapshot: hold its bytes, not the caller's objects (unless a parent_seq
+            # is still to be set at its write)
+            if runtime.config.keep == "all" and not actor.ops.continues(upload):
                 encode_if_small(upload)
-            replaced = runtime.actor(self.session_id).submit(upload)
+            replaced = actor.submit(upload)
         except anyio.ClosedResourceError:
             logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
                            op="submit", error=CLOSED_MESSAGE)
@@ -110,6 +113,7 @@ class SessionHandle:
             return Status.FAILED, upload
 
         def accepted() -> None:
+            runtime.actor(self.session_id).ops.continues(upload)  # before a later submit is encoded
             runtime.counters.submitted += 1
             if runtime.outbox is not None:
                 runtime.outbox.add(upload)

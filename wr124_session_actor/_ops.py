@@ -196,8 +196,8 @@ class SessionOps:
         circuit: the circuit breaker shared by the sessions of one store.
     """
 
-    __slots__ = ("_cache", "_disabled_logged", "_invalidations", "_last_stored", "_store", "circuit", "config",
-                 "session_id")
+    __slots__ = ("_cache", "_continues", "_disabled_logged", "_invalidations", "_last_stored", "_store", "circuit",
+                 "config", "session_id")
 
     def __init__(self, session_id: str, config: Config, store: Callable[[], DocumentStore],
                  circuit: CircuitBreaker | None = None) -> None:
@@ -212,6 +212,10 @@ class SessionOps:
         # agent → (state digest, id, when) of its last stored state: an equal state is not written again
         # while that is trusted (``cache_ttl``, as cached reads: another process may delete or supersede it).
         self._last_stored: dict[str, tuple[bytes, str, float]] | None = None
+        # agent → the parent_seq an upload of it gave (optimistic concurrency), until a state of that lineage
+        # is stored: a later upload of the agent that gives none continues it, so that a refused lineage
+        # (a newer state was stored meanwhile) is refused whole, not stored from its second state on.
+        self._continues: dict[str, int] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -316,6 +320,39 @@ class SessionOps:
 
     # -- writes -----------------------------------------------------------------------------------
 
+    def continues(self, upload: StateUpload) -> bool:
+        """Note the lineage ``upload`` starts (it gives a ``parent_seq``); return whether it gives one or
+        continues one not stored yet, in which case it must not be encoded before :meth:`prepare`."""
+        agent = upload.agent_name
+        if upload.parent_seq is not None:
+            if self._continues is None:
+                self._continues = {}
+            self._continues[agent] = upload.parent_seq
+            return True
+        return self._continues is not None and agent in self._continues
+
+    def _inherit_parents(self, uploads: Sequence[StateUpload]) -> None:
+        """Give each upload without a ``parent_seq`` the one its agent's lineage continues (see :meth:`continues`).
+
+        One already encoded (by the spool's sync) is encoded again; one whose state was let go for its bytes
+        (``keep="all"``, encoded before its lineage was known) is written as it is.
+        """
+        for upload in uploads:
+            if self.continues(upload) and upload.parent_seq is None and (upload.encoded is None
+                                                                         or upload.state is not None):
+                assert self._continues is not None
+                upload.parent_seq = self._continues[upload.agent_name]
+                upload.encoded = None
+
+    def _stored_lineages(self, docs: Sequence[EncodedDocument]) -> None:
+        """A stored state of a lineage ends it: the agent's later states need no check."""
+        lineages = self._continues
+        if not lineages:
+            return
+        for doc in docs:
+            if doc.parent_seq is not None and doc.agent is not None and lineages.get(doc.agent) == doc.parent_seq:
+                del lineages[doc.agent]
+
     async def _insert(self, docs: list[EncodedDocument]) -> StoreOutcome:
         """Direct mode's writer: the store itself, with retries."""
         return await call_store(self.config, self.circuit, self._store, lambda: self._store().insert_many(docs),
@@ -323,6 +360,8 @@ class SessionOps:
 
     async def prepare(self, uploads: Sequence[StateUpload], encode: Encoder = encode_documents) -> PreparedWrite:
         """Encode ``uploads``; answer at once those that cannot be encoded or that need no write."""
+        if self._continues is not None or any(upload.parent_seq is not None for upload in uploads):
+            self._inherit_parents(uploads)
         encoded = await encode(uploads)
         prepared = PreparedWrite([None] * len(uploads), [], [])
         skip = self.config.skip_unchanged
@@ -389,6 +428,7 @@ class SessionOps:
                 ids = [str(i) for i in result.value] if len(result.value) == len(docs) else [d.id for d in docs]
                 stored = [p for p in range(len(docs)) if p not in refused] if refused else range(len(docs))
                 self._remember([docs[p] for p in stored], [ids[p] for p in stored])
+                self._stored_lineages([docs[p] for p in stored])
                 for position in stored:
                     outcomes[prepared.uploads_of_docs[position]] = UploadOutcome(Status.SUCCESS, ids[position])
                 for position, alone in refused.items():
