@@ -11,7 +11,13 @@ import orjson
 import pytest
 
 from wr124_session_actor import StateEncodeError
-from wr124_session_actor._document import StateUpload, encode_document, encode_if_small, normalize_timestamp
+from wr124_session_actor._document import (
+    StateUpload,
+    encode_document,
+    encode_if_small,
+    encode_state_pieces,
+    normalize_timestamp,
+)
 
 
 class Color(enum.Enum):
@@ -213,3 +219,12 @@ def test_encode_if_small_encodes_small_states_only() -> None:
         upload = StateUpload("s", state, "t", "a")
         encode_if_small(upload)
         assert upload.state is state and upload.encoded is None
+
+
+def test_non_finite_floats_are_stored_as_null() -> None:
+    """NaN and ±Infinity, which JSON cannot hold, are encoded as null (the README says so), in one piece and in
+    pieces alike."""
+    state = {"nan": float("nan"), "inf": [float("inf"), -float("inf")], "ok": 1.5}
+    doc = orjson.loads(encode_document(StateUpload("s", state)).body)
+    assert doc["content"]["state"] == {"nan": None, "inf": [None, None], "ok": 1.5}
+    assert orjson.loads(b"".join(encode_state_pieces([float("nan")] * 5000))) == [None] * 5000
