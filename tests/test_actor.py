@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
@@ -219,6 +221,32 @@ class TestShutdown:
         assert system.statistics().documents == 50
         stored = [s for n in range(5) for s in await stored_states(config, f"s{n}")]
         assert sorted(s["n"] for s in stored) == list(range(50))
+
+    @pytest.mark.parametrize("awaited", [False, True])
+    async def test_a_state_saved_in_a_shielded_cleanup_of_a_cancelled_system_is_stored(
+            self, memory_config: Config, awaited: bool) -> None:
+        """The usual "save on cancel": the scope around the system is cancelled and the code inside it saves a
+        final state in a shielded finally, after a checkpoint. It is stored, and the statistics say so. (The
+        cancellation had ended the actor spawner before the system closed: the session's actor was never
+        started, the submit's state was given up at once as "not written before shutdown_timeout" and an
+        awaited upload timed out; running_actors stayed 1.)"""
+        config = memory_config.replace(shutdown_timeout=5.0, timeout=3.0)
+        answers: list[object] = []
+        with anyio.CancelScope() as scope:
+            async with ActorSystem(config) as system:
+                manager = system.manager("s")
+                try:
+                    scope.cancel()
+                    await anyio.sleep(5)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.sleep(0.05)  # the agent finishes its step
+                        answers.append(await manager.upload_session_state({"final": True}, "t", "a") if awaited
+                                       else manager.submit_session_state({"final": True}, "t", "a"))
+        assert answers[0] in (S.SUCCESS, (S.SUCCESS, ANY))
+        stats = system.statistics()
+        assert (stats.documents, stats.failed, stats.running_actors) == (1, 0, 0)
+        assert await stored_states(config, "s") == [{"final": True}]
 
     async def test_deadline_exit_with_store_down_logs_failures(self) -> None:
         """Uploads that cannot be written at shutdown are logged with their status, not dropped silently."""

@@ -258,6 +258,20 @@ class TestMerging:
             assert await system.manager("b").flush() == (S.SUCCESS, "flushed")  # b's own failure was earlier
         assert system.statistics().failed == 1
 
+    async def test_gauges_read_zero_once_a_deadline_exit_gave_up_the_queue(self, memory_config: Config) -> None:
+        """Batches still queued in the stage when shutdown_timeout ends are given up (logged, counted failed), and
+        the write_queue and running_actors gauges then read 0 (write_queue kept the given-up batches)."""
+        config = memory_config.replace(write_concurrency=1, shutdown_timeout=0.3, debounce=0.0)
+        store = GatedStore(open_store(config))
+        async with ActorSystem(config, store=store) as system:
+            for n in range(5):
+                system.handle(f"s{n}").submit({"n": n}, "t", "a")
+            await store.started(1)
+            assert system.statistics().write_queue >= 1
+        stats = system.statistics()
+        assert (stats.failed, stats.write_queue, stats.running_actors, stats.pending) == (5, 0, 0, 0)
+        store.gate.set()
+
     async def test_write_observers_see_every_write(self, memory_config: Config) -> None:
         """Each store write is reported once to the observers, with its documents and status."""
         seen: list[tuple[int, S]] = []

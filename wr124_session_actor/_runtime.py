@@ -68,6 +68,7 @@ class ActorRuntime:
         # item is found by skipping the slots of the items deleted before it (quadratic in a burst).
         self._idle: OrderedDict[str, tuple[float, SessionActor]] = OrderedDict()
         self._to_start: list[SessionActor] = []
+        self._spawner_done = False  # the spawner task has ended (cancelled, or the system closed)
         self._spawner_wakeup: anyio.Event | None = None
         self._reaper_wakeup: anyio.Event | None = None
         self._running = 0
@@ -137,8 +138,10 @@ class ActorRuntime:
                         finally:
                             self._close()
                 finally:
+                    self._task_group = None  # ended: nothing more can start in it
                     for actor in self._actors.values():
                         actor.give_up()  # a batch left in the stage at the deadline, its owner never woken
+                    self._stage.discard()
                     self._actors.clear()
                     self._idle.clear()
                     services.cancel_scope.cancel()
@@ -199,9 +202,10 @@ class ActorRuntime:
         self._counters.actors_started += 1
         self._running += 1
         self._idle.pop(actor.ops.session_id, None)
-        if self._state is not _State.OPEN and self._task_group is not None:
-            # Closing: the spawner may have ended already (cancelled first). An actor started now has a
-            # batch in the write stage to wait for, or an answer to act on; start it here.
+        if (self._state is not _State.OPEN or self._spawner_done) and self._task_group is not None:
+            # Closing, or cancelled: the spawner has ended, or may have. An actor started now has a batch
+            # in the write stage to wait for, an answer to act on, or an upload accepted in the caller's
+            # shielded cleanup to write; start it here (started cancelled, it still drains its mailbox).
             self._task_group.start_soon(actor.run, name=_ACTOR_TASK)
             return
         self._to_start.append(actor)
@@ -236,6 +240,7 @@ class ActorRuntime:
                 self._start_waiting()
         finally:
             self._start_waiting()  # even when cancelled: an actor started cancelled still drains its mailbox
+            self._spawner_done = True
 
     def _start_waiting(self) -> None:
         assert self._task_group is not None

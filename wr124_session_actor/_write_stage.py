@@ -212,6 +212,13 @@ class WriteStage:
         starts, and taking it out of the queue would cost a scan for each of thousands of sessions.)"""
         job.done = job.wake = None
 
+    def discard(self) -> None:
+        """The system has closed, and every owner has given up its batch: forget what is still queued (so the
+        ``write_queue`` gauge reads 0)."""
+        self._urgent.clear()
+        self._queue.clear()
+        self._queued_docs = 0
+
     def needs_owner(self, job: Job) -> bool:
         """Whether ``job``'s owner should stay with it (:meth:`wait`) rather than leave it to the stage:
         it is not written yet, and a new write may start now (the owner leads it), or the store is idle
