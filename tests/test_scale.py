@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -257,6 +258,22 @@ class TestAgentFilter:
             finally:
                 await manager.aclose()
 
+    async def test_reading_on_has_no_page_bound(self, anyio_backend: str) -> None:
+        """A server that ignores tags and answers 5 documents a page: a download of 60 states takes 12 pages,
+        and the planner's state behind them 13 (only 10 pages were read: the download was 50 states long and
+        SUCCESS, and the planner's state "not in this session")."""
+        with doc_server(tags="ignore", max_limit=5) as server:
+            manager = SessionStateManager("s", _config(server, anyio_backend))
+            try:
+                await manager.upload_session_state({"agent": "planner", "step": 0}, "t", "planner")
+                for noise in range(60):
+                    await manager.upload_session_state({"agent": "coder", "noise": noise}, "t", "coder")
+                status, docs = await manager.download_session_states(limit=60, agent_name="coder")
+                assert (status, len(docs)) == (S.SUCCESS, 60)
+                status, content = await manager.restore_agent_session_state("planner")
+                assert (status, content and content["state"]) == (S.SUCCESS, {"agent": "planner", "step": 0})
+            finally:
+                await manager.aclose()
 
     async def test_a_service_that_refuses_large_pages_is_read_in_pages_it_takes(self, anyio_backend: str) -> None:
         """A server that ignores tags and refuses a limit over 100 (422, as a validated parameter does),
@@ -345,6 +362,30 @@ async def test_a_store_that_repeats_its_first_page_ends_the_reading() -> None:
         assert status is S.SUCCESS
         assert [d["content"]["state"]["n"] for d in docs] == [MAX_QUERY_LIMIT + 9, MAX_QUERY_LIMIT + 8,
                                                               MAX_QUERY_LIMIT + 7]
+
+
+class EndlessStore(MemoryStore):
+    """A store that ignores every filter and has ever more documents of other sessions, a page at a time."""
+
+    def __init__(self) -> None:
+        super().__init__(f"endless-{uuid.uuid4().hex}")
+        self.reads = 0
+
+    async def query(self, query: Query) -> QueryResult:
+        self.reads += 1
+        await anyio.sleep(0.01)
+        page = [encode_document(StateUpload(f"other-{self.reads}-{n}", {"n": n})) for n in range(query.limit)]
+        return QueryResult([{**orjson.loads(d.body), "_id": d.id} for d in page], 10**9)
+
+
+async def test_a_reading_the_deadline_cuts_short_is_a_timeout_not_a_short_answer() -> None:
+    """Paging on without a page bound ends at the call's deadline: TIMEOUT, not SUCCESS with what was found."""
+    store = EndlessStore()
+    async with ActorSystem(Config(api_url="memory://", timeout=0.5, retries=0), store=store) as system:
+        manager = system.manager("s")
+        assert await manager.download_session_states(limit=5) == (S.TIMEOUT, [])
+        assert await manager.restore_latest_session_state() == (S.TIMEOUT, None)
+    assert store.reads > 10
 
 
 class TestRedirects:

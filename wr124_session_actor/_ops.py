@@ -44,8 +44,6 @@ Status = SessionStateStatus
 logger = structlog.get_logger("wr124_session_actor")
 
 _SUMMARY_FIELDS: Final = ("name", "description", "created_at", "updated_at", "tags")
-#: Pages read at most when a store answers a query with documents it was not asked for, or not newest first.
-_MAX_PAGES: Final = 10
 
 
 def status_of(exc: BaseException) -> SessionStateStatus:
@@ -518,7 +516,7 @@ class SessionOps:
         compared = False
         previous: tuple[str, str] | None = None
         page_query = query if known is not None else replace(query, limit=max(query.limit, 2))
-        for _ in range(_MAX_PAGES):
+        while True:  # bounded by the store's pages (and by the call's deadline: TIMEOUT, never a short answer)
             result = await store.query(page_query)
             page = result.data
             fresh = 0
