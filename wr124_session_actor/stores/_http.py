@@ -170,9 +170,7 @@ class HttpStore:
             raise _TooLarge
         if resp.status == 409:  # a repeated id (a retry whose answer was lost): each document says which
             return None
-        if _no_content(resp):  # created, and answered with no body: the documents keep our ids
-            return [doc.id for doc in chunk]
-        return [str(i) for i in _expect(resp, "ids", list)]
+        return _created_ids(resp, chunk)
 
     async def _insert_singly(self, docs: Sequence[EncodedDocument]) -> list[str]:
         """One POST per document (a server without the batch endpoint): the sessions' documents go in
@@ -412,20 +410,39 @@ def _no_content(resp: Response) -> bool:
     return 200 <= resp.status < 300 and not resp.content.strip()
 
 
+def _answer_fields(resp: Response) -> dict[str, Any]:
+    """The JSON object a success answered with; empty when there is none (no body, or another body)."""
+    if _no_content(resp):
+        return {}
+    try:
+        return _body(resp)
+    except StoreBadResponse:
+        return {}
+
+
 def _created_id(resp: Response, sent: str) -> str:
     """The id a single POST answered: ``id``, or ``_id`` as some services name it (the original client took
-    either); a number is taken as its text. An answer with no body names the document by its
-    ``Location`` (the last path segment), or else it keeps the id ``sent`` with it."""
+    either); a number is taken as its text. A success that names none (no body, ``null``, a body of
+    another shape: the status says created) names the document by its ``Location`` (the last path
+    segment), or else it keeps the id ``sent`` with it."""
     _check_status(resp, None)
-    if _no_content(resp):
-        location = urlsplit(resp.headers.get("location", "")).path.rstrip("/")
-        return unquote(location.rpartition("/")[2]) if location else sent
-    body = _body(resp)
+    body = _answer_fields(resp)
     for key in ("id", "_id"):
         value = body.get(key)
         if (isinstance(value, str) and value) or type(value) is int:
             return str(value)
-    raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'id' (nor '_id')")
+    location = urlsplit(resp.headers.get("location", "")).path.rstrip("/")
+    return unquote(location.rpartition("/")[2]) if location else sent
+
+
+def _created_ids(resp: Response, chunk: Sequence[EncodedDocument]) -> list[str]:
+    """The ids a batch POST answered (``ids``, one per document); a success that names none (no body, or
+    another body: the status says created, all or none) keeps the ids the documents were sent with."""
+    _check_status(resp, None)
+    ids = _answer_fields(resp).get("ids")
+    if isinstance(ids, list) and len(ids) == len(chunk):
+        return [str(i) for i in ids]
+    return [doc.id for doc in chunk]
 
 
 def _expect(resp: Response, key: str, kind: type) -> Any:
