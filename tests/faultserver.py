@@ -34,8 +34,9 @@ def _app(fault: Fault, hits: list[str]) -> web.Application:
         if fault == "503-retry-after":
             return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "0"})
         if fault == "bad-json":
-            return web.Response(status=201 if request.method == "POST" else 200, body=b'{"id": "x", "data": [',
-                                content_type="application/json")
+            # 200, not 201: a 201 Created says the document was stored whatever its body (the client takes
+            # it so); a 200 whose body is not the JSON asked for confirms nothing.
+            return web.Response(status=200, body=b'{"id": "x", "data": [', content_type="application/json")
         if fault == "not-object":
             return web.Response(status=200, body=b"[1, 2]", content_type="application/json")
         if fault == "reset":

@@ -410,38 +410,46 @@ def _no_content(resp: Response) -> bool:
     return 200 <= resp.status < 300 and not resp.content.strip()
 
 
-def _answer_fields(resp: Response) -> dict[str, Any]:
-    """The JSON object a success answered with; empty when there is none (no body, or another body)."""
+def _created_fields(resp: Response) -> dict[str, Any]:
+    """The JSON object a create's success answered with. ``201 Created`` says the documents were stored
+    whatever its body holds, and so does an empty body: the fields are then those of a JSON object, or
+    none. Another success must answer a JSON object (an HTML page from a proxy answering 200 confirms
+    nothing): else :class:`StoreBadResponse`."""
+    _check_status(resp, None)
     if _no_content(resp):
         return {}
     try:
         return _body(resp)
     except StoreBadResponse:
-        return {}
+        if resp.status == 201:
+            return {}
+        raise
 
 
 def _created_id(resp: Response, sent: str) -> str:
     """The id a single POST answered: ``id``, or ``_id`` as some services name it (the original client took
-    either); a number is taken as its text. A success that names none (no body, ``null``, a body of
-    another shape: the status says created) names the document by its ``Location`` (the last path
-    segment), or else it keeps the id ``sent`` with it."""
-    _check_status(resp, None)
-    body = _answer_fields(resp)
+    either); a number is taken as its text. A create confirmed without one (see :func:`_created_fields`)
+    names the document by its ``Location`` (the last path segment), or else it keeps the id ``sent``."""
+    body = _created_fields(resp)
     for key in ("id", "_id"):
         value = body.get(key)
         if (isinstance(value, str) and value) or type(value) is int:
             return str(value)
+    if resp.status != 201 and not _no_content(resp):
+        raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'id' (nor '_id')")
     location = urlsplit(resp.headers.get("location", "")).path.rstrip("/")
     return unquote(location.rpartition("/")[2]) if location else sent
 
 
 def _created_ids(resp: Response, chunk: Sequence[EncodedDocument]) -> list[str]:
-    """The ids a batch POST answered (``ids``, one per document); a success that names none (no body, or
-    another body: the status says created, all or none) keeps the ids the documents were sent with."""
-    _check_status(resp, None)
-    ids = _answer_fields(resp).get("ids")
+    """The ids a batch POST answered (``ids``, one per document). A create confirmed without them (see
+    :func:`_created_fields`; all or none) keeps the ids the documents were sent with."""
+    body = _created_fields(resp)
+    ids = body.get("ids")
     if isinstance(ids, list) and len(ids) == len(chunk):
         return [str(i) for i in ids]
+    if resp.status != 201 and not _no_content(resp) and not isinstance(ids, list):
+        raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'ids' list")
     return [doc.id for doc in chunk]
 
 
