@@ -3,6 +3,7 @@ test_http_store.py; PostgreSQL specifics: test_postgres.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -156,6 +157,21 @@ class TestSeqAndParents:
             await store.insert_many([fresh, stale])
         with pytest.raises(DocumentNotFound):
             await store.get(fresh.id)
+        assert (await store.query(Query(session_id="s1"))).total == 3
+
+    async def test_parent_seq_of_a_document_without_an_agent(self, store: DocumentStore) -> None:
+        """A document with no agent (another client's, with no ``content.agent_name``) may give a parent_seq:
+        checked against the newest agentless state of its session (PostgreSQL refused any such document,
+        422 "IndeterminateDatatype")."""
+        def agentless(parent_seq: int | None, i: int) -> EncodedDocument:
+            return dataclasses.replace(doc("s1", parent_seq=parent_seq, i=i), agent=None)
+
+        first = agentless(None, 0)
+        await store.insert_many([first, doc("s1", "a", i=9)])
+        seq = (await store.get(first.id))["seq"]
+        await store.insert_many([agentless(seq, 1)])
+        with pytest.raises(DocumentConflict, match="conflict"):
+            await store.insert_many([agentless(seq, 2)])
         assert (await store.query(Query(session_id="s1"))).total == 3
 
 

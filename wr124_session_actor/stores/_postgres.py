@@ -406,6 +406,11 @@ def _insert(conn: psycopg.Connection[Any], project: str, docs: Sequence[EncodedD
     return results
 
 
+_NEWEST_OF_AGENT: Final = "SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s AND agent = %s"
+_NEWEST_OF_NO_AGENT: Final = ("SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s"
+                              " AND agent IS NULL")
+
+
 def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[EncodedDocument]) -> None:
     counts: dict[str, int] = {}
     for doc in new:
@@ -418,11 +423,10 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
     created_at: datetime = stamp[0]
     for doc in new:
         if doc.parent_seq is not None:
-            agent = "agent IS NULL AND %s IS NULL" if doc.agent is None else "agent = %s"
-            row = conn.execute(
-                f"SELECT max(seq) FROM wr124_documents WHERE project = %s AND session_id = %s AND {agent}",
-                (project, doc.session_id, doc.agent),
-            ).fetchone()
+            # Two statements: a NULL parameter in "agent IS NULL AND %s IS NULL" has no type PostgreSQL can
+            # infer (IndeterminateDatatype: such a document was refused with 422).
+            row = conn.execute(_NEWEST_OF_NO_AGENT, (project, doc.session_id)).fetchone() if doc.agent is None \
+                else conn.execute(_NEWEST_OF_AGENT, (project, doc.session_id, doc.agent)).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
                 raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
     next_seq = {session: last - counts[session] + 1 for session, last in top.items()}
