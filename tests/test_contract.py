@@ -182,12 +182,33 @@ def _ui_assets() -> dict[str, str]:
 
 
 class TestPruneBodies:
+    def test_the_contract_states_the_prune_body_limit_the_server_keeps(self, live: ServerThread) -> None:
+        """The prune body's limit is its own (64 KiB), and the contract says so (it said the documents' 64 MiB):
+        a body under it is read, one over it is 413."""
+        said = SPEC["paths"]["/{project}/json-documents/prune"]["post"]["requestBody"]["description"]
+        assert said == "At most 65536 bytes."
+        padding = {"dry_run": True, "session_id": "s", "keep_last": 1}
+        assert httpx.post(f"{live.url}/p/json-documents/prune", json=padding).status_code == 200
+        big = httpx.post(f"{live.url}/p/json-documents/prune", content=b" " * 65537 + b"{}",
+                         headers={"content-type": "application/json"})
+        assert big.status_code == 413
+
     def test_huge_durations_and_whole_floats_are_valid(self, live: ServerThread) -> None:
         """A duration past year 1 prunes nothing (no overflow); ``keep_last: 2.0`` is the whole number 2."""
         body = {"max_age": "9999999999w", "idle_ttl": 1e300, "keep_last": 2.0, "dry_run": True}
         resp = httpx.post(f"{live.url}/p/json-documents/prune", json=body)
         assert resp.status_code == 200, resp.text
         assert resp.json()["dry_run"] is True
+
+
+def test_no_route_answers_head_which_the_contract_does_not_list(live: ServerThread) -> None:
+    """HEAD is answered 405, and no Allow header offers it: every GET route answered HEAD with 200, an
+    operation the contract does not have."""
+    for path in ("/health", "/p/json-documents", "/p/json-documents/d0", "/p/sessions", "/metrics",
+                 "/openapi.json", "/ui"):
+        resp = httpx.head(f"{live.url}{path}")
+        assert resp.status_code == 405 and "HEAD" not in resp.headers["allow"], path
+    assert all("head" not in operations for operations in SPEC["paths"].values())
 
 
 def test_a_request_line_too_long_is_refused_as_the_contract_says(live: ServerThread) -> None:

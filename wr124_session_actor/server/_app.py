@@ -712,17 +712,17 @@ def create_app(
     app[_LIMITS] = limits
     app[_API_KEY] = api_key.encode("utf-8") if api_key else b""
     app.cleanup_ctx.append(_engine_context(db_path, config))
-    app.router.add_get("/health", _health, name="health")
+    app.router.add_get("/health", _health, name="health", allow_head=False)
     collection = "/{project}/json-documents"
     app.router.add_post(collection, _create, name="create")
-    app.router.add_get(collection, _list, name="list")
+    app.router.add_get(collection, _list, name="list", allow_head=False)
     if enable_batch:
         app.router.add_post(collection + "/batch", _create_batch, name="batch")
-    app.router.add_get(collection + "/{doc_id}", _get, name="get")
+    app.router.add_get(collection + "/{doc_id}", _get, name="get", allow_head=False)
     app.router.add_delete(collection + "/{doc_id}", _delete, name="delete")
     install_retention(app, engine=lambda a: a[_ENGINE], call=_engine_call, policy=retention,
                       sweep_interval=sweep_interval)
-    app.router.add_get("/{project}/sessions", _sessions, name="sessions")
+    app.router.add_get("/{project}/sessions", _sessions, name="sessions", allow_head=False)
     _metrics.install_metrics(app, metrics_key)
     _ui.install_ui(app)
     _openapi.install_openapi(app, _openapi.Validators(

@@ -121,7 +121,7 @@ def install_metrics(app: web.Application, metrics_key: str | None) -> None:
     if prometheus_client is not None:
         app[_METRICS] = _new_metrics()
     app[_METRICS_KEY] = metrics_key.encode("utf-8") if metrics_key else b""
-    app.router.add_get(METRICS_PATH, _metrics_handler, name="metrics")
+    app.router.add_get(METRICS_PATH, _metrics_handler, name="metrics", allow_head=False)
 
 
 def middlewares() -> list[Middleware]:

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from ._metrics import METRICS_PATH
+from ._prune import MAX_PRUNE_BODY
 from ._ui import ASSETS, UI_PATH
 
 __all__ = ["OPENAPI_PATH", "OPERATIONS", "Validators", "build_spec", "install_openapi", "spec_of"]
@@ -290,6 +291,7 @@ class Operation:
     body_required: bool = True
     project: bool = True  # a /{project}/... route: X-Project-ID, 401 with a key, 403
     open: bool = False  # served without the API key
+    max_body: int | None = None  # the request body's own limit (bytes), if not the server's
 
 
 _API_ERRORS: Final = (400, 401, 403, 404, 503)
@@ -316,7 +318,7 @@ OPERATIONS: Final[Mapping[tuple[str, str], Operation]] = {
     ),
     ("POST", "/{project}/json-documents/prune"): Operation(
         "pruneDocuments", "Delete old states by retention policy (or count them with dry_run).",
-        {200: (_JSON, "PruneReport")}, _BODY_ERRORS, body="Prune", body_required=False,
+        {200: (_JSON, "PruneReport")}, _BODY_ERRORS, body="Prune", body_required=False, max_body=MAX_PRUNE_BODY,
     ),
     ("GET", "/{project}/json-documents/{doc_id}"): Operation(
         "getDocument", "One document.", {200: (_JSON, "Document")}, _API_ERRORS,
@@ -394,7 +396,7 @@ def _operation(op: Operation, path: str, validators: Validators, queries: Mappin
         result["requestBody"] = {
             "required": op.body_required,
             "content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{op.body}"}}},
-            "description": f"At most {validators.limits.max_body_bytes} bytes.",
+            "description": f"At most {op.max_body or validators.limits.max_body_bytes} bytes.",
         }
     result["security"] = [{}] if op.open else [{}, {"bearer": []}]
     return result
@@ -434,7 +436,8 @@ def build_spec(app: web.Application, validators: Validators, *, strict: bool = T
         "info": {
             "title": "wr124 json-documents (reference server)",
             "version": version,
-            "description": "Every error is a JSON body {\"error\": message, \"status\": code}; no request gets a 500.",
+            "description": "Every error is a JSON body {\"error\": message, \"status\": code}; no request gets a 500."
+                           " A method a path does not have (HEAD included) is answered 405, with an Allow header.",
         },
         "paths": paths,
         "components": {
@@ -468,4 +471,4 @@ def install_openapi(app: web.Application, validators: Validators) -> None:
     """Serve ``GET /openapi.json``, built from ``app``'s router and ``validators`` when the app starts."""
     app[_VALIDATORS] = validators
     app.on_startup.append(_build)
-    app.router.add_get(OPENAPI_PATH, _serve, name="openapi")
+    app.router.add_get(OPENAPI_PATH, _serve, name="openapi", allow_head=False)

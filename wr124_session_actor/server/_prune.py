@@ -43,7 +43,7 @@ logger = structlog.get_logger(__name__)
 EngineCall = Callable[..., Awaitable[Any]]
 
 _FIELDS: Final = ("keep_last", "max_age", "idle_ttl", "session_id", "dry_run")
-_MAX_BODY: Final = 64 * 1024
+MAX_PRUNE_BODY: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +129,8 @@ def _parse_body(raw: bytes, default: RetentionPolicy) -> tuple[RetentionPolicy, 
 
 async def _prune(request: web.Request) -> web.Response:
     retention = request.app[_RETENTION]
-    if request.content_length is not None and request.content_length > _MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=_MAX_BODY, actual_size=request.content_length)
+    if request.content_length is not None and request.content_length > MAX_PRUNE_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_PRUNE_BODY, actual_size=request.content_length)
     policy, session_id, dry_run = _parse_body(await request.read(), retention.policy)
     project = request.match_info["project"]
     engine = retention.engine(request.app)

@@ -57,5 +57,5 @@ async def _asset(request: web.Request) -> web.Response:
 def install_ui(app: web.Application) -> None:
     """Serve the page at ``GET /ui`` and its assets at ``GET /ui/{asset}``."""
     app.on_startup.append(_load)
-    app.router.add_get(UI_PATH, _index, name="ui")
-    app.router.add_get(UI_PATH + "/{asset}", _asset, name="ui_asset")
+    app.router.add_get(UI_PATH, _index, name="ui", allow_head=False)
+    app.router.add_get(UI_PATH + "/{asset}", _asset, name="ui_asset", allow_head=False)
