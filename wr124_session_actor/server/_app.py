@@ -636,7 +636,11 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def _project_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse a request whose ``X-Project-ID`` names another project than its path (403)."""
+    """Refuse a request whose ``X-Project-ID`` names another project than its path (403), and one with a NUL
+    character in its path or query (400: no store holds one in a name or id; PostgreSQL refused it with a
+    422 the contract does not list, and sqlite answered 200 or 404)."""
+    if "\0" in request.path or any("\0" in value for value in request.query.values()):
+        raise ApiError(400, "a NUL character in the path or the query")
     project = request.match_info.get("project")
     header = request.headers.get("X-Project-ID")
     if project is not None and header is not None and header != project:
