@@ -128,11 +128,17 @@ class Outbox:
         and written (a corrupt or read-only spool would only fail at the exit, its replay retried until
         ``shutdown_timeout``)."""
         conn = self._connect()
-        with write_transaction(conn):
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            conn.execute(f"PRAGMA user_version = {int(version)}")  # a write that changes nothing
-        (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
-        sessions = {r[0] for r in conn.execute("SELECT DISTINCT session_id FROM outbox WHERE seq <= ?", (last,))}
+        try:
+            with write_transaction(conn):
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                conn.execute(f"PRAGMA user_version = {int(version)}")  # a write that changes nothing
+            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+            sessions = {r[0] for r in conn.execute("SELECT DISTINCT session_id FROM outbox WHERE seq <= ?",
+                                                   (last,))}
+        except BaseException:
+            self._conn = None  # not open: closed here, in its own thread, and never again
+            conn.close()
+            raise
         return int(last), sessions
 
     async def wait_replayed(self, session_id: str) -> None:
