@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from wr124_session_actor.server import ServerThread
 
@@ -189,4 +189,91 @@ class TestApiKey:
             page.reload()
             expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
             expect(dialog).to_be_hidden()
+            context.close()
+
+
+def state_doc(session_id: str, n: int) -> dict[str, object]:
+    """A state of agent "a" in ``session_id``."""
+    return make_doc(session_id=session_id, name=f"state-{session_id}-{n}", tags=["session_state", "agent_state", "a"],
+                    content={"agent_name": "a", "task": "t", "state": {"n": n}})
+
+
+class TestWhatTheViewShows:
+    def test_an_older_list_answer_does_not_replace_the_page_asked_last(self, page: Page, tmp_path: Path) -> None:
+        """Older sessions, then newer again, while the older page's answer is held: when it comes, last, the
+        list keeps the newer page its label names (the late answer was drawn: "1–20 of 45" over sessions
+        21-40; paging through 101 pages showed 1,941 of 2,001 sessions)."""
+        with ServerThread(tmp_path / "many.db") as srv:
+            docs = [state_doc(f"s{n:02d}", 0) for n in range(45)]
+            httpx.post(f"{srv.url}/default/json-documents/batch", json={"documents": docs}).raise_for_status()
+            held: list[Route] = []
+
+            def hold_the_older_page(route: Route) -> None:
+                if "skip=20" in route.request.url and not held:
+                    held.append(route)
+                else:
+                    route.continue_()
+
+            page.route("**/default/sessions?*", hold_the_older_page)
+            page.goto(f"{srv.url}/ui")
+            expect(page.locator("#page-info")).to_have_text("1–20 of 45")
+            newest = page.locator("#sessions button").first.get_attribute("data-session")
+            page.click("#next")
+            while not held:
+                page.wait_for_timeout(20)
+            page.click("#prev")
+            expect(page.locator("#page-info")).to_have_text("1–20 of 45")
+            held[0].continue_()
+            page.wait_for_timeout(500)  # the late answer has come
+            expect(page.locator("#page-info")).to_have_text("1–20 of 45")
+            assert page.locator("#sessions button").first.get_attribute("data-session") == newest
+
+    def test_offline_stays_offline_with_no_session_open(self, page: Page, tmp_path: Path) -> None:
+        """The server stops while no session is open: the status says offline, and stays so (the idle session
+        poll said "live" every 0.7 s: 25 of 30 looks showed "● live" with the server down)."""
+        with ServerThread(tmp_path / "gone.db") as srv:
+            httpx.post(f"{srv.url}/default/json-documents", json=state_doc("s", 0)).raise_for_status()
+            page.goto(f"{srv.url}/ui")
+            expect(page.locator('#sessions [data-session="s"]')).to_be_visible()
+        live = page.locator("#live")
+        expect(live).to_have_text("● offline", timeout=5000)
+        seen = set()
+        for _ in range(20):
+            seen.add(live.inner_text())
+            page.wait_for_timeout(100)
+        assert seen == {"● offline"}
+
+    def test_states_deleted_while_a_session_is_followed_leave_the_view(self, page: Page, tmp_path: Path) -> None:
+        """Two of five states are deleted (retention, a prune) while the session is open: within 2 s the view
+        shows three, and says so (it kept all five, and counted on from five)."""
+        with ServerThread(tmp_path / "trimmed.db") as srv:
+            docs = [state_doc("kept", n) for n in range(5)]
+            ids = httpx.post(f"{srv.url}/default/json-documents/batch", json={"documents": docs}).json()["ids"]
+            open_session(page, srv, "kept")
+            chips = page.locator("#timeline .chip")
+            expect(chips).to_have_count(5)
+            for doc_id in ids[:2]:
+                httpx.delete(f"{srv.url}/default/json-documents/{doc_id}").raise_for_status()
+            expect(chips).to_have_count(3, timeout=2000)
+            expect(page.locator("#session-meta")).to_contain_text("3 states")
+            httpx.post(f"{srv.url}/default/json-documents", json=state_doc("kept", 5)).raise_for_status()
+            expect(chips).to_have_count(4, timeout=2000)
+            expect(page.locator("#session-meta")).to_contain_text("4 states")
+
+    def test_a_key_no_header_can_hold_is_asked_again(self, browser: Browser, demo_db: Path) -> None:
+        """A key typed with characters outside Latin-1 is refused in the page and asked again, with why (fetch
+        threw at every call and the tab stayed locked, the key kept for it)."""
+        with ServerThread(demo_db, api_key="s3cret") as srv:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(f"{srv.url}/ui")
+            dialog = page.locator("#key-dialog")
+            expect(dialog).to_be_visible()
+            page.fill("#key", "鍵")
+            page.keyboard.press("Enter")
+            expect(dialog).to_be_visible()
+            expect(page.locator("#key-why")).to_contain_text("ASCII")
+            page.fill("#key", "s3cret")
+            page.keyboard.press("Enter")
+            expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
             context.close()

@@ -69,11 +69,12 @@ function ago(iso) {
 
 let keyPrompt = null;
 
-function askKey() {
+function askKey(why) {
   if (!keyPrompt) {
     keyPrompt = new Promise((resolve) => {
       const dialog = $("key-dialog");
       $("key").value = "";
+      $("key-why").textContent = why || "";
       dialog.addEventListener("close", function done() {
         dialog.removeEventListener("close", done);
         sessionStorage.setItem(KEY_STORAGE, $("key").value.trim());
@@ -96,6 +97,13 @@ async function api(path, params) {
   }
   for (let attempt = 0; attempt < 5; attempt++) {
     const key = sessionStorage.getItem(KEY_STORAGE);
+    if (key && !/^[\x20-\x7e]*$/.test(key)) {
+      // A header holds Latin-1 only: fetch would throw at every call, with the key kept for the tab. No
+      // server key can be such a key: ask again.
+      sessionStorage.removeItem(KEY_STORAGE);
+      await askKey("A key is made of ASCII letters, digits and signs.");
+      continue;
+    }
     const response = await fetch(url, { headers: key ? { Authorization: `Bearer ${key}` } : {} });
     if (response.status === 401) {
       await askKey();
@@ -121,8 +129,12 @@ function setLive(ok, message) {
 // ------------------------------------------------------------------------------------------------
 // Sessions
 
+let sessionsAsked = 0;  // the latest list request: an older one answering later is dropped
+
 async function loadSessions() {
+  const asked = ++sessionsAsked;
   const page = await api(projectPath("/sessions"), { search: view.search, limit: PAGE, skip: view.skip });
+  if (asked !== sessionsAsked) return;  // another page, search or project was asked for meanwhile
   view.sessions = page.data;
   view.total = page.total;
   renderSessions();
@@ -137,7 +149,7 @@ function renderSessions() {
       onclick: () => openSession(s.session_id),
     },
     h("span", { class: "session-id" }, s.session_id),
-    h("span", { class: "session-sub" }, `${s.documents} state${s.documents === 1 ? "" : "s"} · ${ago(s.last_at)}`),
+    h("span", { class: "session-sub" }, `${s.documents} document${s.documents === 1 ? "" : "s"} · ${ago(s.last_at)}`),
     (s.agents || []).length ? h("span", { class: "session-agents" }, s.agents.join(" · ")) : null,
     ))));
   if (!view.sessions.length) list.append(h("li", { class: "muted", style: "padding:10px" },
@@ -203,15 +215,24 @@ async function fetchStates(first) {
     if (!first && !fresh.length) return;
   } else {
     const newest = view.docs[view.docs.length - 1];
-    const page = await api(projectPath("/json-documents"), {
-      ...base, sort_order: "1", created_after: newest.created_at, limit: STATES_POLL_LIMIT,
-    });
+    const [page, count] = await Promise.all([
+      api(projectPath("/json-documents"), {
+        ...base, sort_order: "1", created_after: newest.created_at, limit: STATES_POLL_LIMIT,
+      }),
+      api(projectPath("/json-documents"), { ...base, limit: 0 }),  // how many there are now
+    ]);
     if (sessionId !== view.session) return;
     // created_after is inclusive and a batch shares one created_at: only higher seqs are new.
     fresh = page.data.filter((d) => (typeof d.seq === "number" && typeof newest.seq === "number"
       ? d.seq > newest.seq : !view.docs.some((known) => known.id === d.id)));
+    if (count.total !== view.stateTotal + fresh.length) {
+      // Some were deleted meanwhile (retention, a prune, a delete), or more came than one poll takes:
+      // load the newest again, in place of what is shown.
+      view.docs = [];
+      return fetchStates(true);
+    }
     if (!fresh.length) return;
-    view.stateTotal += fresh.length;
+    view.stateTotal = count.total;
   }
   addStates(fresh, first);
 }
@@ -512,11 +533,11 @@ function closeSession() {
   if (first) first.focus();
 }
 
+// ``task`` returns false when it asked the server nothing (then it says nothing of whether the server is up).
 function poll(task, every) {
   const run = async () => {
     try {
-      await task();
-      setLive(true);
+      if (await task() !== false) setLive(true);
     } catch (error) {
       setLive(false, String(error.message || error));
     }
@@ -563,7 +584,7 @@ function start() {
   loadSessions().catch(showError);
   if (hash.get("s")) openSession(hash.get("s"), hash.get("d")).catch(showError);
   poll(() => loadSessions(), POLL_LIST_MS);
-  poll(() => (view.session ? loadStates(false) : Promise.resolve()), POLL_SESSION_MS);
+  poll(() => (view.session ? loadStates(false) : Promise.resolve(false)), POLL_SESSION_MS);
 }
 
 start();
