@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,19 @@ class TestDatabaseUrls:
         assert main([command, "--db", url, *(["--port", "0"] if command == "serve" else [])]) == 1
         assert f"got {url!r}" in capsys.readouterr().err
         assert list(tmp_path.iterdir()) == []
+
+
+class TestServe:
+    def test_a_port_in_use_is_an_error_line_not_a_traceback(self, tmp_path: Path) -> None:
+        """serve on a port another socket holds: one "error:" line and exit status 1 (29 lines of traceback)."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = run_cli("serve", "--port", str(port), "--db", str(tmp_path / "s.db"), cwd=tmp_path)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}")
 
 
 class TestInspect:

@@ -212,13 +212,25 @@ class TestCommand:
         assert main(["prune", "--url", f"sqlite:///{tmp_path / 'e.db'}", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["documents"] == 4
 
-    @pytest.mark.parametrize("args", [["--keep-last", "-1"], ["--max-age", "7x"], ["--idle-ttl", "soon"]])
+    @pytest.mark.parametrize("args", [["--keep-last", "-1"], ["--max-age", "7x"], ["--idle-ttl", "soon"],
+                                      ["--keep-last", "99999999999999999999999"], ["--session", ""]])
     def test_bad_options(self, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-        """A malformed option is a usage error naming it."""
+        """A malformed option is a usage error naming it (a count past 64 bits was exit status 1 from a
+        ValueError; an empty session was taken on sqlite and refused over HTTP)."""
         with pytest.raises(SystemExit) as exit_info:
             main(["prune", "--url", "memory://", *args])
         assert exit_info.value.code == 2
         assert args[0] in capsys.readouterr().err
+
+    @pytest.mark.parametrize("command", [["prune", "--keep-last", "1"], ["ls", "s"], ["show", "d"], ["rm", "d"]])
+    def test_a_sqlite_file_that_is_not_there_is_an_error_not_a_new_file(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+        """A misspelt sqlite URL is an error naming the file, and makes none (prune made an empty database,
+        reported "removed 0" and exited 0)."""
+        url = f"sqlite:///{tmp_path / 'typo.db'}"
+        assert main([*command, "--url", url]) == 1
+        assert "no sqlite database at" in capsys.readouterr().err
+        assert list(tmp_path.iterdir()) == []
 
     def test_unreachable_server(self, capsys: pytest.CaptureFixture[str]) -> None:
         """A server that is not there is a short error and exit status 1."""

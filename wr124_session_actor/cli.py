@@ -20,10 +20,12 @@ from ._manager import SessionStateManager
 from ._ops import status_of
 from ._retention import RetentionPolicy, parse_duration
 from ._status import SessionStateStatus
-from .stores import open_engine, open_store
+from .stores import open_engine, open_store, sqlite_path_from_url
 
 __all__ = ["main"]
 
+#: The largest whole number an option takes (a count stored as a 64-bit integer).
+_MAX_WHOLE: Final = 2**63 - 1
 #: The store the commands use when neither ``--url`` nor ``SESSION_API_URL`` names one.
 DEFAULT_CLI_URL: Final = "sqlite:///wr124_sessions.db"
 
@@ -51,6 +53,20 @@ def _config(args: argparse.Namespace) -> Config:
     return Config.from_env(enabled=True, api_url=url)
 
 
+def _existing(config: Config) -> Config:
+    """``config``, whose sqlite file must exist: a command that reads or deletes does not make an empty one
+    (``prune --url sqlite:///typo.db`` made it, reported "removed 0" and exited 0).
+
+    Raises:
+        ValueError: no such file; the message names it.
+    """
+    if config.store_kind == "sqlite":
+        path = sqlite_path_from_url(config.api_url)
+        if not os.path.exists(path):
+            raise ValueError(f"no sqlite database at {path!r} (from {config.api_url!r})")
+    return config
+
+
 def _dump(value: object) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -61,7 +77,7 @@ def _fail(message: str) -> int:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    manager = SessionStateManager(args.session_id, _config(args))
+    manager = SessionStateManager(args.session_id, _existing(_config(args)))
     status, docs = await manager.download_session_states(limit=args.limit, agent_name=args.agent)
     await manager.aclose()
     if status is not SessionStateStatus.SUCCESS:
@@ -80,7 +96,7 @@ async def _ls(args: argparse.Namespace) -> int:
 
 
 async def _show(args: argparse.Namespace) -> int:
-    store = open_store(_config(args))
+    store = open_store(_existing(_config(args)))
     try:
         doc = await store.get(args.doc_id)
     except StoreError as exc:  # said as a status
@@ -99,7 +115,7 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 async def _rm(args: argparse.Namespace) -> int:
-    store = open_store(_config(args))
+    store = open_store(_existing(_config(args)))
     try:
         await store.delete(args.doc_id)
     except StoreError as exc:  # said as a status
@@ -127,7 +143,7 @@ def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
 
 async def _prune(args: argparse.Namespace) -> int:
     # Pruning a large store takes longer than one state write: allow it minutes.
-    config = _config(args)
+    config = _existing(_config(args))
     config = config.replace(timeout=max(config.timeout, 600.0))
     policy = _policy(args)
     store = open_store(config)
@@ -140,8 +156,9 @@ async def _prune(args: argparse.Namespace) -> int:
     if args.json:
         _dump(report.as_dict())
         return 0
-    rule = "the server's policy" if policy is None else policy.describe()
-    if policy is None and config.store_kind != "http":
+    local = config.store_kind != "http"
+    rule = ("no rule" if local else "the server's policy") if policy is None else policy.describe()
+    if policy is None and local:
         sys.stderr.write("note: no retention rule given (--keep-last, --max-age, --idle-ttl): nothing to do\n")
     verb = "would remove" if report.dry_run else "removed"
     print(f"{verb} ({rule}): {report.sessions} sessions, {report.documents} documents, {report.bytes} bytes")
@@ -157,6 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
                    retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
     except StoreError as exc:  # the database cannot be opened or reached at startup
         return _fail(f"{status_of(exc).value}: {exc}")
+    except OSError as exc:  # the address: in use, not this machine's, not allowed
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     return 0
 
 
@@ -188,16 +207,25 @@ def _bench(rest: Sequence[str]) -> int:
 
 
 def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: a whole number from ``low`` to ``high``, else a usage error that says so."""
+    """An argparse type: a whole number from ``low`` to ``high`` (a 64-bit one at most), else a usage error
+    that says so."""
     expected = f"a whole number >= {low}" if high is None else f"a whole number from {low} to {high}"
+    most = _MAX_WHOLE if high is None else high
 
     def parse(text: str) -> int:
         value = int(text) if text.strip().isdigit() else -1
-        if value < low or (high is not None and value > high):
+        if value < low or value > most:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
+
+
+def _session_id(text: str) -> str:
+    """An argparse type: a session id (not empty), else a usage error."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a session id, got ''")
+    return text
 
 
 def _duration(text: str) -> float:
@@ -259,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     prune = with_url(sub.add_parser(
         "prune", help="remove old states by a retention policy (through the server's prune endpoint for http(s) URLs)"))
     _retention_options(prune)
-    prune.add_argument("--session", metavar="ID", help="only this session")
+    prune.add_argument("--session", type=_session_id, metavar="ID", help="only this session")
     prune.add_argument("--dry-run", action="store_true", help="count what would go, remove nothing")
     sub.add_parser("bench", help="run the benchmarks (options after 'bench' go to it)", add_help=False)
     return parser

@@ -55,6 +55,7 @@ __all__ = [
     "open_engine",
     "open_store",
     "reset_memory_stores",
+    "sqlite_path_from_url",
 ]
 
 
