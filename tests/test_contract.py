@@ -218,3 +218,18 @@ def test_a_request_line_too_long_is_refused_as_the_contract_says(live: ServerThr
     assert resp.status_code == 400 and resp.headers["content-type"].startswith("text/plain")
     for path in ("/{project}/sessions", "/{project}/json-documents", "/ui/{asset}"):
         assert "text/plain" in SPEC["paths"][path]["get"]["responses"]["400"]["content"], path
+
+
+def test_the_contract_says_names_and_filters_hold_no_nul(live: ServerThread) -> None:
+    """Path and query texts exclude NUL, which the server refuses with 400 on every backend (schemathesis
+    generated a tag holding one as valid data)."""
+    texts = {"project", "doc_id", "asset", "session_id", "document_type", "name_pattern", "search", "tags"}
+    params = [p for ops in SPEC["paths"].values() for op in ops.values() for p in op.get("parameters", [])
+              if p["name"] in texts]
+    assert {p["name"] for p in params} == texts
+    for param in params:
+        schemas = param["schema"].get("anyOf", [param["schema"]])
+        patterns = {(s.get("items") or s)["pattern"] for s in schemas}
+        assert patterns == {"^[^\\u0000]*$"}, param["name"]
+    resp = httpx.get(f"{live.url}/p/json-documents", params={"tags": "a\0b"})
+    assert (resp.status_code, resp.json()["error"]) == (400, "a NUL character in the path or the query")

@@ -74,6 +74,8 @@ class Validators:
 # Schemas
 
 _STRING: Final = {"type": "string"}
+#: A name, id or filter in a path or query: any text without NUL (no store holds one; the answer is 400).
+_TEXT: Final = {"type": "string", "pattern": "^[^\\u0000]*$"}
 _NULLABLE_STRING: Final = {"type": ["string", "null"]}
 _OBJECT: Final = {"type": "object"}
 
@@ -240,14 +242,14 @@ def _page_parameters(default_limit: int, validators: Validators, what: str) -> l
 
 def _list_parameters(validators: Validators) -> list[JSONSchema]:
     return [
-        _query("session_id", _STRING, "Only this session's documents."),
-        _query("document_type", _STRING, "Only documents of this type."),
+        _query("session_id", _TEXT, "Only this session's documents."),
+        _query("document_type", _TEXT, "Only documents of this type."),
         # One value on the wire (``tags=a`` or ``tags=a,b``) is a list as well: the contract says both forms.
-        {**_query("tags", {"anyOf": [{"type": "array", "items": _STRING}, _STRING]},
+        {**_query("tags", {"anyOf": [{"type": "array", "items": _TEXT}, _TEXT]},
                   "Documents carrying all these tags: repeated (`tags=a&tags=b`, each value one tag as it is),"
                   " or one comma-joined value (`tags=a,b`)."),
          "style": "form", "explode": True},
-        _query("name_pattern", _STRING, "A substring of the name."),
+        _query("name_pattern", _TEXT, "A substring of the name."),
         _time_parameter("created_after", "Inclusive lower bound"),
         _time_parameter("created_before", "Inclusive upper bound"),
         *_page_parameters(10, validators, "Documents"),
@@ -259,7 +261,7 @@ def _list_parameters(validators: Validators) -> list[JSONSchema]:
 
 
 def _sessions_parameters(validators: Validators) -> list[JSONSchema]:
-    return [_query("search", _STRING, "Only sessions whose id contains this."),
+    return [_query("search", _TEXT, "Only sessions whose id contains this."),
             *_page_parameters(20, validators, "Sessions")]
 
 
@@ -268,7 +270,7 @@ def query_parameters(validators: Validators) -> dict[str, list[JSONSchema]]:
     return {"listDocuments": _list_parameters(validators), "listSessions": _sessions_parameters(validators)}
 
 
-_PROJECT: Final = {"name": "project", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_PROJECT: Final = {"name": "project", "in": "path", "required": True, "schema": {**_TEXT, "minLength": 1}}
 _X_PROJECT: Final = {
     "name": "X-Project-ID", "in": "header", "required": False, "schema": _STRING,
     "description": "When sent, it must equal the path's project (403 otherwise).",
@@ -359,7 +361,7 @@ _REASONS: Final = {
 
 
 def _path_parameter(name: str, description: str) -> JSONSchema:
-    schema = {"type": "string", "minLength": 1}
+    schema = {**_TEXT, "minLength": 1}
     return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
 
 
