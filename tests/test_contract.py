@@ -40,7 +40,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_server_keeps_its_contract(case: schemathesis.Case[Any], live: ServerThread) -> None:
     """Generated requests (valid and invalid) get no 5xx, and every answer matches the contract."""
     # ``/{project}/json-documents/batch`` also matches ``/{project}/json-documents/{doc_id}`` (a document
@@ -49,7 +49,7 @@ def test_the_server_keeps_its_contract(case: schemathesis.Case[Any], live: Serve
 
 
 @pytest.mark.slow  # it counts what the slow test above sent: the fast set leaves both out
-def test_every_route_got_a_few_hundred_requests(live: ServerThread) -> None:
+def test_every_route_got_a_hundred_requests_or_more(live: ServerThread) -> None:
     """The server's own metrics count the generated requests per route (runs after the test above): no 5xx."""
     text = httpx.get(f"{live.url}/metrics").text
     counts: dict[str, float] = {}
@@ -66,7 +66,7 @@ def test_every_route_got_a_few_hundred_requests(live: ServerThread) -> None:
         for method, operation in methods.items():
             # A route without parameters or body has only one request to make.
             varied = "parameters" in operation or "requestBody" in operation
-            assert counts.get(f"{method.upper()} {path}", 0) >= (150 if varied else 1), (method, path)
+            assert counts.get(f"{method.upper()} {path}", 0) >= (100 if varied else 1), (method, path)
 
 
 class RecordingParams(MultiDict[str]):
