@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -173,23 +174,41 @@ class TestBrowserView:
         expect(page.get_by_role("button", name="Load older")).to_have_count(0)
 
 
+@contextmanager
+def asked_for_the_key(browser: Browser, demo_db: Path) -> Iterator[Page]:
+    """A new tab on /ui of a server over ``demo_db`` with the key "s3cret", its key dialog open."""
+    with ServerThread(demo_db, api_key="s3cret") as srv:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{srv.url}/ui")
+        expect(page.locator("#key-dialog")).to_be_visible()
+        yield page
+        context.close()
+
+
 class TestApiKey:
     def test_asks_for_the_key_once_and_keeps_it_for_the_tab(self, browser: Browser, demo_db: Path) -> None:
         """With --api-key the page asks for the key, then lists sessions; a reload does not ask again."""
-        with ServerThread(demo_db, api_key="s3cret") as srv:
-            context = browser.new_context()
-            page = context.new_page()
-            page.goto(f"{srv.url}/ui")
-            dialog = page.locator("#key-dialog")
-            expect(dialog).to_be_visible()
+        with asked_for_the_key(browser, demo_db) as page:
             page.fill("#key", "s3cret")
             page.keyboard.press("Enter")
             expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
             assert page.evaluate("sessionStorage.getItem('wr124.apiKey')") == "s3cret"
             page.reload()
             expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
-            expect(dialog).to_be_hidden()
-            context.close()
+            expect(page.locator("#key-dialog")).to_be_hidden()
+
+    def test_a_key_no_header_can_hold_is_asked_again(self, browser: Browser, demo_db: Path) -> None:
+        """A key typed with characters outside Latin-1 is refused in the page and asked again, with why (fetch
+        threw at every call and the tab stayed locked, the key kept for it)."""
+        with asked_for_the_key(browser, demo_db) as page:
+            page.fill("#key", "鍵")
+            page.keyboard.press("Enter")
+            expect(page.locator("#key-dialog")).to_be_visible()
+            expect(page.locator("#key-why")).to_contain_text("ASCII")
+            page.fill("#key", "s3cret")
+            page.keyboard.press("Enter")
+            expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
 
 
 def state_doc(session_id: str, n: int) -> dict[str, object]:
@@ -259,21 +278,3 @@ class TestWhatTheViewShows:
             httpx.post(f"{srv.url}/default/json-documents", json=state_doc("kept", 5)).raise_for_status()
             expect(chips).to_have_count(4, timeout=2000)
             expect(page.locator("#session-meta")).to_contain_text("4 states")
-
-    def test_a_key_no_header_can_hold_is_asked_again(self, browser: Browser, demo_db: Path) -> None:
-        """A key typed with characters outside Latin-1 is refused in the page and asked again, with why (fetch
-        threw at every call and the tab stayed locked, the key kept for it)."""
-        with ServerThread(demo_db, api_key="s3cret") as srv:
-            context = browser.new_context()
-            page = context.new_page()
-            page.goto(f"{srv.url}/ui")
-            dialog = page.locator("#key-dialog")
-            expect(dialog).to_be_visible()
-            page.fill("#key", "鍵")
-            page.keyboard.press("Enter")
-            expect(dialog).to_be_visible()
-            expect(page.locator("#key-why")).to_contain_text("ASCII")
-            page.fill("#key", "s3cret")
-            page.keyboard.press("Enter")
-            expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
-            context.close()
