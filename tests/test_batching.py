@@ -164,3 +164,17 @@ class TestSettle:
         pending.add(upload("x", 1), None, 0, now=0.1)
         done = pending.settle(items, [UploadOutcome(S.SUCCESS, "x0")], now=0.2)
         assert len(done) == 1 and [p.upload.state for p in pending.take()] == [{"n": 1}]
+
+
+class TestTake:
+    def test_an_agents_uploads_after_a_continuation_wait_for_the_next_write(self) -> None:
+        """Uploads of an agent after one that gives a parent_seq stay pending for the next write, once the store
+        has answered the continuation; other agents' uploads, and the agent's earlier ones, go now."""
+        pending = batch(keep="all", bound=10)
+        for item in (upload("a", 0), upload("b", 0), upload("a", 1, parent_seq=7), upload("a", 2), upload("b", 1)):
+            pending.add(item, None, 0, 0.0)
+        first = pending.take()
+        assert [(p.upload.agent_name, p.upload.state) for p in first] == [("a", {"n": 0}), ("b", {"n": 0}),
+                                                                          ("a", {"n": 1}), ("b", {"n": 1})]
+        pending.settle(first, [UploadOutcome(S.SUCCESS, "id")] * 4, 1.0)
+        assert [(p.upload.agent_name, p.upload.state) for p in pending.take()] == [("a", {"n": 2})]

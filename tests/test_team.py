@@ -24,6 +24,7 @@ from wr124_session_actor.agents import (
     SystemMessage,
     UserMessage,
 )
+from wr124_session_actor.server import ServerThread
 
 from .faultserver import closed_port_url
 
@@ -37,6 +38,15 @@ async def stored_tasks(config: Config, session_id: str) -> list[str]:
     await manager.aclose()
     assert status is S.SUCCESS
     return [doc["content"]["task"] for doc in docs]
+
+
+async def stored_documents(config: Config, agent: str, session_id: str = "s") -> list[dict[str, Any]]:
+    """The stored states of ``agent`` in the session, newest first."""
+    manager = SessionStateManager(session_id, config)
+    status, docs = await manager.download_session_states(limit=100, agent_name=agent)
+    await manager.aclose()
+    assert status is S.SUCCESS
+    return docs
 
 
 async def collect(team: Team, task: str) -> list[Any]:
@@ -441,6 +451,59 @@ class TestContinuation:
         assert uploads and all(e["status"] == "failed" and "conflict" in e["error"] for e in uploads), uploads
         tasks = await stored_tasks(config, "fork")
         assert tasks[0] == "the other writer" and not {"stale task", "next stale task"} & set(tasks), tasks
+
+    @pytest.mark.parametrize("where", ["sqlite", "server", "server without the batch endpoint"])
+    async def test_one_write_with_a_stale_and_a_fresh_continuation(self, sqlite_config: Config, tmp_path: Path,
+                                                                   where: str) -> None:
+        """keep="all", one session: agent a continues an old state (stale), agent b its newest (fresh), each with
+        two more states after it, all pending together. All of b's are stored and none of a's (b's later states
+        were refused against b's own first one when the write was split by a's conflict, or posted one by one
+        to a server without the batch endpoint)."""
+        async with contextlib.AsyncExitStack() as stack:
+            config = sqlite_config.replace(keep="all", debounce=0.0, max_delay=10.0)
+            if where != "sqlite":
+                server = stack.enter_context(ServerThread(tmp_path / "server.db",
+                                                          enable_batch=where == "server"))
+                config = config.replace(api_url=server.url)
+            manager = SessionStateManager("s", config)
+            for agent in ("a", "b"):
+                assert (await manager.upload_session_state({"n": 0}, "t", agent))[0] is S.SUCCESS
+            seqs = {d["content"]["agent_name"]: d["seq"] for d in (await manager.download_session_states())[1]}
+            assert (await manager.upload_session_state({"n": 1}, "other writer", "a"))[0] is S.SUCCESS
+            await manager.aclose()
+            async with ActorSystem(config) as system:
+                handle = system.handle("s")
+                for agent in ("a", "b"):
+                    handle.submit({"n": 10}, "go on", agent, parent_seq=seqs[agent])
+                    handle.submit({"n": 11}, "go on", agent)
+                    handle.submit({"n": 12}, "go on", agent)
+                status, message = await handle.flush()
+                assert (status, message) == (S.FAILED, "3 uploads were refused for good (see the log)")
+            by_agent = {agent: [d["content"]["state"]["n"] for d in await stored_documents(config, agent)]
+                        for agent in ("a", "b")}
+        assert by_agent == {"a": [1, 0], "b": [12, 11, 10, 0]}
+
+    async def test_a_continuation_whose_answer_was_lost_does_not_block_the_agent(self, sqlite_config: Config) -> None:
+        """Direct mode: an upload with parent_seq is stored but answered after the timeout (TIMEOUT); the agent's
+        next uploads are stored (they were refused as conflicts against it for the manager's whole life)."""
+        manager = SessionStateManager("s", sqlite_config.replace(timeout=0.3, retries=0))
+        assert (await manager.upload_session_state({"n": 0}, "t", "a"))[0] is S.SUCCESS
+        seq = (await manager.restore_latest_session_state())[1]["seq"]  # type: ignore[index]
+        store = manager._direct_store()
+        insert_many = store.insert_many
+
+        async def stored_then_slow(docs: Any) -> Any:
+            ids = await insert_many(docs)
+            await anyio.sleep(1)
+            return ids
+
+        store.insert_many = stored_then_slow  # type: ignore[method-assign]
+        assert (await manager.upload_session_state({"n": 1}, "t", "a", parent_seq=seq))[0] is S.TIMEOUT
+        store.insert_many = insert_many  # type: ignore[method-assign]
+        for n in (2, 3):
+            assert (await manager.upload_session_state({"n": n}, "t", "a"))[0] is S.SUCCESS
+        assert [d["content"]["state"]["n"] for d in await stored_documents(sqlite_config, "a")] == [3, 2, 1, 0]
+        await manager.aclose()
 
     @pytest.mark.parametrize("keep", ["latest", "all"])
     async def test_a_continuation_nobody_interrupts_is_stored_whole(self, sqlite_config: Config, keep: str) -> None:

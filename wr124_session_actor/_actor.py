@@ -258,13 +258,22 @@ class SessionActor:
         self._answer(done)
 
     async def _flush(self) -> None:
-        """Write everything pending now and wait for it: the batch in the stage, then the rest (once)."""
+        """Write everything pending now and wait for it: the batch in the stage, then the rest, until a write
+        fails (the batch then waits its backoff) or nothing is left (an agent's uploads after a continuation
+        go in a write of their own)."""
         if self._job is not None:
             self._stage.hurry(self._job)
             await self._stage.wait(self._job)
-        await self._hand_over(urgent=True)
-        if self._job is not None:
-            await self._stage.wait(self._job)
+        batch = self._batch
+        while batch:
+            before = len(batch)
+            await self._hand_over(urgent=True)  # now, backoff or not
+            if self._job is not None:
+                await self._stage.wait(self._job)
+            elif len(batch) == before:
+                break
+            if monotonic() < batch.retry_at:
+                break  # that write failed: the batch waits its backoff
 
     def _answer(self, done: list[tuple[PendingUpload[Reply], UploadOutcome]]) -> None:
         counters = self.counters

@@ -130,10 +130,24 @@ class PendingBatch(Generic[R]):
         return max(self.retry_at, min(self._last_at + config.debounce, self._first_at + config.max_delay))
 
     def take(self) -> list[PendingUpload[R]]:
-        """The uploads to write now, oldest first (they stay pending until :meth:`settle`)."""
-        items = list(self._items.values())
-        for pending in items:
+        """The uploads to write now, oldest first (they stay pending until :meth:`settle`).
+
+        An upload that continues a state (``parent_seq``) ends its agent's part of the write: the agent's
+        later uploads wait for the next one, once the store has said whether it took the continuation (a
+        refused one is not to be stored from its second state on).
+        """
+        items: list[PendingUpload[R]] = []
+        continued: set[str] | None = None
+        for pending in self._items.values():
+            upload = pending.upload
+            if continued is not None and upload.agent_name in continued:
+                continue
+            if upload.parent_seq is not None:
+                if continued is None:
+                    continued = set()
+                continued.add(upload.agent_name)
             pending.writing = True
+            items.append(pending)
         return items
 
     def settle(self, batch: list[PendingUpload[R]], outcomes: Iterable[UploadOutcome],

@@ -56,12 +56,9 @@ class SessionHandle:
         if isinstance(upload, str):
             return Status.FAILED
         try:
-            actor = runtime.actor(self.session_id)
-            # keep="all" writes every snapshot: hold its bytes, not the caller's objects (unless a parent_seq
-            # is still to be set at its write)
-            if runtime.config.keep == "all" and not actor.ops.continues(upload):
+            if runtime.config.keep == "all":  # every snapshot is written: hold its bytes, not the caller's objects
                 encode_if_small(upload)
-            replaced = actor.submit(upload)
+            replaced = runtime.actor(self.session_id).submit(upload)
         except anyio.ClosedResourceError:
             logger.warning("session_state.submit", status=Status.FAILED.value, session_id=self.session_id,
                            op="submit", error=CLOSED_MESSAGE)
@@ -113,7 +110,6 @@ class SessionHandle:
             return Status.FAILED, upload
 
         def accepted() -> None:
-            runtime.actor(self.session_id).ops.continues(upload)  # before a later submit is encoded
             runtime.counters.submitted += 1
             if runtime.outbox is not None:
                 runtime.outbox.add(upload)

@@ -194,7 +194,7 @@ class SessionOps:
         circuit: the circuit breaker shared by the sessions of one store.
     """
 
-    __slots__ = ("_cache", "_continues", "_disabled_logged", "_invalidations", "_last_stored", "_store", "circuit",
+    __slots__ = ("_cache", "_disabled_logged", "_invalidations", "_last_stored", "_refused", "_store", "circuit",
                  "config", "session_id")
 
     def __init__(self, session_id: str, config: Config, store: Callable[[], DocumentStore],
@@ -210,10 +210,10 @@ class SessionOps:
         # agent → (state digest, id, when) of its last stored state: an equal state is not written again
         # while that is trusted (``cache_ttl``, as cached reads: another process may delete or supersede it).
         self._last_stored: dict[str, tuple[bytes, str, float]] | None = None
-        # agent → the parent_seq an upload of it gave (optimistic concurrency), until a state of that lineage
-        # is stored: a later upload of the agent that gives none continues it, so that a refused lineage
-        # (a newer state was stored meanwhile) is refused whole, not stored from its second state on.
-        self._continues: dict[str, int] | None = None
+        # agent → the parent_seq of its state the store refused as a fork (a newer state was stored): its
+        # later uploads that give none continue that refused state, and are refused too, until an upload
+        # gives a parent_seq again (a restore).
+        self._refused: dict[str, int] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -318,38 +318,28 @@ class SessionOps:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def continues(self, upload: StateUpload) -> bool:
-        """Note the lineage ``upload`` starts (it gives a ``parent_seq``); return whether it gives one or
-        continues one not stored yet, in which case it must not be encoded before :meth:`prepare`."""
-        agent = upload.agent_name
-        if upload.parent_seq is not None:
-            if self._continues is None:
-                self._continues = {}
-            self._continues[agent] = upload.parent_seq
-            return True
-        return self._continues is not None and agent in self._continues
+    def _continues_refused(self, uploads: Sequence[StateUpload]) -> list[int]:
+        """The indexes of ``uploads`` that continue a state the store refused as a fork (see :attr:`_refused`);
+        an upload that gives a ``parent_seq`` starts a new continuation of its agent."""
+        refused = self._refused
+        if not refused:
+            return []
+        stale: list[int] = []
+        for index, upload in enumerate(uploads):
+            if upload.parent_seq is not None:
+                refused.pop(upload.agent_name, None)
+            elif upload.agent_name in refused:
+                stale.append(index)
+        return stale
 
-    def _inherit_parents(self, uploads: Sequence[StateUpload]) -> None:
-        """Give each upload without a ``parent_seq`` the one its agent's lineage continues (see :meth:`continues`).
-
-        One already encoded (by the spool's sync) is encoded again; one whose state was let go for its bytes
-        (``keep="all"``, encoded before its lineage was known) is written as it is.
-        """
-        for upload in uploads:
-            if self.continues(upload) and upload.parent_seq is None and (upload.encoded is None
-                                                                         or upload.state is not None):
-                assert self._continues is not None
-                upload.parent_seq = self._continues[upload.agent_name]
-                upload.encoded = None
-
-    def _stored_lineages(self, docs: Sequence[EncodedDocument]) -> None:
-        """A stored state of a lineage ends it: the agent's later states need no check."""
-        lineages = self._continues
-        if not lineages:
-            return
-        for doc in docs:
-            if doc.parent_seq is not None and doc.agent is not None and lineages.get(doc.agent) == doc.parent_seq:
-                del lineages[doc.agent]
+    def _note_forks(self, docs: Sequence[EncodedDocument], refusals: Mapping[int, StoreOutcome]) -> None:
+        """Remember the agents whose continuation (a document with a ``parent_seq``) the store refused (409)."""
+        for position, outcome in refusals.items():
+            doc = docs[position]
+            if outcome.status_code == 409 and doc.parent_seq is not None and doc.agent is not None:
+                if self._refused is None:
+                    self._refused = {}
+                self._refused[doc.agent] = doc.parent_seq
 
     async def _insert(self, docs: list[EncodedDocument]) -> StoreOutcome:
         """Direct mode's writer: the store itself, with retries."""
@@ -358,15 +348,24 @@ class SessionOps:
 
     async def prepare(self, uploads: Sequence[StateUpload], encode: Encoder = encode_documents) -> PreparedWrite:
         """Encode ``uploads``; answer at once those that cannot be encoded or that need no write."""
-        if self._continues is not None or any(upload.parent_seq is not None for upload in uploads):
-            self._inherit_parents(uploads)
+        stale = self._continues_refused(uploads)
         encoded = await encode(uploads)
         prepared = PreparedWrite([None] * len(uploads), [], [])
+        for index in stale:
+            upload = uploads[index]
+            assert self._refused is not None
+            message = (f"conflict: {upload.agent_name!r} continues its state seq {self._refused[upload.agent_name]},"
+                       " which the store refused as a newer state exists; restore it to continue")
+            prepared.outcomes[index] = UploadOutcome(Status.FAILED, message)
+            logger.warning("session_state.upload", status=Status.FAILED.value, session_id=self.session_id,
+                           op="upload", ids=[upload.doc_id], error=message, attempt=0)
         skip = self.config.skip_unchanged
         last = self._last_stored or {}
         trusted_since = time.monotonic() - self.config.cache_ttl
         in_batch: dict[str, tuple[bytes | None, int]] = {}
         for index, item in enumerate(encoded):
+            if prepared.outcomes[index] is not None:
+                continue
             if not isinstance(item, EncodedDocument):
                 prepared.outcomes[index] = UploadOutcome(Status.FAILED, item)
                 logger.warning("session_state.upload", status=Status.FAILED.value, session_id=self.session_id,
@@ -420,13 +419,14 @@ class SessionOps:
                      batch_size=len(docs) - len(refused), coalesced=coalesced)
             for position, alone in refused.items():
                 self.log("upload", alone, final=final, ids=[docs[position].id], batch_size=1)
+            self._note_forks(docs, refused if result.status is Status.SUCCESS else dict.fromkeys(range(len(docs)),
+                                                                                                 result))
             self.invalidate()  # whatever the outcome: a write that failed may have stored something
             if result.status is Status.SUCCESS:
                 # The ids the store answered: ours when it honours client ids, its own when it does not.
                 ids = [str(i) for i in result.value] if len(result.value) == len(docs) else [d.id for d in docs]
                 stored = [p for p in range(len(docs)) if p not in refused] if refused else range(len(docs))
                 self._remember([docs[p] for p in stored], [ids[p] for p in stored])
-                self._stored_lineages([docs[p] for p in stored])
                 for position in stored:
                     outcomes[prepared.uploads_of_docs[position]] = UploadOutcome(Status.SUCCESS, ids[position])
                 for position, alone in refused.items():
