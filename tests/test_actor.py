@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from unittest.mock import ANY
 
 import anyio
@@ -11,6 +12,7 @@ from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, Query, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor.stores import open_store
 
 from .conftest import stored_states
 from .faultserver import closed_port_url
@@ -247,6 +249,37 @@ class TestShutdown:
         stats = system.statistics()
         assert (stats.documents, stats.failed, stats.running_actors) == (1, 0, 0)
         assert await stored_states(config, "s") == [{"final": True}]
+
+    async def test_a_state_saved_while_the_cancelled_actor_waits_for_its_write_is_stored(
+            self, memory_config: Config) -> None:
+        """A busy session is cancelled with a write in flight (a slow store); its shielded cleanup saves the final
+        state after that write has begun to drain. It is stored (it came while the actor's task waited for the
+        write, after its one look at the mailbox, and was given up at once as "not written before
+        shutdown_timeout")."""
+        config = memory_config.replace(shutdown_timeout=5.0, debounce=0.0)
+        store = open_store(config)
+        insert_many = store.insert_many
+
+        async def slow(docs: Any) -> Any:
+            await anyio.sleep(0.2)
+            return await insert_many(docs)
+
+        store.insert_many = slow  # type: ignore[method-assign]
+        with anyio.CancelScope() as scope:
+            async with ActorSystem(config, store=store) as system:
+                manager = system.manager("s")
+                try:
+                    for n in range(1000):
+                        manager.submit_session_state({"n": n}, "t", "a")
+                        if n == 20:
+                            scope.cancel()
+                        await anyio.sleep(0.01)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.sleep(0.05)  # the actor's task drains: its write is in flight
+                        assert manager.submit_session_state({"final": True}, "t", "a") is S.SUCCESS
+        assert system.statistics().failed == 0
+        assert (await stored_states(config, "s"))[0] == {"final": True}
 
     async def test_deadline_exit_with_store_down_logs_failures(self) -> None:
         """Uploads that cannot be written at shutdown are logged with their status, not dropped silently."""

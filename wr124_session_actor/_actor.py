@@ -291,22 +291,25 @@ class SessionActor:
             self.outbox.settle(p.upload.doc_id for p, _ in done)
 
     async def _drain(self) -> None:
+        """Write what is queued and pending, and what comes meanwhile (a cancelled system's caller may still
+        save a state in a shielded cleanup), until nothing is left; answer the calls as closed."""
         calls: list[Call] = []
         while True:
-            await self._make_room()
-            if (message := self.mailbox.get_nowait()) is None:
+            while (message := self.mailbox.get_nowait()) is not None:
+                if isinstance(message, Upload):
+                    self._add(message)
+                    if self._batch.full and monotonic() >= self._batch.retry_at:  # as while running
+                        await self._flush()
+                else:
+                    calls.append(message)
+                await self._make_room()
+            if self._job is not None:
+                await self._stage.wait(self._job)
+            elif self._batch:
+                await anyio.sleep(max(0.0, self._batch.retry_at - monotonic()))
+                await self._flush()
+            elif not len(self.mailbox):
                 break
-            if isinstance(message, Upload):
-                self._add(message)
-                if self._batch.full and monotonic() >= self._batch.retry_at:  # as while running: not coalesced
-                    await self._flush()
-            else:
-                calls.append(message)
-        if self._job is not None:
-            await self._stage.wait(self._job)
-        while self._batch:
-            await anyio.sleep(max(0.0, self._batch.retry_at - monotonic()))
-            await self._flush()
         for call in calls:
             call.reply.set((Status.FAILED, CLOSED_MESSAGE))
 
