@@ -208,7 +208,8 @@ async def test_a_created_answer_of_another_shape_is_stored_under_the_id_sent() -
     assert await store.insert_many(docs) == [d.id for d in docs[:-1]] + ["at-its-location"]
     await store.aclose()
 
-    for body in (b"null", b'{"ids": ["only-one"]}', b'{"created": 3}', b"<html>Created</html>"):
+    for body in (b"null", b'{"ids": ["only-one"]}', b'{"created": 3}', b"<html>Created</html>",
+                 b'{"ids": [null, "x", "y"]}', b'{"ids": [{"id": "a"}, "x", "y"]}'):
         class BatchTransport:
             name = "mock"
 

@@ -426,6 +426,11 @@ def _created_fields(resp: Response) -> dict[str, Any]:
         raise
 
 
+def _is_id(value: object) -> bool:
+    """Whether a store's answer names a document by ``value``: a non-empty string, or a number."""
+    return (isinstance(value, str) and bool(value)) or type(value) is int
+
+
 def _created_id(resp: Response, sent: str) -> str:
     """The id a single POST answered: ``id``, or ``_id`` as some services name it (the original client took
     either); a number is taken as its text. A create confirmed without one (see :func:`_created_fields`)
@@ -433,7 +438,7 @@ def _created_id(resp: Response, sent: str) -> str:
     body = _created_fields(resp)
     for key in ("id", "_id"):
         value = body.get(key)
-        if (isinstance(value, str) and value) or type(value) is int:
+        if _is_id(value):
             return str(value)
     if resp.status != 201 and not _no_content(resp):
         raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'id' (nor '_id')")
@@ -446,7 +451,7 @@ def _created_ids(resp: Response, chunk: Sequence[EncodedDocument]) -> list[str]:
     :func:`_created_fields`; all or none) keeps the ids the documents were sent with."""
     body = _created_fields(resp)
     ids = body.get("ids")
-    if isinstance(ids, list) and len(ids) == len(chunk):
+    if isinstance(ids, list) and len(ids) == len(chunk) and all(map(_is_id, ids)):
         return [str(i) for i in ids]
     if resp.status != 201 and not _no_content(resp) and not isinstance(ids, list):
         raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'ids' list")
