@@ -178,3 +178,18 @@ class TestTake:
                                                                           ("a", {"n": 1}), ("b", {"n": 1})]
         pending.settle(first, [UploadOutcome(S.SUCCESS, "id")] * 4, 1.0)
         assert [(p.upload.agent_name, p.upload.state) for p in pending.take()] == [("a", {"n": 2})]
+
+    def test_a_state_that_comes_while_a_continuation_is_written_continues_its_outcome(self) -> None:
+        """keep="latest": a newer state of the agent that comes while its continuation (parent_seq) is in
+        flight does not take the parent then: stored, the continuation needs no check after it (the newer
+        state took it, and was refused against its own predecessor); failed for now, the newer one
+        continues it in its place."""
+        for outcome, parent in ((UploadOutcome(S.SUCCESS, "id"), None),
+                                (UploadOutcome(S.TIMEOUT, "slow", transient=True), 7)):
+            pending = batch(keep="latest")
+            pending.add(upload("a", 0, parent_seq=7), None, 0, 0.0)
+            written = pending.take()
+            pending.add(upload("a", 1), None, 0, 0.1)
+            assert pending.take()[-1].upload.parent_seq is None
+            pending.settle(written, [outcome], 1.0)
+            assert [p.upload.parent_seq for p in pending.take()] == [parent], outcome

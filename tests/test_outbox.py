@@ -105,6 +105,26 @@ class TestOutbox:
         assert [(d["content"]["agent_name"], d["content"]["state"]["n"]) for d in stored] == expected
         assert replayed == len(expected) - 1 and Outbox(path).count() == 0
 
+    async def test_a_refused_continuation_in_the_spool_holds_no_other_row_back(self, tmp_path: Path) -> None:
+        """A spooled continuation (parent_seq) of a state the store has since superseded is refused, with the
+        parent_seq kept through the spool (it was dropped, and the stale state stored over the newer one); the
+        other rows of its page, another session's, are stored, and the spool empties (no endless retry)."""
+        path = str(tmp_path / "o.db")
+        store = MemoryStore("replay-conflict")
+        await store.insert_many([encode_document(StateUpload("a", {"n": n}, "t", "x")) for n in range(2)])
+        old_seq = (await store.query(Query(session_id="a", sort_order=1, limit=1))).data[0]["seq"]
+        spool = Outbox(path)
+        spool.add(StateUpload("a", {"n": "stale"}, "t", "x", parent_seq=old_seq))
+        for n in range(3):
+            spool.add(StateUpload("b", {"n": n}, "t", "y"))
+        await spool.aclose()
+        with anyio.fail_after(5):
+            replayed = await Outbox(path).replay(store)
+        states = [(d["session_id"], d["content"]["state"]["n"])
+                  for d in (await store.query(Query(limit=10, sort_order=1))).data]
+        assert states == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2)]
+        assert replayed == 4 and Outbox(path).count() == 0
+
     async def test_replay_writes_in_order_and_empties(self, tmp_path: Path) -> None:
         """What a previous run spooled is written on the next start, oldest first, once."""
         path = str(tmp_path / "o.db")

@@ -84,7 +84,8 @@ class PendingBatch(Generic[R]):
         pending: PendingUpload[R] = PendingUpload(upload, coalesced=coalesced)
         replaced = older is not None and not older.writing
         if older is not None:
-            continue_lineage(upload, older.upload)
+            if not older.writing:  # one in flight is answered first: stored, the newer state needs no check
+                continue_lineage(upload, older.upload)
             if older.writing:
                 # Being written all the same (not coalesced): its callers are answered by its write, or by
                 # this one's should it fail for now; this one's callers only by this one's.
@@ -159,7 +160,8 @@ class PendingBatch(Generic[R]):
         """
         for pending in batch:
             pending.writing = False
-        done = [(pending, outcome) for pending, outcome in zip(batch, outcomes, strict=True)
+        answered = list(zip(batch, outcomes, strict=True))
+        done = [(pending, outcome) for pending, outcome in answered
                 if outcome.status is SessionStateStatus.SUCCESS or not outcome.transient]
         items = self._items
         for pending, _ in done:
@@ -168,6 +170,8 @@ class PendingBatch(Generic[R]):
                 del items[key]
         self._awaited = bool(items) and any(p.replies for p in items.values())
         if len(done) < len(batch):
+            self._pass_on_continuations(pending for pending, outcome in answered
+                                        if outcome.status is not SessionStateStatus.SUCCESS and outcome.transient)
             self._failures += 1
             config = self._config
             self.retry_at = now + backoff_delay(self._failures, config.retry_backoff, config.retry_backoff_max * 4)
@@ -175,6 +179,19 @@ class PendingBatch(Generic[R]):
             self._failures = 0
             self.retry_at = 0.0
         return done
+
+    def _pass_on_continuations(self, failed: Iterable[PendingUpload[R]]) -> None:
+        """A continuation (``parent_seq``) not stored yet whose newer state came while it was written: the newer
+        one, which was not told the parent then (the continuation might be stored), continues it now."""
+        items = self._items
+        for pending in failed:
+            newer = items.get(self._key(pending.upload))
+            if newer is None or newer is pending or newer.upload.state is None:
+                continue
+            before = newer.upload.parent_seq
+            continue_lineage(newer.upload, pending.upload)
+            if newer.upload.parent_seq != before:
+                newer.upload.encoded = None  # encoded without it (by the spool's sync): encoded again
 
     def clear(self) -> list[PendingUpload[R]]:
         """Take every pending upload out (giving up on them)."""

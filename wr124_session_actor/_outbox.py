@@ -27,7 +27,7 @@ import structlog
 
 from ._backoff import backoff_delay
 from ._document import STATE_TAG, EncodedDocument, StateUpload, created_of_name, encode_documents
-from ._exceptions import ConfigError, error_message
+from ._exceptions import ConfigError, StoreError, error_message
 from .stores import DocumentStore, Query
 from .stores._engine import open_sqlite, write_transaction
 
@@ -48,6 +48,28 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 _REPLAY_PAGE: Final = 500
+
+
+async def _insert_each(store: DocumentStore, docs: Iterable[EncodedDocument]) -> None:
+    """Store ``docs`` one by one; one the store refuses for good (a stale ``parent_seq``, a body it will not
+    take) is logged and let go. A transient failure is raised: the page is tried again."""
+    for doc in docs:
+        try:
+            await store.insert_many([doc])
+        except StoreError as exc:
+            if exc.transient:
+                raise
+            logger.warning("session_state.outbox", status="failed", op="replay", ids=[doc.id],
+                           session_id=doc.session_id, error=error_message(exc))
+
+
+def _parent_seq(body: bytes) -> int | None:
+    """The ``parent_seq`` a spooled document's body gives (the stores check it from the document's field, which
+    the spool does not keep: a replayed stale continuation was stored over a newer state)."""
+    if b'"parent_seq":' not in body:  # the common case, without decoding the body
+        return None
+    value = orjson.loads(body).get("parent_seq")
+    return value if type(value) is int else None
 
 
 class Outbox:
@@ -238,8 +260,14 @@ class Outbox:
                     return total
                 docs = await _newest_only(store, rows) if keep_latest else [doc for doc, _ in rows]
                 if docs:
-                    await store.insert_many(docs)
-                # Stored: a spool that fails now keeps the rows, which the ids keep from being stored twice.
+                    try:
+                        await store.insert_many(docs)
+                    except StoreError as exc:
+                        if exc.transient:
+                            raise
+                        await _insert_each(store, docs)  # one refused document must not hold the others back
+                # Stored (or refused for good): a spool that fails now keeps the rows, which the ids keep from
+                # being stored twice.
                 await anyio.to_thread.run_sync(self._write, [], [d.id for d, _ in rows], limiter=self._limiter)
             except Exception as exc:  # the store's error or the spool file's, or one nobody foresaw: retried
                 if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
@@ -271,7 +299,8 @@ class Outbox:
             " ORDER BY seq LIMIT ?",
             (last, _REPLAY_PAGE),
         ).fetchall()
-        return [(EncodedDocument(r[0], r[1], r[3], tuple(orjson.loads(r[4])), bytes(r[6]), r[5], agent=r[2]), r[2])
+        return [(EncodedDocument(r[0], r[1], r[3], tuple(orjson.loads(r[4])), bytes(r[6]), r[5], agent=r[2],
+                                 parent_seq=_parent_seq(r[6])), r[2])
                 for r in rows]
 
     def count(self) -> int:
