@@ -483,6 +483,25 @@ class TestContinuation:
                         for agent in ("a", "b")}
         assert by_agent == {"a": [1, 0], "b": [12, 11, 10, 0]}
 
+    async def test_a_new_continuation_in_the_write_of_a_refused_ones_follower(self, sqlite_config: Config) -> None:
+        """keep="all": after a refused continuation, a state without parent_seq and then a new continuation (a new
+        restore) wait in one write: the first is refused as continuing the refused state, the new one stored
+        (the refusal's message looked the parent up after the new one had cleared it: KeyError in the actor)."""
+        config = sqlite_config.replace(keep="all", debounce=0.0, max_delay=10.0)
+        async with ActorSystem(config) as system:
+            manager = system.manager("s")
+            for n in range(2):
+                assert (await manager.upload_session_state({"n": n}, "t", "a"))[0] is S.SUCCESS
+            newest = (await manager.restore_latest_session_state())[1]["seq"]  # type: ignore[index]
+            status, message = await manager.upload_session_state({"n": "stale"}, "t", "a", parent_seq=newest - 1)
+            assert status is S.FAILED and "conflict" in message
+            handle = system.handle("s")
+            handle.submit({"n": "after the refusal"}, "t", "a")
+            handle.submit({"n": "restored"}, "t", "a", parent_seq=newest)
+            status, message = await handle.flush()
+            assert (status, message) == (S.FAILED, "1 uploads were refused for good (see the log)")
+        assert [d["content"]["state"]["n"] for d in await stored_documents(config, "a")] == ["restored", 1, 0]
+
     async def test_a_continuation_whose_answer_was_lost_does_not_block_the_agent(self, sqlite_config: Config) -> None:
         """Direct mode: an upload with parent_seq is stored but answered after the timeout (TIMEOUT); the agent's
         next uploads are stored (they were refused as conflicts against it for the manager's whole life)."""

@@ -318,18 +318,19 @@ class SessionOps:
 
     # -- writes -----------------------------------------------------------------------------------
 
-    def _continues_refused(self, uploads: Sequence[StateUpload]) -> list[int]:
-        """The indexes of ``uploads`` that continue a state the store refused as a fork (see :attr:`_refused`);
-        an upload that gives a ``parent_seq`` starts a new continuation of its agent."""
+    def _continues_refused(self, uploads: Sequence[StateUpload]) -> list[tuple[int, int]]:
+        """The indexes of ``uploads`` that continue a state the store refused as a fork (see :attr:`_refused`),
+        each with that state's parent_seq; an upload that gives a ``parent_seq`` starts a new continuation of
+        its agent."""
         refused = self._refused
         if not refused:
             return []
-        stale: list[int] = []
+        stale: list[tuple[int, int]] = []
         for index, upload in enumerate(uploads):
             if upload.parent_seq is not None:
                 refused.pop(upload.agent_name, None)
-            elif upload.agent_name in refused:
-                stale.append(index)
+            elif (parent := refused.get(upload.agent_name)) is not None:
+                stale.append((index, parent))
         return stale
 
     def _note_forks(self, docs: Sequence[EncodedDocument], refusals: Mapping[int, StoreOutcome]) -> None:
@@ -351,11 +352,10 @@ class SessionOps:
         stale = self._continues_refused(uploads)
         encoded = await encode(uploads)
         prepared = PreparedWrite([None] * len(uploads), [], [])
-        for index in stale:
+        for index, parent in stale:
             upload = uploads[index]
-            assert self._refused is not None
-            message = (f"conflict: {upload.agent_name!r} continues its state seq {self._refused[upload.agent_name]},"
-                       " which the store refused as a newer state exists; restore it to continue")
+            message = (f"conflict: {upload.agent_name!r} continues its state seq {parent}, which the store refused"
+                       " as a newer state exists; restore it to continue")
             prepared.outcomes[index] = UploadOutcome(Status.FAILED, message)
             logger.warning("session_state.upload", status=Status.FAILED.value, session_id=self.session_id,
                            op="upload", ids=[upload.doc_id], error=message, attempt=0)
