@@ -14,9 +14,9 @@ from wr124_session_actor import ActorSystem, Config, SessionStateManager, System
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor import _write_stage as write_stage
 from wr124_session_actor._document import EncodedDocument
-from wr124_session_actor._exceptions import StoreRejected
+from wr124_session_actor._exceptions import StoreRejected, StoreUnavailable
 from wr124_session_actor._write_stage import MAX_PACE
-from wr124_session_actor.stores import DocumentStore, open_store
+from wr124_session_actor.stores import DocumentStore, MemoryStore, open_store
 
 from .conftest import stored_states
 
@@ -257,6 +257,47 @@ class TestMerging:
             assert await a.flush() == (S.SUCCESS, "flushed")
             assert await system.manager("b").flush() == (S.SUCCESS, "flushed")  # b's own failure was earlier
         assert system.statistics().failed == 1
+
+    @pytest.mark.parametrize("keep", ["latest", "all"])
+    async def test_a_transient_failure_in_a_split_write_is_tried_again(self, keep: str) -> None:
+        """One session, agents a and b continue their states in one write: a's continuation is stale, so the write
+        is split; b's single write then meets one 503. b's continuation is tried again and stored, and b's next
+        state too; only a's is refused. (Every document of the split had failed, so the job was answered with
+        the first failure, a's conflict: b's continuation was FAILED for good with a's message, and b's next
+        state refused as continuing it.)"""
+        config = Config(api_url=f"memory://split-{keep}", cache_ttl=0, retries=0, retry_backoff=0.05).replace(keep=keep)
+
+        class OneUnavailable(MemoryStore):
+            fails = 1
+
+            async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+                if len(docs) == 1 and docs[0].agent == "b" and docs[0].parent_seq is not None and self.fails:
+                    self.fails -= 1
+                    raise StoreUnavailable("HTTP 503")
+                return await super().insert_many(docs)
+
+        direct = SessionStateManager("s", config)
+        seqs = {}
+        for agent in ("a", "b"):
+            await direct.upload_session_state({"v": "seed"}, "t", agent)
+            seqs[agent] = (await direct.restore_agent_session_state(agent))[1]["seq"]  # type: ignore[index]
+        await direct.upload_session_state({"v": "other writer"}, "t", "a")
+        answers: dict[str, tuple[S, str]] = {}
+        async with ActorSystem(config, store=OneUnavailable(f"split-{keep}")) as system:
+            manager = system.manager("s")
+
+            async def continue_(agent: str) -> None:
+                answers[agent] = await manager.upload_session_state({"v": "c1"}, "t", agent, parent_seq=seqs[agent])
+
+            async with anyio.create_task_group() as tg:
+                for agent in ("a", "b"):
+                    tg.start_soon(continue_, agent)
+            answers["b next"] = await manager.upload_session_state({"v": "n2"}, "t", "b")
+        assert answers["a"][0] is S.FAILED and "conflict" in answers["a"][1]
+        assert (answers["b"][0], answers["b next"][0]) == (S.SUCCESS, S.SUCCESS)
+        status, docs = await direct.download_session_states(agent_name="b")
+        assert (status, [d["content"]["state"]["v"] for d in docs]) == (S.SUCCESS, ["n2", "c1", "seed"])
+        await direct.aclose()
 
     async def test_gauges_read_zero_once_a_deadline_exit_gave_up_the_queue(self, memory_config: Config) -> None:
         """Batches still queued in the stage when shutdown_timeout ends are given up (logged, counted failed), and

@@ -415,8 +415,9 @@ class SessionOps:
             assert result is not None
             docs = prepared.docs
             refused = result.refused or {}
-            self.log("upload", result, final=final, ids=[d.id for p, d in enumerate(docs) if p not in refused],
-                     batch_size=len(docs) - len(refused), coalesced=coalesced)
+            if len(refused) < len(docs):
+                self.log("upload", result, final=final, ids=[d.id for p, d in enumerate(docs) if p not in refused],
+                         batch_size=len(docs) - len(refused), coalesced=coalesced)
             for position, alone in refused.items():
                 self.log("upload", alone, final=final, ids=[docs[position].id], batch_size=1)
             self._note_forks(docs, refused if result.status is Status.SUCCESS else dict.fromkeys(range(len(docs)),

@@ -327,7 +327,9 @@ class WriteStage:
 
     async def _write_singly(self, job: Job) -> None:
         """Write a refused batch one document at a time: a document the store refuses (or that fails) fails
-        alone, and the others are answered as stored."""
+        alone, with its own outcome (a transient one is tried again later), and the others are answered as
+        stored. (When all failed, the job was answered with the first failure: one document's conflict
+        refused the others for good, a 503 of theirs included.)"""
         ids: list[str] = []
         refused: dict[int, StoreOutcome] = {}
         store = self._store
@@ -339,10 +341,7 @@ class WriteStage:
             else:
                 refused[position] = single
                 ids.append(doc.id)
-        if len(refused) == len(job.docs):
-            job.answer(refused[0])
-        else:
-            job.answer(StoreOutcome(Status.SUCCESS, ids, refused=refused or None))
+        job.answer(StoreOutcome(Status.SUCCESS, ids, refused=refused or None))
 
 
 async def _insert(store: Callable[[], DocumentStore], docs: list[EncodedDocument]) -> list[str]:
