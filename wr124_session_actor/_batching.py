@@ -34,10 +34,13 @@ class PendingUpload(Generic[R]):
     writing: bool = False
 
 
-def continue_lineage(newer: StateUpload, older: StateUpload) -> None:
-    """A newer state that replaces an older one continues what the older one continued (``parent_seq``)."""
+def continue_lineage(newer: StateUpload, older: StateUpload) -> bool:
+    """A newer state that replaces an older one continues what the older one continued (``parent_seq``);
+    return whether ``newer`` took the older one's parent."""
     if newer.parent_seq is None and older.parent_seq is not None:
         newer.parent_seq = older.parent_seq
+        return True
+    return False
 
 
 class PendingBatch(Generic[R]):
@@ -84,13 +87,13 @@ class PendingBatch(Generic[R]):
         pending: PendingUpload[R] = PendingUpload(upload, coalesced=coalesced)
         replaced = older is not None and not older.writing
         if older is not None:
-            if not older.writing:  # one in flight is answered first: stored, the newer state needs no check
-                continue_lineage(upload, older.upload)
             if older.writing:
                 # Being written all the same (not coalesced): its callers are answered by its write, or by
-                # this one's should it fail for now; this one's callers only by this one's.
+                # this one's should it fail for now; this one's callers only by this one's. Its parent is not
+                # taken: stored, the newer state needs no check (:meth:`settle` passes it on otherwise).
                 pending.replies = list(older.replies) if older.replies else ()
             else:
+                continue_lineage(upload, older.upload)
                 pending.replies = older.replies
                 pending.coalesced += older.coalesced + 1
         if reply is not None:
@@ -186,11 +189,8 @@ class PendingBatch(Generic[R]):
         items = self._items
         for pending in failed:
             newer = items.get(self._key(pending.upload))
-            if newer is None or newer is pending or newer.upload.state is None:
-                continue
-            before = newer.upload.parent_seq
-            continue_lineage(newer.upload, pending.upload)
-            if newer.upload.parent_seq != before:
+            if newer is not None and newer is not pending and newer.upload.state is not None \
+                    and continue_lineage(newer.upload, pending.upload):
                 newer.upload.encoded = None  # encoded without it (by the spool's sync): encoded again
 
     def clear(self) -> list[PendingUpload[R]]:

@@ -420,8 +420,9 @@ class SessionOps:
                          batch_size=len(docs) - len(refused), coalesced=coalesced)
             for position, alone in refused.items():
                 self.log("upload", alone, final=final, ids=[docs[position].id], batch_size=1)
-            self._note_forks(docs, refused if result.status is Status.SUCCESS else dict.fromkeys(range(len(docs)),
-                                                                                                 result))
+            # Each document's failure: its own where the store took the others, else the write's.
+            failures = refused if result.status is Status.SUCCESS else dict.fromkeys(range(len(docs)), result)
+            self._note_forks(docs, failures)
             self.invalidate()  # whatever the outcome: a write that failed may have stored something
             if result.status is Status.SUCCESS:
                 # The ids the store answered: ours when it honours client ids, its own when it does not.

@@ -328,8 +328,7 @@ class WriteStage:
     async def _write_singly(self, job: Job) -> None:
         """Write a refused batch one document at a time: a document the store refuses (or that fails) fails
         alone, with its own outcome (a transient one is tried again later), and the others are answered as
-        stored. (When all failed, the job was answered with the first failure: one document's conflict
-        refused the others for good, a 503 of theirs included.)"""
+        stored."""
         ids: list[str] = []
         refused: dict[int, StoreOutcome] = {}
         store = self._store

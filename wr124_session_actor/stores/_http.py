@@ -410,19 +410,20 @@ def _no_content(resp: Response) -> bool:
     return 200 <= resp.status < 300 and not resp.content.strip()
 
 
-def _created_fields(resp: Response) -> dict[str, Any]:
-    """The JSON object a create's success answered with. ``201 Created`` says the documents were stored
-    whatever its body holds, and so does an empty body: the fields are then those of a JSON object, or
-    none. Another success must answer a JSON object (an HTML page from a proxy answering 200 confirms
-    nothing): else :class:`StoreBadResponse`."""
+def _created_fields(resp: Response) -> tuple[dict[str, Any], bool]:
+    """The JSON object a create's success answered with, and whether its status alone confirms the create:
+    ``201 Created`` does whatever its body holds, and so does a success with no body. Another success must
+    answer a JSON object naming what it stored (an HTML page from a proxy answering 200 confirms nothing):
+    a body that is not one is :class:`StoreBadResponse`."""
     _check_status(resp, None)
     if _no_content(resp):
-        return {}
+        return {}, True
+    confirmed = resp.status == 201
     try:
-        return _body(resp)
+        return _body(resp), confirmed
     except StoreBadResponse:
-        if resp.status == 201:
-            return {}
+        if confirmed:
+            return {}, True
         raise
 
 
@@ -435,12 +436,12 @@ def _created_id(resp: Response, sent: str) -> str:
     """The id a single POST answered: ``id``, or ``_id`` as some services name it (the original client took
     either); a number is taken as its text. A create confirmed without one (see :func:`_created_fields`)
     names the document by its ``Location`` (the last path segment), or else it keeps the id ``sent``."""
-    body = _created_fields(resp)
+    body, confirmed = _created_fields(resp)
     for key in ("id", "_id"):
         value = body.get(key)
         if _is_id(value):
             return str(value)
-    if resp.status != 201 and not _no_content(resp):
+    if not confirmed:
         raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'id' (nor '_id')")
     location = urlsplit(resp.headers.get("location", "")).path.rstrip("/")
     return unquote(location.rpartition("/")[2]) if location else sent
@@ -449,11 +450,11 @@ def _created_id(resp: Response, sent: str) -> str:
 def _created_ids(resp: Response, chunk: Sequence[EncodedDocument]) -> list[str]:
     """The ids a batch POST answered (``ids``, one per document). A create confirmed without them (see
     :func:`_created_fields`; all or none) keeps the ids the documents were sent with."""
-    body = _created_fields(resp)
+    body, confirmed = _created_fields(resp)
     ids = body.get("ids")
     if isinstance(ids, list) and len(ids) == len(chunk) and all(map(_is_id, ids)):
         return [str(i) for i in ids]
-    if resp.status != 201 and not _no_content(resp) and not isinstance(ids, list):
+    if not confirmed and not isinstance(ids, list):
         raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'ids' list")
     return [doc.id for doc in chunk]
 

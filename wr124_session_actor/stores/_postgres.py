@@ -425,8 +425,10 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
         if doc.parent_seq is not None:
             # Two statements: a NULL parameter in "agent IS NULL AND %s IS NULL" has no type PostgreSQL can
             # infer (IndeterminateDatatype: such a document was refused with 422).
-            row = conn.execute(_NEWEST_OF_NO_AGENT, (project, doc.session_id)).fetchone() if doc.agent is None \
-                else conn.execute(_NEWEST_OF_AGENT, (project, doc.session_id, doc.agent)).fetchone()
+            if doc.agent is None:
+                row = conn.execute(_NEWEST_OF_NO_AGENT, (project, doc.session_id)).fetchone()
+            else:
+                row = conn.execute(_NEWEST_OF_AGENT, (project, doc.session_id, doc.agent)).fetchone()
             if row and row[0] is not None and row[0] > doc.parent_seq:
                 raise DocumentConflict(conflict_message(doc, row[0]), status_code=409)
     next_seq = {session: last - counts[session] + 1 for session, last in top.items()}
