@@ -70,6 +70,22 @@ class TestFromEnv:
         with pytest.raises(ConfigError, match=variable):
             Config.from_env({variable: value})
 
+    @pytest.mark.parametrize(
+        ("variable", "value", "expected"),
+        [
+            # The range a variable takes, not another one: "0" is no more a timeout than "-1".
+            ("SESSION_STATE_TIMEOUT", "-1", "SESSION_STATE_TIMEOUT must be a positive number"),
+            ("SESSION_STATE_TIMEOUT", "0", "SESSION_STATE_TIMEOUT must be a positive number"),
+            ("SESSION_STATE_DEBOUNCE", "-0.5", "SESSION_STATE_DEBOUNCE must be a number >= 0"),
+            ("SESSION_STATE_DEBOUNCE", "inf", "SESSION_STATE_DEBOUNCE must be a finite number of seconds"),
+        ],
+    )
+    def test_out_of_range_message_states_the_range(self, variable: str, value: str, expected: str) -> None:
+        """An out-of-range value's message states the range that variable takes."""
+        with pytest.raises(ConfigError) as caught:
+            Config.from_env({variable: value})
+        assert str(caught.value).startswith(expected)
+
     def test_manager_fails_fast_at_construction(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bare manager reads the environment in its constructor and fails there."""
         monkeypatch.setenv("SESSION_STATE_TIMEOUT", "soon")

@@ -115,6 +115,36 @@ class TestUnforeseenErrors:
         assert len(unexpected) == transport.requests and all(e["exc_info"] for e in unexpected)
 
 
+def nested(depth: int) -> Any:
+    """A list ``depth`` levels deep (orjson encodes up to 254)."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class TestDeepStates:
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_a_state_stored_at_the_encoders_depth_limit_is_read_back(self, sqlite_config: Config,
+                                                                           mode: str) -> None:
+        """A state nested as deep as orjson encodes is stored, and every read of it answers: the read cache's
+        copy nests deeper (the document list), and encoding it raised out of the call; in actor mode it
+        ended the actor and with it the whole system (another session's callers were cancelled)."""
+        async with manager_in(mode, sqlite_config) as manager:
+            for depth in (250, 252, 253, 254):
+                status, doc_id = await manager.upload_session_state(nested(depth), "t", f"a{depth}")
+                assert status == S.SUCCESS, doc_id
+                status, content = await manager.restore_session_state(doc_id)
+                assert status == S.SUCCESS
+                assert content is not None and content["state"] == nested(depth)
+                status, latest = await manager.restore_agent_session_state(f"a{depth}")
+                assert (status, latest) == (S.SUCCESS, content)
+                status, states = await manager.download_session_states(limit=10)
+                assert status == S.SUCCESS and states[0]["content"]["state"] == nested(depth)
+            status, content = await manager.restore_session_state(doc_id)  # again: not cached, read again
+            assert status == S.SUCCESS and content is not None and content["state"] == nested(254)
+
+
 @pytest.mark.parametrize(("anyio_backend", "client"), BACKEND_CLIENTS)
 class TestHttpFaults:
     async def test_timeout_on_a_slow_server(self, server: Any, client: str) -> None:

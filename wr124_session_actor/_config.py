@@ -260,8 +260,8 @@ def _parse_float(var: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{var} must be a finite number >= 0, got {raw!r}")
+    if not math.isfinite(value):  # its range is the field's own (checked with the others in Config)
+        raise ConfigError(f"{var} must be a finite number of seconds, got {raw!r}")
     return value
 
 

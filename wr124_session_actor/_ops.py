@@ -32,7 +32,15 @@ from ._document import (
     encode_documents,
     normalize_timestamp,
 )
-from ._exceptions import CircuitOpen, DocumentNotFound, NoClientError, StoreError, StoreTimeout, error_message
+from ._exceptions import (
+    CircuitOpen,
+    DocumentNotFound,
+    NoClientError,
+    StateEncodeError,
+    StoreError,
+    StoreTimeout,
+    error_message,
+)
 from ._status import SessionStateStatus
 from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, HttpStore, Query
 
@@ -278,9 +286,13 @@ class SessionOps:
         this session has ended since (in direct mode reads and writes of one session can overlap)."""
         if self.config.cache_ttl <= 0 or invalidations != self._invalidations:
             return
+        try:
+            copy = encode(value)
+        except StateEncodeError:  # as deep as orjson encodes, in a list one level deeper: answered, not kept
+            return
         if self._cache is None:
             self._cache = TTLCache(maxsize=self.config.cache_size, ttl=self.config.cache_ttl)
-        self._cache[key] = encode(value)
+        self._cache[key] = copy
 
     def invalidate(self, doc_id: str | None = None) -> None:
         """Forget cached listings (this session wrote) and, with ``doc_id``, that document (deleted)."""
