@@ -285,6 +285,38 @@ class TestCache:
         await manager.aclose()
 
 
+    async def test_a_cancelled_write_or_delete_invalidates_the_cache(self, memory_config: Config) -> None:
+        """A caller cancelled while its upload or delete is with the store (a request already sent, a worker
+        thread that goes on): the store may still take it, so the next read asks the store. The cache kept
+        answering the deleted state, and the listing from before the upload, until the TTL ran out."""
+        manager = SessionStateManager("s", memory_config)
+        _, first_id = await manager.upload_session_state({"v": 1}, "t", "a")
+        status, latest = await manager.restore_latest_session_state()  # the listing is cached now
+        assert (status, latest and latest["state"]) == (S.SUCCESS, {"v": 1})
+        store = manager._direct_store()
+        insert_many, delete = store.insert_many, store.delete
+
+        async def done_then_slow_answer(func: Any, arg: Any) -> Any:
+            result = await func(arg)
+            await anyio.sleep(10)  # the caller gives up before the store's answer arrives
+            return result
+
+        store.insert_many = lambda docs: done_then_slow_answer(insert_many, docs)  # type: ignore[method-assign]
+        with anyio.move_on_after(0.1):
+            await manager.upload_session_state({"v": 2}, "t", "a")
+        store.insert_many = insert_many  # type: ignore[method-assign]
+        status, latest = await manager.restore_latest_session_state()
+        assert (status, latest and latest["state"]) == (S.SUCCESS, {"v": 2})
+
+        assert (await manager.restore_session_state(first_id))[0] is S.SUCCESS  # cached now
+        store.delete = lambda doc_id: done_then_slow_answer(delete, doc_id)  # type: ignore[method-assign]
+        with anyio.move_on_after(0.1):
+            await manager.delete_session_state(first_id)
+        store.delete = delete  # type: ignore[method-assign]
+        assert await manager.restore_session_state(first_id) == (S.FAILED, None)
+        await manager.aclose()
+
+
 @asynccontextmanager
 async def manager_in(mode: str, config: Config) -> AsyncIterator[SessionStateManager]:
     """A manager of session "s" in direct mode, or in actor mode from a running system."""

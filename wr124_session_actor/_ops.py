@@ -411,7 +411,11 @@ class SessionOps:
         """
         prepared = await self.prepare(uploads)
         if prepared.docs:
-            result = await self._insert(prepared.docs)
+            try:
+                result = await self._insert(prepared.docs)
+            except BaseException:  # the caller was cancelled: the store may still take the write
+                self.invalidate()
+                raise
         else:  # nothing to store (unchanged states, or none encodable): a checkpoint all the same
             result = None
             await anyio.lowlevel.checkpoint()
@@ -488,8 +492,10 @@ class SessionOps:
             await store.delete(doc_id)
             return f"deleted {doc_id}"
 
-        result = await self._call("delete", delete, ids=[doc_id])
-        self.invalidate(doc_id)  # whatever the outcome: the document may be gone
+        try:
+            result = await self._call("delete", delete, ids=[doc_id])
+        finally:
+            self.invalidate(doc_id)  # whatever the outcome, a cancelled call's too: the document may be gone
         return result.status, _message("delete", result)
 
     # -- reads ------------------------------------------------------------------------------------
