@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -123,6 +126,23 @@ class TestOriginalUsage:
             del manager
         assert [ref() for ref in refs] == [None] * 20
         await anyio.sleep(0.05)  # the close guards close the clients
+
+    async def test_dropped_sqlite_managers_end_their_checkpoint_threads(self, sqlite_config: Config) -> None:
+        """Bare managers on a sqlite file, used and dropped unclosed: each one's WAL checkpoint thread ends
+        with it, and its connection is closed (each left a thread and two open files for the process's life)."""
+        def threads() -> int:
+            return sum(t.name == "wr124-sqlite-checkpoint" for t in threading.enumerate())
+
+        before = threads(), len(os.listdir("/proc/self/fd"))
+        for n in range(20):
+            manager = SessionStateManager(f"s{n}", sqlite_config)
+            assert (await manager.upload_session_state({"n": n}, "t", "a"))[0] == S.SUCCESS
+            del manager
+        with anyio.fail_after(5):
+            while threads() > before[0]:
+                await anyio.sleep(0.01)
+        gc.collect()  # sqlite keeps a file's descriptors until its last connection in the process is freed
+        assert len(os.listdir("/proc/self/fd")) <= before[1]
 
 
 class TestScoping:

@@ -55,6 +55,11 @@ class Checkpointer:
                     self._thread.start()
         self._due.set()
 
+    def stop(self) -> None:
+        """Tell the thread to end, without waiting for it, for good (the engine was dropped unclosed)."""
+        self._stop.set()
+        self._due.set()
+
     def close(self) -> None:
         """Stop the thread and wait for it (a checkpoint under way finishes first)."""
         with self._lock:

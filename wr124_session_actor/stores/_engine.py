@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -151,8 +152,11 @@ class SqliteDocuments:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._applied: list[int] = []
-        # A file's WAL is checkpointed by a thread, not by the writer (see ._checkpoint).
+        # A file's WAL is checkpointed by a thread, not by the writer (see ._checkpoint); an engine dropped
+        # unclosed (a bare manager, as the original usage leaves it) ends that thread as it is freed.
         self._checkpointer = None if self.path == ":memory:" else Checkpointer(self.path)
+        if self._checkpointer is not None:
+            weakref.finalize(self, self._checkpointer.stop)
 
     @property
     def concurrency(self) -> int:
