@@ -18,6 +18,7 @@ import pytest
 from wr124_session_actor import ActorSystem, Config, PruneReport, RetentionPolicy, SessionStateStatus
 from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
 from wr124_session_actor.stores import (
+    DocumentConflict,
     DocumentEngine,
     PostgresDocuments,
     Query,
@@ -154,6 +155,23 @@ class TestIdleTtl:
         # The session can start again from nothing.
         engine.insert_many(project, [state("idle", "a", 100)])
         assert states(engine, project, "idle", "a") == [100]
+
+    def test_a_continuation_of_a_state_removed_with_its_session_is_refused(self, engine: DocumentEngine,
+                                                                          project: str) -> None:
+        """A state restored before its session was removed for idleness, then continued after another writer
+        began the session again: refused, since the new writer's states are newer, on every engine. On
+        PostgreSQL the removal took the session's seq counter with it, the new states were numbered from 1
+        again, below the old parent, and the stale continuation was stored (with a seq below its parent)."""
+        engine.insert_many(project, [state("idle", "a", i) for i in range(5)])
+        parent = all_docs(engine, project, "idle")[-1]["seq"]
+        now = moment(all_docs(engine, project, "idle")[-1]) + timedelta(days=31)
+        assert engine.prune(project, RetentionPolicy(idle_ttl=30 * 86400), now=now).sessions == 1
+        engine.insert_many(project, [state("idle", "a", 100 + i) for i in range(3)])  # the other writer
+        assert all(doc["seq"] > parent for doc in all_docs(engine, project, "idle"))
+        stale = encode_document(StateUpload("idle", {"i": 5}, "t", "a", parent_seq=parent))
+        with pytest.raises(DocumentConflict, match=f"continues seq {parent} of agent 'a'"):
+            engine.insert_many(project, [stale])
+        assert states(engine, project, "idle", "a") == [100, 101, 102]
 
 
 class TestDryRun:

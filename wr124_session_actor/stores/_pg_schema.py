@@ -13,6 +13,9 @@ Tables:
   documents of one batch share one ``created_at``).
 - ``wr124_session_seqs``: one counter row per (project, session): the last ``seq`` given and the last
   ``created_at``; locked by the transaction that stores the session's documents.
+- ``wr124_seq_floors``: one row per project, the highest last ``seq`` of its sessions removed whole
+  (with their counters, by retention): a new counter starts above it, so no session gives a ``seq``
+  twice, as sqlite's one counter never does.
 
 Indexes serve the API's queries: a session's documents by ``seq`` (unique: no two documents share one)
 and by ``created_at``; an agent's newest state (``parent_seq`` checks, keep-last); the project's
@@ -93,6 +96,8 @@ def _statements(*statements: str) -> Callable[[psycopg.Connection[Any]], None]:
 MIGRATIONS: Final[tuple[tuple[int, str, Callable[[psycopg.Connection[Any]], None]], ...]] = (
     (1, "documents, session counters and their indexes", _statements(*_DOCUMENTS)),
     (2, "name_pattern index", _name_index),
+    (3, "seq floors: a session begun again after its removal numbers on", _statements(
+        "CREATE TABLE wr124_seq_floors (project text PRIMARY KEY, floor bigint NOT NULL)")),
 )
 #: The schema version this code writes.
 PG_SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -348,12 +348,16 @@ def close_shared_postgres() -> None:
 # --------------------------------------------------------------------------------------------------
 # The insert transaction
 
+# A session's counter starts above the project's floor: the last seq of every session removed whole (its
+# counter with it), so that a session begun again never gives a seq it gave before (a stale parent_seq
+# would continue the new states). The floor is read once (a CTE used twice is materialized).
 _UPSERT_COUNTERS: Final = """
+WITH f AS (SELECT coalesce(max(floor), 0) AS floor FROM wr124_seq_floors WHERE project = %s)
 INSERT INTO wr124_session_seqs AS c (project, session_id, last_seq, last_created)
-SELECT %s, s.session_id, s.n, '-infinity'
-FROM unnest(%s::text[], %s::bigint[]) AS s(session_id, n)
+SELECT %s, s.session_id, s.n + f.floor, '-infinity'
+FROM unnest(%s::text[], %s::bigint[]) AS s(session_id, n), f
 ORDER BY s.session_id
-ON CONFLICT (project, session_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq
+ON CONFLICT (project, session_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq - (SELECT floor FROM f)
 RETURNING session_id, last_seq
 """
 
@@ -417,7 +421,8 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
         counts[doc.session_id] = counts.get(doc.session_id, 0) + 1
     sessions = sorted(counts)
     # Locks each session's counter row (in one order: no deadlock between batches) until commit.
-    top: dict[str, int] = dict(conn.execute(_UPSERT_COUNTERS, (project, sessions, [counts[s] for s in sessions])))
+    top: dict[str, int] = dict(conn.execute(_UPSERT_COUNTERS,
+                                            (project, project, sessions, [counts[s] for s in sessions])))
     stamp = conn.execute(_STAMP_COUNTERS, (project, sessions, project, sessions)).fetchone()
     assert stamp is not None
     created_at: datetime = stamp[0]

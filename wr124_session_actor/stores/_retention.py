@@ -88,11 +88,14 @@ def _iso(moment: datetime) -> str:
 #: sqlite: ``created_at`` is normalized ISO-8601 text, the body a BLOB.
 SQLITE_DIALECT: Final = Dialect("documents", "?", "length(body)", _iso)
 #: PostgreSQL (psycopg): ``created_at`` is a ``timestamptz``, the body ``jsonb`` (its size: as JSON text);
-#: a session removed whole also loses its ``seq`` counter row.
+#: a session removed whole also loses its ``seq`` counter row, its last ``seq`` kept as the project's floor.
 POSTGRES_DIALECT: Final = Dialect(
     "wr124_documents", "%s", "octet_length(body::text)", lambda moment: moment,
-    forget_session="DELETE FROM wr124_session_seqs AS s WHERE s.project = %s AND s.session_id = %s"
-    " AND NOT EXISTS (SELECT 1 FROM wr124_documents AS d WHERE d.project = s.project AND d.session_id = s.session_id)",
+    forget_session="WITH gone AS (DELETE FROM wr124_session_seqs AS s WHERE s.project = %s AND s.session_id = %s"
+    " AND NOT EXISTS (SELECT 1 FROM wr124_documents AS d WHERE d.project = s.project AND d.session_id = s.session_id)"
+    " RETURNING s.project, s.last_seq)"
+    " INSERT INTO wr124_seq_floors AS f (project, floor) SELECT project, last_seq FROM gone"
+    " ON CONFLICT (project) DO UPDATE SET floor = greatest(f.floor, excluded.floor)",
     id_array=True,
 )
 
