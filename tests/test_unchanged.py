@@ -76,6 +76,48 @@ class TestUnchanged:
             assert (status, content and content["state"]) == (S.SUCCESS, {"same": True})
         assert await stored_count(config, "s") == 1
 
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_a_state_the_stores_idle_sweep_removed_is_stored_again(self, sqlite_config: Config,
+                                                                         mode: str) -> None:
+        """With ``idle_ttl`` shorter than ``cache_ttl``, the store's own sweep removes an idle session whole
+        while its last state is still trusted: the state is trusted no longer than ``idle_ttl``, so an equal
+        upload after the removal is written (it answered SUCCESS with the removed document's id)."""
+        config = sqlite_config.replace(idle_ttl=0.3, sweep_interval=0.05, cache_ttl=60)
+        async with manager_in(mode, config) as manager:
+            _, first = await manager.upload_session_state({"same": True}, "t", "a")
+            await anyio.sleep(0.5)
+            other = SessionStateManager("other", config)  # writes of another session: a sweep follows one
+            with anyio.fail_after(5):
+                for n in range(1000):
+                    assert (await other.upload_session_state({"n": n}, "t", "a"))[0] is S.SUCCESS
+                    if await stored_count(config, "s") == 0:  # removed whole by the sweep
+                        break
+                    await anyio.sleep(0.02)
+            await other.aclose()
+            status, again = await manager.upload_session_state({"same": True}, "t", "a")
+            assert status is S.SUCCESS and again != first
+            status, content = await manager.restore_latest_session_state()
+            assert (status, content and content["state"]) == (S.SUCCESS, {"same": True})
+        assert await stored_count(config, "s") == 1
+
+    @pytest.mark.parametrize("mode", ["direct", "actor"])
+    async def test_an_unchanged_continuation_is_checked_by_the_store(self, sqlite_config: Config, mode: str) -> None:
+        """An upload with ``parent_seq`` is never skipped as unchanged: the store checks it. A state equal to
+        the agent's last stored one, continuing it after another writer stored a newer state, answered SUCCESS
+        with the old id; the same upload of a changed state was refused as a conflict."""
+        async with manager_in(mode, sqlite_config) as manager:
+            _, first = await manager.upload_session_state({"same": True}, "t", "a")
+            status, content = await manager.restore_session_state(first)
+            assert status is S.SUCCESS and content is not None
+            other = SessionStateManager("s", sqlite_config)  # another writer of the session
+            assert (await other.upload_session_state({"newer": True}, "t", "a"))[0] is S.SUCCESS
+            await other.aclose()
+            status, message = await manager.upload_session_state({"same": True}, "t", "a",
+                                                                 parent_seq=content["seq"])
+            assert status is S.FAILED and "conflict" in message
+            status, latest = await manager.restore_latest_session_state()  # the other writer's stays newest
+            assert status is S.SUCCESS and latest is not None and latest["state"] == {"newer": True}
+
     async def test_setting_off_writes_every_upload(self, sqlite_config: Config) -> None:
         """SESSION_STATE_SKIP_UNCHANGED=false: every upload is written."""
         config = Config.from_env({"ENABLE_SESSION_STATE_UPLOAD": "true", "SESSION_API_URL": sqlite_config.api_url,

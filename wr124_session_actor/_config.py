@@ -190,6 +190,13 @@ class Config:
         return _WRITE_CONCURRENCY[self.store_kind]
 
     @property
+    def trust_ttl(self) -> float:
+        """Seconds a state this process read or stored is taken as still there without asking the store (the
+        read cache, ``skip_unchanged``): ``cache_ttl``, no longer than ``idle_ttl`` when the store's own
+        sweep may remove the whole session sooner."""
+        return min(self.cache_ttl, self.idle_ttl) if self.idle_ttl else self.cache_ttl
+
+    @property
     def retention(self) -> RetentionPolicy:
         """The retention policy the settings ``keep_last``, ``max_age`` and ``idle_ttl`` make."""
         return RetentionPolicy(self.keep_last, self.max_age or None, self.idle_ttl or None)

@@ -216,7 +216,7 @@ class SessionOps:
         self._invalidations = 0
         self._disabled_logged = False
         # agent → (state digest, id, when) of its last stored state: an equal state is not written again
-        # while that is trusted (``cache_ttl``, as cached reads: another process may delete or supersede it).
+        # while that is trusted (``trust_ttl``, as cached reads: another process may delete or supersede it).
         self._last_stored: dict[str, tuple[bytes, str, float]] | None = None
         # agent → the parent_seq of its state the store refused as a fork (a newer state was stored): its
         # later uploads that give none continue that refused state, and are refused too, until an upload
@@ -284,14 +284,14 @@ class SessionOps:
     def _cache_put(self, key: tuple[Any, ...], value: object, invalidations: int) -> None:
         """Cache ``value``, read when :attr:`_invalidations` was ``invalidations``: unless a write or delete of
         this session has ended since (in direct mode reads and writes of one session can overlap)."""
-        if self.config.cache_ttl <= 0 or invalidations != self._invalidations:
+        if self.config.trust_ttl <= 0 or invalidations != self._invalidations:
             return
         try:
             copy = encode(value)
         except StateEncodeError:  # as deep as orjson encodes, in a list one level deeper: answered, not kept
             return
         if self._cache is None:
-            self._cache = TTLCache(maxsize=self.config.cache_size, ttl=self.config.cache_ttl)
+            self._cache = TTLCache(maxsize=self.config.cache_size, ttl=self.config.trust_ttl)
         self._cache[key] = copy
 
     def invalidate(self, doc_id: str | None = None) -> None:
@@ -373,7 +373,7 @@ class SessionOps:
                            op="upload", ids=[upload.doc_id], error=message, attempt=0)
         skip = self.config.skip_unchanged
         last = self._last_stored or {}
-        trusted_since = time.monotonic() - self.config.cache_ttl
+        trusted_since = time.monotonic() - self.config.trust_ttl
         in_batch: dict[str, tuple[bytes | None, int]] = {}
         for index, item in enumerate(encoded):
             if prepared.outcomes[index] is not None:
@@ -384,7 +384,7 @@ class SessionOps:
                                op="upload", ids=[uploads[index].doc_id], error=item, attempt=0)
                 continue
             agent = uploads[index].agent_name
-            if skip and item.state_hash is not None:
+            if skip and item.state_hash is not None and item.parent_seq is None:  # a continuation: the store checks it
                 earlier = in_batch.get(agent)
                 if earlier is not None and earlier[0] == item.state_hash:
                     if prepared.same_as is None:
