@@ -78,6 +78,8 @@ class TestFromEnv:
             ("SESSION_STATE_TIMEOUT", "0", "SESSION_STATE_TIMEOUT must be a positive number"),
             ("SESSION_STATE_DEBOUNCE", "-0.5", "SESSION_STATE_DEBOUNCE must be a number >= 0"),
             ("SESSION_STATE_DEBOUNCE", "inf", "SESSION_STATE_DEBOUNCE must be a finite number of seconds"),
+            # More than a 64-bit column holds: retention logged an OverflowError at every write, and never ran.
+            ("SESSION_STATE_KEEP_LAST", "99999999999999999999", "SESSION_STATE_KEEP_LAST must be a whole number"),
         ],
     )
     def test_out_of_range_message_states_the_range(self, variable: str, value: str, expected: str) -> None:
@@ -85,6 +87,14 @@ class TestFromEnv:
         with pytest.raises(ConfigError) as caught:
             Config.from_env({variable: value})
         assert str(caught.value).startswith(expected)
+
+    def test_numbers_past_what_a_float_holds_are_config_errors(self) -> None:
+        """A duration given in code as an int too large for a float is a ConfigError naming the setting
+        (it was an OverflowError)."""
+        with pytest.raises(ConfigError, match="SESSION_STATE_IDLE_TTL"):
+            Config(idle_ttl=10**400)
+        with pytest.raises(ConfigError, match="SESSION_STATE_TIMEOUT"):
+            Config(timeout=10**400)
 
     def test_manager_fails_fast_at_construction(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bare manager reads the environment in its constructor and fails there."""

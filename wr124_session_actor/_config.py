@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -228,13 +229,14 @@ def given_or_env(config: object) -> Config:
 
 
 def _number(value: object) -> bool:
-    """A number of seconds or bytes as code gives it: an ``int`` or a ``float`` (not a bool, not text)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A number of seconds or bytes as code gives it: an ``int`` or a ``float`` (not a bool, not text), and
+    no larger than a float holds (``math.isfinite`` raises ``OverflowError`` for a larger ``int``)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
 def _whole(value: object) -> bool:
-    """A count: an ``int`` (not a bool, not a float)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A count: an ``int`` (not a bool, not a float) that a 64-bit database column holds."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
 def _is_http_url(url: str) -> bool:
