@@ -1,8 +1,9 @@
 """One async :class:`DocumentStore` over any synchronous :class:`DocumentEngine`.
 
-The memory store runs its engine's calls inline (an in-memory database never waits); the sqlite and
-PostgreSQL stores run them in worker threads, at most the engine's ``concurrency`` at once, so that
-the event loop never blocks, under asyncio and trio alike.
+The memory store runs its engine's calls inline (an in-memory database never waits), except retention
+sweeps and prunes, which take a while; the sqlite and PostgreSQL stores run them all in worker threads,
+at most the engine's ``concurrency`` at once, so that the event loop never blocks, under asyncio and
+trio alike.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ class EngineStore:
         self._limiter = anyio.CapacityLimiter(max(1, engine.concurrency))
         self._closed = False
 
-    async def _run(self, func: Callable[..., T], *args: object) -> T:
+    async def _run(self, func: Callable[..., T], *args: object, inline: bool | None = None) -> T:
         if self._closed:
             raise StoreClosed(f"the {type(self).__name__} is closed")
-        if self._inline:
+        if self._inline if inline is None else inline:
             await anyio.lowlevel.checkpoint()
             return func(*args)
         # Abandoned on cancel: the call's deadline returns TIMEOUT even while the database waits on a
@@ -73,8 +74,8 @@ class EngineStore:
     async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
         """Insert all documents in one transaction; return their ids."""
         results = await self._run(self.engine.insert_many, self.project, docs)
-        if self.retention.policy.enabled:
-            await self._run(self.retention.after_insert, self.project, docs)
+        if self.retention.policy.enabled:  # in a worker thread even for an inline engine: a sweep takes a while
+            await self._run(self.retention.after_insert, self.project, docs, inline=False)
         return [doc_id for doc_id, _ in results]
 
     async def query(self, query: Query) -> QueryResult:
@@ -105,7 +106,7 @@ class EngineStore:
         """Remove (or count) what ``policy`` (default: this store's own) removes from the project."""
         chosen = self.retention.policy if policy is None else policy
         prune = partial(self.engine.prune, self.project, chosen, session_id=session_id, dry_run=dry_run, now=now)
-        return await self._run(prune)
+        return await self._run(prune, inline=False)
 
     async def health(self) -> None:
         """Reach the database (opening it on first use) and run a trivial statement."""

@@ -8,12 +8,15 @@ How a sweep stays safe and cheap:
 
 - It goes session by session, and deletes in batches of at most ``batch_size`` rows, one short
   transaction each, so writers wait at most one batch.
-- Each batch picks its rows and deletes them in one transaction, by the policy's rule as of that
-  moment (rank among the agent's states by ``seq``, age; an idle session's ``DELETE`` re-checks that
-  it had no write since the cutoff). Several sweepers (server replicas, the CLI) may run at once: a
-  row one of them removes is one the policy removes anyway, since a state written meanwhile only
-  ever makes older rows more removable, never a newer one; a session that gets a write while it is
-  being removed as idle stops being removed.
+- Each batch picks its rows and deletes them in one transaction, by the policy's rule as of the
+  moment the sweep reached the agent (its states below the ``keep_last``-th newest ``seq``, or older
+  than ``max_age`` and below its newest; an idle session's ``DELETE`` re-checks that it had no write
+  since the cutoff). Several sweepers (server replicas, the CLI) may run at once: a row one of them
+  removes is one the policy removes anyway, since a state written meanwhile only ever makes older rows
+  more removable, never a newer one; a session that gets a write while it is being removed as idle
+  stops being removed.
+- A time budget (the periodic sweep's, and the trim after a write's) is checked between batches, so a
+  large backlog (``keep_last`` set on a big store) is removed over several writes, never in one.
 - A sweep removes only states that existed when it reached their session (``seq`` at most the
   session's highest then), so it ends even while writers keep adding states faster than it deletes.
 - ``seq`` grows per session in commit order, so "the N newest" is the N highest ``seq`` of an agent;
@@ -134,16 +137,18 @@ def prune_documents(
     if not policy.enabled:
         return report
     moment = datetime.now(UTC) if now is None else now
-    sweep = _Sweep(transact, dialect, policy, moment, batch_size, dry_run)
     started = time.monotonic()
+    deadline = None if time_budget is None else started + time_budget
+    sweep = _Sweep(transact, dialect, policy, moment, batch_size, dry_run, deadline)
     sessions = transact(lambda conn: sweep.sessions(conn, project, session_id))
     for index, (proj, sid, idle, top_seq) in enumerate(sessions):
         done = sweep.remove_session(proj, sid) if idle else sweep.trim_session(proj, sid, top_seq)
         report += done
-        # The budget stops a sweep only right after a session that had something to remove: a sweep
-        # started again from the first session passes the ones already done quickly, so it advances.
-        if (time_budget is not None and done.documents and index + 1 < len(sessions)
-                and time.monotonic() - started > time_budget):
+        # The budget stops a sweep between two batches of one session, or right after a session that had
+        # something to remove: a sweep started again from the first session passes the ones already done
+        # quickly, so it advances.
+        if not done.complete or (deadline is not None and done.documents and index + 1 < len(sessions)
+                                 and time.monotonic() > deadline):
             return PruneReport(report.sessions, report.documents, report.bytes, dry_run, complete=False)
     return report
 
@@ -160,8 +165,9 @@ class _Sweep:
     """The statements of one sweep (one policy, one moment)."""
 
     def __init__(self, transact: Transact[Any], dialect: Dialect, policy: RetentionPolicy, now: datetime,
-                 batch_size: int, dry_run: bool) -> None:
+                 batch_size: int, dry_run: bool, deadline: float | None = None) -> None:
         self.transact = transact
+        self.deadline = deadline  # time.monotonic() past which no further batch starts
         self.dialect = dialect
         self.t = dialect.table
         self.p = dialect.param
@@ -207,10 +213,10 @@ class _Sweep:
         batch = f"SELECT id FROM {t} WHERE project = {p} AND session_id = {p} LIMIT {p}"
         recent = (f"NOT EXISTS (SELECT 1 FROM {t} AS recent WHERE recent.project = {p}"
                   f" AND recent.session_id = {p} AND recent.created_at >= {p})")
-        documents, size = self._delete_batches(batch, (project, session_id, self.batch_size), project, recent,
-                                               (project, session_id, self.idle_cutoff))
-        gone = documents > 0 and self.transact(lambda conn: self._forget(conn, project, session_id))
-        return PruneReport(int(gone), documents, size)
+        documents, size, complete = self._delete_batches(batch, (project, session_id, self.batch_size), project,
+                                                         recent, (project, session_id, self.idle_cutoff))
+        gone = complete and documents > 0 and self.transact(lambda conn: self._forget(conn, project, session_id))
+        return PruneReport(int(gone), documents, size, complete=complete)
 
     def _forget(self, conn: Any, project: str, session_id: str) -> bool:
         """Whether the session has no document left; if so, drop what the engine keeps per session."""
@@ -222,40 +228,73 @@ class _Sweep:
 
     def trim_session(self, project: str, session_id: str, top_seq: int) -> PruneReport:
         """Remove the states of a live session that ``keep_last``/``max_age`` remove, among those with
-        ``seq <= top_seq`` (so that a sweep ends even while writers keep adding states)."""
+        ``seq <= top_seq`` (so that a sweep ends even while writers keep adding states).
+
+        Each agent's bounds are read once: its newest ``seq``, and the ``keep_last``-th newest. Every
+        batch then picks rows below them through the (session, agent, seq) index, in time proportional
+        to the batch (ranking the agent's states again for each batch made a large trim quadratic).
+        States written since count: they only make older ones more removable.
+        """
+        report = PruneReport(dry_run=self.dry_run)
+        if not self.keep_last and self.age_cutoff is None:
+            return report
+        for agent, newest, kept_from in self.transact(lambda conn: self._agent_bounds(conn, project, session_id)):
+            rules: list[str] = []
+            rule_args: list[object] = []
+            if kept_from is not None:
+                rules.append(f"seq < {self.p}")
+                rule_args.append(kept_from)
+            if self.age_cutoff is not None:
+                rules.append(f"(created_at < {self.p} AND seq < {self.p})")
+                rule_args += [self.age_cutoff, newest]
+            if not rules:
+                continue
+            report += self._trim_agent(project, session_id, agent, top_seq, rules, rule_args)
+            if not report.complete:
+                break
+        return report
+
+    def _agent_bounds(self, conn: Any, project: str, session_id: str) -> list[tuple[str, int, int | None]]:
+        """``(agent, newest seq, seq of the keep_last-th newest or None)`` of every agent of the session
+        with more than one state."""
         t, p = self.t, self.p
-        rules: list[str] = []
-        rule_args: list[object] = []
-        if self.keep_last:
-            rules.append(f"newest_rank > {p}")
-            rule_args.append(self.keep_last)
-        if self.age_cutoff is not None:
-            rules.append(f"(created_at < {p} AND newest_rank > 1)")
-            rule_args.append(self.age_cutoff)
-        if not rules:
-            return PruneReport(dry_run=self.dry_run)
-        # Each agent's states numbered newest first by seq (rows written since the sweep started
-        # count: they only make older ones more removable); the rules pick by position and age.
-        sizes = f"{self.size} AS size, " if self.dry_run else ""  # every row's size only when counting
-        ranked = (
-            f"SELECT id, seq, created_at, {sizes}"
-            "row_number() OVER (PARTITION BY agent ORDER BY seq DESC) AS newest_rank"
-            f" FROM {t} WHERE project = {p} AND session_id = {p} AND agent IS NOT NULL"
-        )
-        where = f"seq <= {p} AND ({' OR '.join(rules)})"
-        args = [project, session_id, top_seq, *rule_args]
+        agents = conn.execute(
+            f"SELECT agent, max(seq), count(*) FROM {t} WHERE project = {p} AND session_id = {p}"
+            " AND agent IS NOT NULL GROUP BY agent HAVING count(*) > 1 ORDER BY agent",
+            (project, session_id),
+        ).fetchall()
+        bounds: list[tuple[str, int, int | None]] = []
+        for agent, newest, count in agents:
+            kept_from = None
+            if self.keep_last and count > self.keep_last:
+                row = conn.execute(
+                    f"SELECT seq FROM {t} WHERE project = {p} AND session_id = {p} AND agent = {p}"
+                    f" ORDER BY seq DESC LIMIT 1 OFFSET {p}",
+                    (project, session_id, agent, self.keep_last - 1),
+                ).fetchone()
+                kept_from = None if row is None else int(row[0])
+            bounds.append((str(agent), int(newest), kept_from))
+        return bounds
+
+    def _trim_agent(self, project: str, session_id: str, agent: str, top_seq: int, rules: list[str],
+                    rule_args: list[object]) -> PruneReport:
+        t, p = self.t, self.p
+        where = (f"project = {p} AND session_id = {p} AND agent = {p} AND seq <= {p}"
+                 f" AND ({' OR '.join(rules)})")
+        args = [project, session_id, agent, top_seq, *rule_args]
         if self.dry_run:
             count, total = self.transact(lambda conn: conn.execute(
-                f"SELECT count(*), coalesce(sum(size), 0) FROM ({ranked}) AS ranked WHERE {where}", args).fetchone())
+                f"SELECT count(*), coalesce(sum({self.size}), 0) FROM {t} WHERE {where}", args).fetchone())
             return PruneReport(0, int(count), int(total), dry_run=True)
-        picked = f"SELECT id FROM ({ranked}) AS ranked WHERE {where}"
-        documents, removed = self._delete_batches(f"{picked} LIMIT {p}", (*args, self.batch_size), project)
-        return PruneReport(0, documents, removed)
+        documents, removed, complete = self._delete_batches(
+            f"SELECT id FROM {t} WHERE {where} ORDER BY seq LIMIT {p}", (*args, self.batch_size), project)
+        return PruneReport(0, documents, removed, complete=complete)
 
     def _delete_batches(self, select: str, select_args: Iterable[object], project: str, condition: str = "",
-                        condition_args: Iterable[object] = ()) -> tuple[int, int]:
-        """Delete in batches until one comes back short: each transaction selects a batch of ids
-        (``select``), then deletes those of them that meet ``condition``; return rows and bytes.
+                        condition_args: Iterable[object] = ()) -> tuple[int, int, bool]:
+        """Delete in batches until one comes back short or the deadline passes: each transaction selects
+        a batch of ids (``select``), then deletes those of them that meet ``condition``; return rows,
+        bytes, and whether it got to the end.
 
         Two statements, not ``DELETE ... WHERE id IN (SELECT ... LIMIT n)``: PostgreSQL may plan
         that as a scan of the whole project re-running the subquery per row.
@@ -277,7 +316,9 @@ class _Sweep:
             documents += len(sizes)
             size += sum(int(row[0] or 0) for row in sizes)
             if len(sizes) < self.batch_size:
-                return documents, size
+                return documents, size, True
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                return documents, size, False
 
 
 class RetentionSweeper:
@@ -317,8 +358,14 @@ class RetentionSweeper:
         if not self.policy.keep_last:
             return report
         trim = RetentionPolicy(keep_last=self.policy.keep_last, max_age=self.policy.max_age)
+        deadline = self._clock() + self.time_budget
         for session_id in sorted({doc.session_id for doc in docs if doc.session_id}):
-            report += self.engine.prune(project, trim, session_id=session_id)
+            report += self.engine.prune(project, trim, session_id=session_id,
+                                        time_budget=max(0.0, deadline - self._clock()))
+            if not report.complete:  # a long backlog (keep_last set on a large store): the sweep goes on with it
+                with self._lock:
+                    self._next_sweep = self._clock()
+                break
         if report.documents:
             logger.debug("retention_keep_last", project=project, documents=report.documents, bytes=report.bytes)
         return report
@@ -331,8 +378,8 @@ class RetentionSweeper:
         if not self.policy.enabled:
             return
         try:
-            self.after_write(project, docs)
-            self.sweep_if_due(project)
+            if self.after_write(project, docs).complete:  # else the next write goes on with it first
+                self.sweep_if_due(project)
         except Exception as exc:
             logger.warning("retention_sweep_failed", project=project, error=f"{type(exc).__name__}: {exc}")
 
