@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from wr124_session_actor import (
     ActorSystem,
     Config,
     ConfigError,
+    RetentionPolicy,
     SessionStateManager,
     StoreRejected,
     StoreTimeout,
@@ -129,6 +132,51 @@ class TestEngine:
                 assert made.query("p", Query())[1] == i + 1
         finally:
             made.close()
+
+    def test_a_session_begun_again_while_its_removal_commits_numbers_on(self, engine: PostgresDocuments,
+                                                                        postgres_db: str) -> None:
+        """A write of a session waits on its counter row while a sweep removes the session whole; the sweep
+        commits (its counter gone, the floor raised), and the write makes the counter anew: above the raised
+        floor, not the one its statement read before it waited (seq 2 was given again, and a stale
+        continuation of seq 5 was stored)."""
+        engine.insert_many("p", [doc("other", i=0)])
+        engine.insert_many("p", [doc("A", i=i) for i in range(5)])
+        later = datetime.now(UTC) + timedelta(hours=2)
+        idle = RetentionPolicy(idle_ttl=3600)
+        assert engine.prune("p", idle, session_id="other", now=later).sessions == 1  # the floor: 1
+        done: dict[str, Any] = {}
+
+        def waiting() -> int:
+            with psycopg.connect(postgres_db, autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                   " AND wait_event_type = 'Lock'").fetchone()
+            return int(row[0]) if row else 0
+
+        def wait_for(count: int) -> None:
+            for _ in range(500):
+                if waiting() >= count:
+                    return
+                time.sleep(0.01)
+            raise AssertionError(f"{count} waiting transactions expected")
+
+        with psycopg.connect(postgres_db) as holder:  # holds the floor row: the sweep stops after its delete
+            holder.execute("SELECT floor FROM wr124_seq_floors WHERE project = 'p' FOR UPDATE")
+            sweep = threading.Thread(target=lambda: done.update(sweep=engine.prune("p", idle, session_id="A",
+                                                                                   now=later)))
+            sweep.start()
+            wait_for(1)
+            write = threading.Thread(target=lambda: done.update(write=engine.insert_many("p", [doc("A", i=100)])))
+            write.start()
+            wait_for(2)  # the write waits on the session's counter row, which the sweep deleted
+            holder.commit()
+        sweep.join(10)
+        write.join(10)
+        assert done["sweep"].sessions == 1
+        [new] = engine.query("p", Query(session_id="A"))[0]
+        assert new["content"]["state"] == {"i": 100} and new["seq"] > 5
+        stale = encode_document(StateUpload("A", {"i": 5}, "task", "a", parent_seq=5))
+        with pytest.raises(StoreRejected, match="conflict"):
+            engine.insert_many("p", [stale])
 
     def test_a_string_jsonb_cannot_hold_is_rejected(self, engine: PostgresDocuments) -> None:
         """A state holding a NUL character (jsonb cannot store \\u0000): rejected for good, not transient."""

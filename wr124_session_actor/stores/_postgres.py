@@ -350,7 +350,8 @@ def close_shared_postgres() -> None:
 
 # A session's counter starts above the project's floor: the last seq of every session removed whole (its
 # counter with it), so that a session begun again never gives a seq it gave before (a stale parent_seq
-# would continue the new states). The floor is read once (a CTE used twice is materialized).
+# would continue the new states). The floor is read once (a CTE used twice is materialized), and returned
+# with whether the row is new (xmax = 0: no transaction updated it), see _store_new.
 _UPSERT_COUNTERS: Final = """
 WITH f AS (SELECT coalesce(max(floor), 0) AS floor FROM wr124_seq_floors WHERE project = %s)
 INSERT INTO wr124_session_seqs AS c (project, session_id, last_seq, last_created)
@@ -358,8 +359,11 @@ SELECT %s, s.session_id, s.n + f.floor, '-infinity'
 FROM unnest(%s::text[], %s::bigint[]) AS s(session_id, n), f
 ORDER BY s.session_id
 ON CONFLICT (project, session_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq - (SELECT floor FROM f)
-RETURNING session_id, last_seq
+RETURNING session_id, last_seq, c.xmax = 0, (SELECT floor FROM f)
 """
+_FLOOR: Final = "SELECT coalesce(max(floor), 0) FROM wr124_seq_floors WHERE project = %s"
+_RAISE_COUNTERS: Final = ("UPDATE wr124_session_seqs SET last_seq = last_seq + %s"
+                          " WHERE project = %s AND session_id = ANY(%s)")
 
 # Run once every counter row of the batch is locked: one created_at for the whole batch (as sqlite
 # has), never earlier than any of its sessions' last one. The scalar subquery reads the clock once.
@@ -421,8 +425,19 @@ def _store_new(conn: psycopg.Connection[Any], project: str, new: Sequence[Encode
         counts[doc.session_id] = counts.get(doc.session_id, 0) + 1
     sessions = sorted(counts)
     # Locks each session's counter row (in one order: no deadlock between batches) until commit.
-    top: dict[str, int] = dict(conn.execute(_UPSERT_COUNTERS,
-                                            (project, project, sessions, [counts[s] for s in sessions])))
+    counters = conn.execute(_UPSERT_COUNTERS, (project, project, sessions, [counts[s] for s in sessions])).fetchall()
+    top: dict[str, int] = {session: last for session, last, _, _ in counters}
+    made = [session for session, _, new, _ in counters if new]
+    if made:
+        # A counter made anew after waiting on a sweep that removed its session (and raised the floor) was
+        # numbered from the floor the statement read before it waited: read it again (a new statement sees
+        # what that sweep committed) and move the new counters above it.
+        row = conn.execute(_FLOOR, (project,)).fetchone()
+        raise_by = (row[0] if row else 0) - counters[0][3]
+        if raise_by > 0:
+            conn.execute(_RAISE_COUNTERS, (raise_by, project, made))
+            for session in made:
+                top[session] += raise_by
     stamp = conn.execute(_STAMP_COUNTERS, (project, sessions, project, sessions)).fetchone()
     assert stamp is not None
     created_at: datetime = stamp[0]
