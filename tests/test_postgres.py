@@ -284,6 +284,51 @@ class TestDatabaseDown:
         assert states[0]["content"]["state"]["a"] == 2
         await manager.aclose()
 
+    async def test_a_call_waiting_through_a_long_outage_is_served_when_the_database_is_back(
+            self, own_postgres: PgCluster) -> None:
+        """A call that began during an outage longer than the pool's reconnect attempts (5 s) is served
+        soon after the database is back: the pool had given up, and nothing tried again for a caller
+        already waiting, who waited out its whole timeout (TIMEOUT after 30 s, the next call at once)."""
+        config = pg_config(own_postgres.url, timeout=30.0, retries=100)  # tried again until its timeout
+        manager = SessionStateManager("s", config)
+        assert (await manager.upload_session_state({"a": 0}, "t", "agent"))[0] == S.SUCCESS
+        own_postgres.stop()
+        answer: list[Any] = []
+        restarted = False
+        try:
+            async with anyio.create_task_group() as tg:
+                async def upload() -> None:
+                    answer.append(await manager.upload_session_state({"a": 1}, "t", "agent"))
+                    answer.append(time.monotonic())
+
+                tg.start_soon(upload)
+                await anyio.sleep(7.0)  # past the pool's reconnect_timeout: its attempts have given up
+                assert answer == []
+                own_postgres.start()
+                restarted, back = True, time.monotonic()
+        finally:
+            if not restarted:
+                own_postgres.start()
+        (status, doc_id), served = answer
+        assert status is S.SUCCESS, doc_id
+        assert served - back < 15  # not the rest of the 30 s timeout
+        await manager.aclose()
+
+    async def test_connection_failures_name_their_cause(self, own_postgres: PgCluster) -> None:
+        """A database that does not exist, a role that does not exist, nothing listening: the status's message
+        says so (it was "timed out after 5s" with no cause, and the CLI said only "PoolTimeout")."""
+        base = own_postgres.url.rsplit("/", 1)[0]
+        cases = {
+            f"{base}/no_such_db": 'database "no_such_db" does not exist',
+            own_postgres.url.replace("postgres@", "nobody@"): 'role "nobody" does not exist',
+            f"postgresql://postgres@127.0.0.1:{free_port()}/x": "Connection refused",
+        }
+        for url, cause in cases.items():
+            manager = SessionStateManager("s", pg_config(url, timeout=3.0))
+            status, message = await manager.upload_session_state({"a": 0}, "t", "agent")
+            assert status in (S.FAILED, S.TIMEOUT) and cause in message, message
+            await manager.aclose()
+
 
 class TestMigrations:
     def test_five_processes_at_once_on_an_empty_database(self, postgres_url: str) -> None:

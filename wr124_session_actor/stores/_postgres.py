@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -48,6 +49,10 @@ _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name":
 #: up; the next call then starts a new attempt at once. Short, so that a database back from a restart
 #: is used within seconds rather than after a long backoff.
 _RECONNECT_TIMEOUT: Final = 5.0
+#: Longest single wait for a pooled connection. A call that waits longer asks again: that starts a new
+#: connection attempt where the pool's own gave up (psycopg_pool leaves a caller already waiting to wait
+#: out its whole timeout, though the database is back), and, once attempts failed, tells why.
+_WAIT_SLICE: Final = 1.0
 #: Attempts of a batch that raced another writer inserting the same id (the retry sees it stored).
 _INSERT_ATTEMPTS: Final = 3
 
@@ -146,7 +151,7 @@ class PostgresDocuments:
                 made.open(wait=False)
                 try:
                     if self.auto_migrate:
-                        with made.connection() as conn:
+                        with self._pooled(made) as conn:
                             self._applied = migrate(conn)
                 except BaseException:
                     made.close()
@@ -159,12 +164,48 @@ class PostgresDocuments:
         """A pooled connection (autocommit; use ``conn.transaction()`` for writes); psycopg's errors
         become the library's typed store errors."""
         try:
-            with self._open().connection() as conn:
+            with self._pooled(self._open()) as conn:
                 yield conn
         except StoreError:
             raise
         except Exception as exc:
             raise _store_error(exc) from exc
+
+    @contextlib.contextmanager
+    def _pooled(self, pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of ``pool`` for the block (as ``pool.connection()``), waited for in slices of
+        :data:`_WAIT_SLICE` up to ``timeout``. When the pool's connection attempts failed meanwhile, one
+        attempt of our own names the cause (a refused connection, a wrong password, a database that does
+        not exist) instead of a bare ``PoolTimeout`` at the end of the timeout."""
+        from psycopg_pool import PoolTimeout
+
+        deadline = time.monotonic() + self.timeout
+        failed_before = pool.get_stats().get("connections_errors", 0)
+        while True:
+            try:
+                conn = pool.getconn(timeout=max(0.001, min(_WAIT_SLICE, deadline - time.monotonic())))
+                break
+            except PoolTimeout:
+                if time.monotonic() >= deadline:
+                    raise PoolTimeout(f"couldn't get a connection after {self.timeout:.2f} sec") from None
+                if pool.get_stats().get("connections_errors", 0) > failed_before:
+                    self._connect_once()  # raises why connections fail; returns when one succeeds now
+        try:
+            with conn:
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    def _connect_once(self) -> None:
+        """Connect outside the pool and disconnect; raise ``StoreUnavailable`` with psycopg's reason if
+        that fails (transient all the same: a database restarting says so too, and a spooled state must
+        wait for it rather than be given up)."""
+        import psycopg
+
+        try:
+            psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, math.ceil(self.timeout))).close()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL: cannot connect: {str(exc).strip()}") from exc
 
     def migrate(self) -> list[int]:
         """Bring the schema up to date (under an advisory lock); return the versions this call applied."""
