@@ -238,6 +238,27 @@ async def test_a_created_answer_of_another_shape_is_stored_under_the_id_sent() -
     await store.aclose()
 
 
+@pytest.mark.parametrize("body", [b'{"ids": []}', b'{"ids": ["only-one"]}', b'{"ids": [null, null, null]}'])
+async def test_a_batch_answered_200_must_name_each_document(body: bytes) -> None:
+    """A batch answered ``200`` with an ``ids`` list that does not name each document (empty, another
+    length, not ids) confirms nothing: a bad response, not SUCCESS (the server may have stored nothing)."""
+    class BatchTransport:
+        name = "mock"
+
+        async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                          content: bytes | None = None) -> Response:
+            await anyio.lowlevel.checkpoint()
+            return Response(200, {}, body)
+
+        async def aclose(self) -> None:
+            await anyio.lowlevel.checkpoint()
+
+    docs = [encode_document(StateUpload("s", {"n": n}, "t", "a")) for n in range(3)]
+    store = HttpStore("http://127.0.0.1:1", "p", BatchTransport, concurrency=1)
+    with pytest.raises(StoreBadResponse, match="naming each of the 3 documents"):
+        await store.insert_many(resent(docs))
+    await store.aclose()
+
 async def test_a_created_answer_with_no_body_keeps_the_id_sent_or_its_location() -> None:
     """``201 Created`` (or ``204``) with an empty body: the document is named by the ``Location`` it was
     given, or else keeps the client id it was sent with (not a bad response, and so not posted again)."""

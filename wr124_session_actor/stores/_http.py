@@ -454,8 +454,9 @@ def _created_ids(resp: Response, chunk: Sequence[EncodedDocument]) -> list[str]:
     ids = body.get("ids")
     if isinstance(ids, list) and len(ids) == len(chunk) and all(map(_is_id, ids)):
         return [str(i) for i in ids]
-    if not confirmed and not isinstance(ids, list):
-        raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'ids' list")
+    if not confirmed:  # a 200 must name what it stored: an empty list, or ids of another batch, confirm nothing
+        raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'ids' list naming each of the"
+                               f" {len(chunk)} documents")
     return [doc.id for doc in chunk]
 
 
