@@ -12,10 +12,12 @@ from structlog.testing import capture_logs
 
 from wr124_session_actor import ActorSystem, Config, Query, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
-from wr124_session_actor.stores import open_store
+from wr124_session_actor.stores import HttpStore, open_store
+from wr124_session_actor.transports import Response
 
 from .conftest import stored_states
 from .faultserver import closed_port_url
+from .test_http_store import NoBatchTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -291,6 +293,32 @@ class TestShutdown:
         failed = [e for e in logs if e["event"] == "session_state.upload"]
         assert failed and failed[-1]["status"] == "failed" and failed[-1]["log_level"] == "warning"
         assert system.statistics().failed == 1
+
+    async def test_what_a_failed_part_way_write_stored_is_not_given_up_at_exit(self) -> None:
+        """A server without the batch endpoint stores 5 single POSTs, then answers 503; the system leaves at
+        its deadline. The 5 stored are answered and counted as stored; only the rest is logged as not
+        written (all were logged "lost", and counted failed, though the server held 5 of them)."""
+        stored: set[str] = set()
+
+        def answer(n: int, doc: dict[str, Any]) -> object:
+            if n > 5:
+                return Response(503, {}, b"")
+            stored.add(doc["id"])
+            return {"_id": doc["id"]}
+
+        transport = NoBatchTransport(answer)
+        store = HttpStore("http://127.0.0.1:1", "p", lambda: transport)
+        config = Config(api_url="http://127.0.0.1:1", keep="all", timeout=30.0, shutdown_timeout=1.0)
+        with capture_logs() as logs:
+            async with ActorSystem(config, store=store) as system:
+                handle = system.handle("s")
+                for n in range(20):
+                    assert handle.submit({"n": n}, "t", "a") is S.SUCCESS
+        assert len(stored) == 5
+        stats = system.statistics()
+        assert (stats.documents, stats.failed) == (5, 15)
+        [given_up] = [e for e in logs if "shutdown_timeout" in str(e.get("error"))]
+        assert len(given_up["ids"]) == 15 and not stored & set(given_up["ids"])
 
     async def test_closed_system_refuses_without_raising(self, memory_config: Config) -> None:
         """After exit, submit and awaited calls return FAILED instead of raising."""

@@ -328,9 +328,15 @@ class SessionActor:
             self._stage.withdraw(self._job)
             self._job = None
         left = self._batch.clear()
+        self.counters.pending -= len(left)
+        # Those a write stored before it failed part-way (single POSTs) are stored: answered so, not lost.
+        stored = [(p, UploadOutcome(Status.SUCCESS, doc_id)) for p in left
+                  if p.upload.encoded is not None and (doc_id := p.upload.encoded.stored_as) is not None]
+        if stored:
+            self._answer(stored)
+            left = [p for p in left if p.upload.encoded is None or p.upload.encoded.stored_as is None]
         if not left:
             return
-        self.counters.pending -= len(left)
         self.counters.fail(Status.FAILED, len(left))
         if self.outbox is not None:
             reason = "not written before shutdown_timeout; kept in the outbox for the next start"
