@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -16,9 +17,10 @@ from wr124_session_actor import _write_stage as write_stage
 from wr124_session_actor._document import EncodedDocument
 from wr124_session_actor._exceptions import StoreRejected, StoreUnavailable
 from wr124_session_actor._write_stage import MAX_PACE
-from wr124_session_actor.stores import DocumentStore, MemoryStore, open_store
+from wr124_session_actor.stores import DocumentStore, HttpStore, MemoryStore, open_store
 
 from .conftest import stored_states
+from .test_http_store import NoBatchTransport
 
 pytestmark = pytest.mark.anyio
 
@@ -127,6 +129,28 @@ class TestMerging:
                 system.handle(f"s{n}").submit({"n": n}, "t", "a")
         assert sorted(store.writes) == ([1, 2] if batch_supported else [1, 1, 1])
         assert store.most_in_flight == (1 if batch_supported else 3)
+
+    async def test_the_first_write_finds_out_alone_and_small_then_lets_others_start(self) -> None:
+        """The store's first write is one session's batch of 120 states, against a server without the batch
+        endpoint taking 20 ms a POST; 20 other sessions each await an upload meanwhile. The first write
+        finds out with its first documents alone (one request's deadline), then lets the others start while
+        it posts the rest (with a deadline per POST). It used to carry all 120 within one request's deadline,
+        and nothing else could start until it ended: the 20 uploads and the big write itself timed out."""
+        transport = NoBatchTransport(delay=0.02)
+        store = HttpStore("http://127.0.0.1:1", "p", lambda: transport)
+        config = Config(api_url="http://127.0.0.1:1", keep="all", timeout=1.5, debounce=0.0)
+        async with ActorSystem(config, store=store) as system:
+            big = system.handle("big")
+            for n in range(120):
+                assert big.submit({"n": n}, "t", "a") is S.SUCCESS
+            await anyio.sleep(0.05)
+            results = await _gather([partial(system.handle(f"s{i}").upload, {"n": i}, "t", "a") for i in range(20)])
+        assert [status for status, _ in results] == [S.SUCCESS] * 20, results
+        stats = system.statistics()
+        assert (stats.documents, stats.failed) == (140, 0)
+        assert [n for session, n in transport.posted if session == "big"] == list(range(120))  # each once, in order
+        last_big = max(i for i, (session, _) in enumerate(transport.posted) if session == "big")
+        assert all(i < last_big for i, (session, _) in enumerate(transport.posted) if session != "big")
 
     async def test_two_slots_freed_at_once_start_two_writes(self, memory_config: Config) -> None:
         """Two writes in flight end together while two batches wait: both start at once (one woken

@@ -22,8 +22,9 @@ nobody waits for, each kind oldest first, so that a read is not queued behind th
 Against a server without the batch endpoint merging saves no request (each document is a POST of its
 own), so there a write starts whenever a slot is free, takes a few batches (``concurrency`` documents)
 and writes and answers them one after another: the writes in flight are the POSTs in flight, and no
-batch waits for another's POSTs. An HTTP store's first write, which finds out whether the endpoint
-exists, is as small, and the only one in flight until it ends.
+batch waits for another's POSTs. An HTTP store's first write finds out whether the endpoint exists
+with its first ``concurrency`` documents alone (a single session's batch may hold hundreds), the only
+write in flight until they are answered.
 
 Time spent queued here is never a store failure: the store deadline starts with the write. A write that
 fails for good and carried several batches is tried again batch by batch, and a batch of several
@@ -285,16 +286,19 @@ class WriteStage:
                 await self._write([job])
             return
         docs = [doc for job in jobs for doc in job.docs]
-        store = self._store
-        sessions = sorted({doc.session_id for doc in docs})
-
-        def on_retry(attempt: int, error: StoreError, delay: float) -> None:
-            logger.debug("session_state.retry", op="upload", session_ids=sessions, attempt=attempt, error=str(error),
-                         delay_s=round(delay, 3), batch_size=len(docs), ids=[d.id for d in docs])
-
-        result = await call_store(self._config, self._circuit, store, partial(_insert, store, docs),
-                                  on_retry=on_retry, timeout=self._deadline(len(docs)))
-        self._counters.observe_write(result.duration, len(docs), result.status)
+        if self._batch_support() is None and len(docs) > self.concurrency:
+            # The store's first write finds out whether the server has the batch endpoint with its first
+            # documents alone (one request's deadline); then other writes may start, and the rest goes with
+            # the deadline the answer gives it (a POST each, for a server without the endpoint).
+            result = await self._insert(docs[: self.concurrency])
+            self._poke()
+            if result.status is Status.SUCCESS:
+                rest = await self._insert(docs[self.concurrency :])
+                result = rest if rest.status is not Status.SUCCESS else StoreOutcome(
+                    Status.SUCCESS, [*result.value, *rest.value], attempts=result.attempts + rest.attempts,
+                    duration=result.duration + rest.duration)
+        else:
+            result = await self._insert(docs)
         if result.status_code in _DOCUMENT_REFUSALS and len(docs) > 1:
             # Refused for good: find what was refused, so that the rest is not lost with it.
             if len(jobs) > 1:
@@ -314,13 +318,27 @@ class WriteStage:
                 job.answer(result)
             position += count
 
+    async def _insert(self, docs: list[EncodedDocument]) -> StoreOutcome:
+        """One store write of ``docs``, with retries, observed."""
+        store = self._store
+        sessions = sorted({doc.session_id for doc in docs})
+
+        def on_retry(attempt: int, error: StoreError, delay: float) -> None:
+            logger.debug("session_state.retry", op="upload", session_ids=sessions, attempt=attempt, error=str(error),
+                         delay_s=round(delay, 3), batch_size=len(docs), ids=[d.id for d in docs])
+
+        result = await call_store(self._config, self._circuit, store, partial(_insert, store, docs),
+                                  on_retry=on_retry, timeout=self._deadline(len(docs)))
+        self._counters.observe_write(result.duration, len(docs), result.status)
+        return result
+
     def _deadline(self, documents: int) -> float:
         """The store deadline of a write: ``timeout`` per request it takes.
 
         A batch-capable store takes a merged write in one request (per body-size chunk); a server
         without the batch endpoint takes one POST per document (a session's in order), so such a write
-        gets the timeout once per document. (An HTTP store's first write, which finds out, has at most
-        ``concurrency`` documents, posted in parallel if need be: one round trip.)
+        gets the timeout once per document. (An HTTP store's first request, which finds out, carries at
+        most ``concurrency`` documents, posted in parallel if need be: one round trip.)
         """
         requests = documents if self._posts_singly() else 1
         return self._config.timeout * requests
