@@ -74,9 +74,36 @@ def encode(value: object) -> bytes:
     except orjson.JSONEncodeError:
         pass  # a key that is not a string, or a value nothing encodes: the slower options tell which
     try:
-        return orjson.dumps(value, default=_default, option=_OPTIONS_ANY_KEYS)
+        data = orjson.dumps(value, default=_default, option=_OPTIONS_ANY_KEYS)
     except orjson.JSONEncodeError as exc:
         raise StateEncodeError(f"state is not JSON-serializable: {exc}") from None
+    _check_keys_differ(value)
+    return data
+
+
+def _check_keys_differ(value: object) -> None:
+    """Raise ``StateEncodeError`` when two keys of one object of ``value`` are the same text in JSON (``1`` and
+    ``"1"``): orjson writes both, and a reader keeps one (a value lost with SUCCESS). Only objects with keys
+    that are not strings are looked at: the slower path of :func:`encode`, taken only for them."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(type(key) is str for key in item):
+                _check_dict_keys(item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _check_dict_keys(value: dict[Any, Any]) -> None:
+    texts: dict[bytes, object] = {}
+    for key in value:
+        text = orjson.dumps({key: None}, option=_OPTIONS_ANY_KEYS)[1:-6]  # b'"1"' of b'{"1":null}'
+        earlier = texts.setdefault(text, key)
+        if earlier is not key:
+            raise StateEncodeError(f"state is not JSON-serializable: keys {earlier!r} and {key!r} of one object are"
+                                   f" both {text.decode()} in JSON")
 
 
 def decode(data: bytes | bytearray | memoryview | str) -> Any:
@@ -144,6 +171,7 @@ def encode_state_pieces(state: object, depth: int = 0) -> Iterator[bytes]:
             return
         assert type(state) is dict
         if len(state) > _PIECE_ITEMS or not all(type(key) is str for key in state):
+            _check_dict_keys(state)  # its pieces are encoded apart: two keys of one text may be in two of them
             items = list(state.items())
             yield b"{"
             for start in range(0, len(items), _PIECE_ITEMS):
