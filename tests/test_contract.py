@@ -233,3 +233,19 @@ def test_the_contract_says_names_and_filters_hold_no_nul(live: ServerThread) -> 
         assert patterns == {"^[^\\u0000]*$"}, param["name"]
     resp = httpx.get(f"{live.url}/p/json-documents", params={"tags": "a\0b"})
     assert (resp.status_code, resp.json()["error"]) == (400, "a NUL character in the path or the query")
+
+
+def test_a_document_names_no_nul_in_the_fields_queries_name(live: ServerThread) -> None:
+    """A document whose session, name, type, description or tag holds NUL is refused (422) on every backend,
+    as the contract's document fields say: sqlite stored a session "s\\0" that no query could name (a NUL in
+    a query is 400), and PostgreSQL refused it with a message quoting its internals."""
+    fields = SPEC["components"]["schemas"]["DocumentIn"]["properties"]
+    for field in ("name", "description", "document_type", "session_id"):
+        assert fields[field]["pattern"] == "^[^\\u0000]*$", field
+    assert fields["tags"]["items"]["pattern"] == "^[^\\u0000]*$"
+    good = {"name": "n", "content": {"state": "a\0b"}, "session_id": "s", "tags": ["t"]}
+    assert httpx.post(f"{live.url}/p/json-documents", json=good).status_code == 201  # content is the caller's
+    for field, value in (("session_id", "s\0"), ("name", "n\0"), ("description", "\0"), ("document_type", "x\0"),
+                         ("tags", ["t", "u\0"])):
+        resp = httpx.post(f"{live.url}/p/json-documents", json={**good, field: value})
+        assert resp.status_code == 422 and "U+0000" in resp.json()["error"], (field, resp.text)

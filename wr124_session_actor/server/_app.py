@@ -300,6 +300,10 @@ def _canonical(raw: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     tags = raw.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
         raise _field_error(where, "'tags' must be a list of strings")
+    for field, text in (("name", name), ("description", description), ("document_type", document_type),
+                        ("session_id", session_id), *(("tags", tag) for tag in tags)):
+        if text is not None and "\0" in text:  # no query could name it (a NUL in a query is 400), and jsonb holds none
+            raise _field_error(where, f"'{field}' must not contain the character U+0000 (NUL)")
     metadata = raw.get("metadata", {})
     if not isinstance(metadata, dict):
         raise _field_error(where, f"'metadata' must be an object, got {_json_type(metadata)}")

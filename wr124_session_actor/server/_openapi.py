@@ -76,18 +76,18 @@ class Validators:
 _STRING: Final = {"type": "string"}
 #: A name, id or filter in a path or query: any text without NUL (no store holds one; the answer is 400).
 _TEXT: Final = {"type": "string", "pattern": "^[^\\u0000]*$"}
-_NULLABLE_STRING: Final = {"type": ["string", "null"]}
 _OBJECT: Final = {"type": "object"}
 
 #: The JSON schema of each field a posted document may have (see ``_canonical`` in ``_app``).
 _DOCUMENT_FIELD_SCHEMAS: Final[Mapping[str, JSONSchema]] = {
     "id": {"description": "A client-chosen id: the write becomes idempotent. Omitted or null: the server makes one."},
-    "name": _STRING,
-    "description": _NULLABLE_STRING,
-    "document_type": {"type": "string", "default": "user_data"},
-    "content": {"type": "object", "description": "The payload (agent_name, task, state, timestamp, ...)."},
-    "session_id": _NULLABLE_STRING,
-    "tags": {"type": "array", "items": _STRING, "default": []},
+    "name": _TEXT,
+    "description": {**_TEXT, "type": ["string", "null"]},
+    "document_type": {**_TEXT, "default": "user_data"},
+    "content": {"type": "object", "description": "The payload (agent_name, task, state, timestamp, ...). A"
+                " PostgreSQL-backed server answers 422 for a string holding U+0000 (jsonb cannot)."},
+    "session_id": {**_TEXT, "type": ["string", "null"]},
+    "tags": {"type": "array", "items": _TEXT, "default": []},
     "metadata": {"type": "object", "default": {}},
     "is_public": {"type": "boolean", "default": False},
     "parent_seq": {

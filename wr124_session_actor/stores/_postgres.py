@@ -538,6 +538,9 @@ def _store_error(exc: Exception) -> StoreError:
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         # Refused, reset or lost connections, server shutdown, serialization failures, deadlocks.
         return StoreUnavailable(message)
+    if isinstance(exc, psycopg.errors.UntranslatableCharacter):  # the message would quote the whole row
+        return StoreRejected("PostgreSQL cannot store the character U+0000 (NUL) in a JSON string (jsonb)",
+                             status_code=422)
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError | psycopg.ProgrammingError):
         # The data itself was refused (e.g. a JSON string holding \\u0000, which jsonb cannot store).
         return StoreRejected(message, status_code=422)
