@@ -295,7 +295,7 @@ class TestBadArguments:
     async def test_a_state_whose_keys_collide_in_json_fails(self, sqlite_config: Config, mode: str) -> None:
         """Keys 1 and "1" of one object are one key in JSON: such a state is FAILED naming them (it was stored as
         SUCCESS with one of the two values lost), also inside a large state encoded in pieces."""
-        large = {**{f"k{n}": n for n in range(300)}, 7: "int", "7": "text"}
+        large: dict[object, object] = {**{f"k{n}": n for n in range(300)}, 7: "int", "7": "text"}
         async with manager_in(mode, sqlite_config) as manager:
             for state in ({"n": 0, "d": {1: "int", "1": "text"}}, large):
                 status, message = await manager.upload_session_state(state, "t", "coder")
