@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from wr124_session_actor import cli
 from wr124_session_actor.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +37,18 @@ class TestDemo:
         assert submitted == 2 * 2 * 21
         assert 1 <= writes < submitted
         assert (tmp_path / "wr124_sessions.db").exists()
+
+
+    def test_trio_without_trio_is_an_error_line(self, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+        """`demo --backend trio` where trio is not installed: one error line naming the extra, exit 1 (it was
+        a 43-line traceback from anyio)."""
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name == "trio" else find_spec(name, *a))
+        assert main(["demo", "--backend", "trio"]) == 1
+        assert capsys.readouterr().err.strip() == (
+            "error: --backend trio needs trio: pip install 'wr124-session-actor[trio]'")
 
 
 class TestDatabaseUrls:
@@ -94,6 +108,23 @@ class TestInspect:
         monkeypatch.setenv("SESSION_STATE_TIMEOUT", "never")
         assert main(["ls", "s", "--url", "memory://"]) == 1
         assert "SESSION_STATE_TIMEOUT" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("args", [["ls", "bench"], ["show", "bench"], ["rm", "bench"], ["-v", "ls", "bench"]])
+    def test_a_session_or_document_named_bench_is_not_the_bench_command(
+            self, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        """"bench" as a session or document id is that id (it ran the whole benchmark instead); only the command
+        word is the bench command."""
+        ran: list[list[str]] = []
+
+        def bench(rest: list[str]) -> int:
+            ran.append(list(rest))
+            return 0
+
+        monkeypatch.setattr(cli, "_bench", bench)
+        main([*args, "--url", "memory://"])
+        assert ran == []
+        assert main(["bench", "--quick"]) == 0 and ran == [["--quick"]]
+        assert main(["-v", "bench"]) == 0 and ran == [["--quick"], []]
 
     @pytest.mark.parametrize("args", [
         ["serve", "--port", "99999"], ["serve", "--port", "-1"], ["demo", "--sessions", "0"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -194,6 +195,8 @@ def _migrate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        return _fail("--backend trio needs trio: pip install 'wr124-session-actor[trio]'")
     return int(anyio.run(run_demo, _config(args), args.sessions, args.messages, args.agents, backend=args.backend))
 
 
@@ -296,8 +299,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "bench" in argv[:2]:
-        return _bench(argv[argv.index("bench") + 1 :])
+    command = next((index for index, arg in enumerate(argv) if not arg.startswith("-")), None)
+    if command is not None and argv[command] == "bench":  # the command, not a session or document named so
+        return _bench(argv[command + 1 :])
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
     commands: dict[str, Any] = {"ls": _ls, "show": _show, "rm": _rm, "prune": _prune}
