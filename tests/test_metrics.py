@@ -85,3 +85,14 @@ class TestSystemCollector:
         """``import wr124_session_actor`` does not import prometheus_client."""
         code = "import sys, wr124_session_actor; assert 'prometheus_client' not in sys.modules"
         subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_prometheus_client_the_import_names_the_extra() -> None:
+    """Importing the metrics module where prometheus_client is not installed says which extra to install
+    (it was a bare ModuleNotFoundError)."""
+    code = ("import sys; sys.modules['prometheus_client'] = None\n"
+            "try:\n    import wr124_session_actor.metrics\n"
+            "except ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == ("wr124_session_actor.metrics needs prometheus_client:"
+                           " pip install 'wr124-session-actor[metrics]'")

@@ -73,6 +73,7 @@ class TestNoClient:
         manager = SessionStateManager("s", http_config(closed_port_url(), "aiohttp"))
         results = await every_call(manager)
         assert {r[0] for r in results.values()} == {S.NO_CLIENT}
+        assert "aiohttp runs only on asyncio (install httpx for trio" in results["upload"][1]
 
     async def test_no_async_client_importable(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Neither aiohttp nor httpx importable and urllib not allowed: NO_CLIENT with a hint."""
@@ -82,7 +83,9 @@ class TestNoClient:
         manager = SessionStateManager("s", config)
         status, message = await manager.upload_session_state({"a": 1})
         assert status == S.NO_CLIENT
-        assert "no usable HTTP client" in message
+        assert message.startswith("no usable HTTP client")
+        assert "aiohttp is not installed" in message or "aiohttp runs only on asyncio" in message  # under trio
+        assert "httpx is not installed (pip install 'wr124-session-actor[httpx]')" in message
 
     async def test_urllib_is_the_last_resort(self, monkeypatch: pytest.MonkeyPatch, server: Any) -> None:
         """With no async client importable, the default order falls back to urllib and works."""

@@ -20,10 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - exercised with the module hidden
+    raise ImportError("wr124_session_actor.metrics needs prometheus_client:"
+                      " pip install 'wr124-session-actor[metrics]'") from exc
 
 from ._statistics import SystemStatistics, WriteObservation
 from ._system import ActorSystem

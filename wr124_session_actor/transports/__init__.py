@@ -33,6 +33,15 @@ def available_clients(allowed: Sequence[str], async_library: str) -> list[str]:
     return usable
 
 
+def _unusable(name: str, async_library: str) -> str:
+    """Why the client ``name`` cannot run here (it is not among :func:`available_clients`)."""
+    if name == "aiohttp" and async_library != "asyncio":
+        return "aiohttp runs only on asyncio (install httpx for trio: pip install 'wr124-session-actor[httpx]')"
+    if name == "httpx":
+        return "httpx is not installed (pip install 'wr124-session-actor[httpx]')"
+    return f"{name} is not installed"
+
+
 def preload_clients() -> None:
     """Import the installed client libraries (blocking: call it in a worker thread).
 
@@ -55,10 +64,8 @@ def open_transport(allowed: Sequence[str], *, timeout: float = 10.0, max_connect
     library = sniffio.current_async_library()
     usable = available_clients(allowed, library)
     if not usable:
-        raise NoClientError(
-            f"no usable HTTP client under {library} among {', '.join(allowed)}"
-            " (aiohttp needs asyncio; install httpx for trio)"
-        )
+        reasons = "; ".join(_unusable(name, library) for name in allowed)
+        raise NoClientError(f"no usable HTTP client under {library} among {', '.join(allowed)}: {reasons}")
     if usable[0] == "aiohttp":
         from ._aiohttp import AiohttpTransport
 
