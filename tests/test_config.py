@@ -96,6 +96,13 @@ class TestFromEnv:
         with pytest.raises(ConfigError, match="SESSION_STATE_TIMEOUT"):
             Config(timeout=10**400)
 
+    def test_a_switch_set_to_nothing_is_its_default(self) -> None:
+        """An empty switch is its default: upload stays off (as in the original), and the two switches that are
+        on by default stay on (an empty SKIP_UNCHANGED or MIGRATE turned them off silently)."""
+        config = Config.from_env({"ENABLE_SESSION_STATE_UPLOAD": "", "SESSION_STATE_SKIP_UNCHANGED": " ",
+                                  "SESSION_STATE_MIGRATE": ""})
+        assert (config.enabled, config.skip_unchanged, config.migrate) == (False, True, True)
+
     def test_manager_fails_fast_at_construction(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bare manager reads the environment in its constructor and fails there."""
         monkeypatch.setenv("SESSION_STATE_TIMEOUT", "soon")

@@ -355,7 +355,7 @@ class TestMigrations:
         """migrate=False: nothing is created on first use (calls fail until `migrate` runs)."""
         made = PostgresDocuments(postgres_db, migrate=False)
         try:
-            with pytest.raises(StoreRejected, match="wr124_documents"):
+            with pytest.raises(StoreRejected, match=r"wr124_documents.*run `wr124-session migrate --db URL` first"):
                 made.query("p", Query())
             assert made.migrate() == [1, 2, 3]
             assert made.query("p", Query()) == ([], 0)

@@ -21,7 +21,7 @@ HTTP_CLIENTS: Final = ("aiohttp", "httpx", "urllib")
 
 _SCHEMES: Final = frozenset({"http", "https", "sqlite", "memory", "postgresql", "postgres"})
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off", ""})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 T = TypeVar("T")
 
@@ -144,8 +144,9 @@ class Config:
 
         def read(var: str, field: str, parse: Callable[[str, str], object]) -> None:
             raw = env.get(var)
-            if raw is not None:
-                values[field] = parse(var, raw.strip())
+            if raw is None or (parse is _parse_bool and not raw.strip()):
+                return  # a switch set to nothing is its default (as the original's ENABLE_SESSION_STATE_UPLOAD)
+            values[field] = parse(var, raw.strip())
 
         read("ENABLE_SESSION_STATE_UPLOAD", "enabled", _parse_bool)
         values.setdefault("enabled", False)

@@ -538,6 +538,9 @@ def _store_error(exc: Exception) -> StoreError:
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         # Refused, reset or lost connections, server shutdown, serialization failures, deadlocks.
         return StoreUnavailable(message)
+    if isinstance(exc, psycopg.errors.UndefinedTable) and "wr124_" in str(exc):
+        return StoreRejected(f"PostgreSQL: {str(exc).splitlines()[0]}: the schema is not there; with"
+                             " SESSION_STATE_MIGRATE off, run `wr124-session migrate --db URL` first", status_code=422)
     if isinstance(exc, psycopg.errors.UntranslatableCharacter):  # the message would quote the whole row
         return StoreRejected("PostgreSQL cannot store the character U+0000 (NUL) in a JSON string (jsonb)",
                              status_code=422)
