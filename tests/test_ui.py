@@ -247,6 +247,24 @@ class TestWhatTheViewShows:
             expect(page.locator("#page-info")).to_have_text("1–20 of 45")
             assert page.locator("#sessions button").first.get_attribute("data-session") == newest
 
+    def test_a_page_whose_sessions_were_all_deleted_goes_back_to_the_last_one(self, page: Page,
+                                                                              tmp_path: Path) -> None:
+        """On page 2, its 5 sessions are deleted: the next list poll shows the last page that exists (it showed
+        "21–20 of 20" and "No sessions in project", with 20 sessions left)."""
+        with ServerThread(tmp_path / "shrink.db") as srv:
+            docs = [state_doc(f"s{n:02d}", 0) for n in range(25)]
+            ids = httpx.post(f"{srv.url}/default/json-documents/batch", json={"documents": docs}).json()["ids"]
+            page.goto(f"{srv.url}/ui")
+            expect(page.locator("#page-info")).to_have_text("1–20 of 25")
+            page.click("#next")
+            expect(page.locator("#page-info")).to_have_text("21–25 of 25")
+            on_page = {page.locator("#sessions button").nth(i).get_attribute("data-session") for i in range(5)}
+            for doc_id, doc in zip(ids, docs, strict=True):
+                if doc["session_id"] in on_page:
+                    httpx.delete(f"{srv.url}/default/json-documents/{doc_id}").raise_for_status()
+            expect(page.locator("#page-info")).to_have_text("1–20 of 20", timeout=8000)
+            expect(page.locator("#sessions button")).to_have_count(20)
+
     def test_offline_stays_offline_with_no_session_open(self, page: Page, tmp_path: Path) -> None:
         """The server stops while no session is open: the status says offline, and stays so (the idle session
         poll said "live" every 0.7 s: 25 of 30 looks showed "● live" with the server down)."""

@@ -135,6 +135,11 @@ async function loadSessions() {
   const asked = ++sessionsAsked;
   const page = await api(projectPath("/sessions"), { search: view.search, limit: PAGE, skip: view.skip });
   if (asked !== sessionsAsked) return;  // another page, search or project was asked for meanwhile
+  if (!page.data.length && view.skip > 0 && page.total > 0) {
+    // The page's sessions were deleted (or pruned): go back to the last page that has some.
+    view.skip = Math.floor((page.total - 1) / PAGE) * PAGE;
+    return loadSessions();
+  }
   view.sessions = page.data;
   view.total = page.total;
   renderSessions();
