@@ -340,6 +340,17 @@ class TestBadArguments:
         assert system.statistics().failed == 0
         assert sorted(s["n"] for s in await stored_states(config, "s")) == [0, 1]
 
+    async def test_a_handle_keyword_no_upload_takes_is_named(self, memory_config: Config) -> None:
+        """A misspelt keyword of ``submit`` or ``upload`` (typed: mypy catches it) is FAILED naming it and the
+        keywords an upload takes (the message named a private class's ``__init__``)."""
+        async with ActorSystem(memory_config) as system:
+            handle = system.handle("s")
+            assert handle.submit({"n": 0}, "t", "a", agent_descripton="x") is S.FAILED  # type: ignore[call-arg]
+            status, message = await handle.upload({"n": 0}, "t", "a", agent_descripton="x")  # type: ignore[call-arg]
+        assert status is S.FAILED
+        assert message == ("bad arguments: unknown argument(s) agent_descripton (an upload takes agent_color,"
+                           " agent_description, description, parent_seq, tools_count)")
+
     @pytest.mark.parametrize("session_id", ["", 5, None, "a\0b", "s" * 257])
     async def test_session_ids_no_store_can_find_again_are_refused(self, memory_config: Config,
                                                                    session_id: Any) -> None:

@@ -6,6 +6,7 @@ The public surface is re-exported here; everything else lives in private modules
 from __future__ import annotations
 
 from ._config import Config as Config
+from ._document import UploadDetails as UploadDetails
 from ._exceptions import CircuitOpen as CircuitOpen
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import DocumentNotFound as DocumentNotFound
@@ -56,5 +57,6 @@ __all__ = [
     "StoreUnavailable",
     "SystemStatistics",
     "Team",
+    "UploadDetails",
     "WriteObservation",
 ]

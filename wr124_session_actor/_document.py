@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import anyio.lowlevel
 import orjson
@@ -25,6 +25,7 @@ __all__ = [
     "STATE_TAG",
     "EncodedDocument",
     "StateUpload",
+    "UploadDetails",
     "check_agent_name",
     "check_session_id",
     "check_upload",
@@ -378,6 +379,18 @@ def normalize_timestamp(value: str | datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class UploadDetails(TypedDict, total=False):
+    """The optional details of an upload, as keywords of :meth:`SessionHandle.submit` and
+    :meth:`SessionHandle.upload` (``upload_session_state`` takes the same ones)."""
+
+    agent_description: str
+    agent_color: str
+    tools_count: int
+    description: str | None
+    #: The ``seq`` of this agent's state the upload continues (optimistic concurrency), if any.
+    parent_seq: int | None
 
 
 @dataclass(slots=True)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import anyio
 import anyio.lowlevel
 import structlog
 
 from ._actor import CLOSED_MESSAGE
-from ._document import check_session_id, encode_if_small
+from ._document import UploadDetails, check_session_id, encode_if_small
 from ._mailbox import Call, Message, Reply, Upload
 from ._ops import SessionOps, new_upload
 from ._runtime import ActorRuntime
@@ -41,7 +41,8 @@ class SessionHandle:
         self._runtime = runtime
         self.session_id = session_id
 
-    def submit(self, state: object, task: str = "", agent_name: str = "agent", **details: Any) -> Status:
+    def submit(self, state: object, task: str = "", agent_name: str = "agent",
+               **details: Unpack[UploadDetails]) -> Status:
         """Queue an upload and return at once: ``SUCCESS`` when accepted (the outcome is logged).
 
         Past the mailbox bound the upload replaces the queued one of the same agent instead of
@@ -98,7 +99,7 @@ class SessionHandle:
         return Status.TIMEOUT, fallback if timed_out is None else timed_out
 
     async def upload(self, state: object, task: str = "", agent_name: str = "agent",
-                     **details: Any) -> tuple[Status, str]:
+                     **details: Unpack[UploadDetails]) -> tuple[Status, str]:
         """Upload through the batch; returns the id of the document that holds this (or a newer) state."""
         runtime = self._runtime
         if not runtime.config.enabled:

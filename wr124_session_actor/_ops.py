@@ -25,6 +25,7 @@ from ._document import (
     STATE_TAG,
     EncodedDocument,
     StateUpload,
+    UploadDetails,
     check_agent_name,
     check_upload,
     decode,
@@ -72,12 +73,16 @@ def _refused(session_id: str, op: str, reason: object) -> str:
 
 
 def new_upload(session_id: str, op: str, state: object, task: str, agent_name: str,
-               details: dict[str, Any]) -> StateUpload | str:
+               details: Mapping[str, Any]) -> StateUpload | str:
     """The upload a caller's arguments make, or why no store could take them (logged: the call is ``FAILED``).
 
     Nothing else is affected: the session, its actor and its other uploads never see a refused one.
     """
     try:
+        unknown = details.keys() - UploadDetails.__optional_keys__
+        if unknown:
+            raise TypeError(f"unknown argument(s) {', '.join(sorted(unknown))} (an upload takes"
+                            f" {', '.join(sorted(UploadDetails.__optional_keys__))})")
         upload = StateUpload(session_id, state, task, agent_name, **details)
         check_upload(upload)
         return upload
