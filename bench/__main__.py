@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -95,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(unknown)} (choose among {', '.join(SCENARIOS)})")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:  # before a run of minutes
+        parser.error("--plot needs matplotlib: pip install 'wr124-session-actor[plot]'")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     reps = args.reps if args.reps > 0 else _REPS[mode]
     params = Params(mode=mode, reps=reps, reps_given=args.reps > 0)

@@ -78,6 +78,22 @@ class TestBenchSmoke:
             main(["--only", "nope"])
         assert info.value.code == 2
 
+    def test_plot_without_matplotlib_is_a_usage_error_before_the_run(self, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+        """``--plot`` where matplotlib is not installed exits with status 2 naming the extra, before running
+        anything (the whole run went first, then a traceback)."""
+        import importlib.util
+
+        from bench.__main__ import main
+
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+        with pytest.raises(SystemExit) as info:
+            main(["--smoke", "--plot"])
+        assert info.value.code == 2
+        assert "--plot needs matplotlib: pip install 'wr124-session-actor[plot]'" in capsys.readouterr().err
+
     def test_plot_writes_a_png_per_scenario(self, smoke_run: tuple[subprocess.CompletedProcess[str], Any]) -> None:
         """``--plot`` writes one PNG chart per scenario that ran."""
         proc, _ = smoke_run
