@@ -109,6 +109,17 @@ class TestInspect:
         assert main(["ls", "s", "--url", "memory://"]) == 1
         assert "SESSION_STATE_TIMEOUT" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("session_id", ["", "a\0b", "s" * 257])
+    def test_a_session_id_no_store_holds_is_a_usage_error(self, session_id: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+        """``ls`` and ``prune --session`` with an empty, NUL-holding or overlong session id: a usage error
+        (exit 2) saying why, as for every malformed option (``ls ""`` exited 1 with a ValueError's text)."""
+        for args in (["ls", session_id], ["prune", "--session", session_id]):
+            with pytest.raises(SystemExit) as info:
+                main([*args, "--url", "memory://"])
+            assert info.value.code == 2
+            assert "expected a session id: session_id must" in capsys.readouterr().err
+
     @pytest.mark.parametrize("args", [["ls", "bench"], ["show", "bench"], ["rm", "bench"], ["-v", "ls", "bench"]])
     def test_a_session_or_document_named_bench_is_not_the_bench_command(
             self, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,7 +140,7 @@ class TestInspect:
     @pytest.mark.parametrize("args", [
         ["serve", "--port", "99999"], ["serve", "--port", "-1"], ["demo", "--sessions", "0"],
         ["demo", "--agents", "0"], ["demo", "--messages", "0"], ["ls", "s", "--limit", "-2"],
-        ["prune", "--keep-last", "x"],
+        ["prune", "--keep-last", "x"], ["ls", "s", "--limit", "0"],
     ])
     def test_a_number_out_of_range_is_a_usage_error(self, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         """A port past 65535, no sessions, agents or messages for the demo, or a negative limit is a usage error

@@ -16,6 +16,7 @@ import orjson
 import structlog
 
 from ._config import Config
+from ._document import check_session_id
 from ._exceptions import StoreError
 from ._manager import SessionStateManager
 from ._ops import status_of
@@ -225,9 +226,11 @@ def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def _session_id(text: str) -> str:
-    """An argparse type: a session id (not empty), else a usage error."""
-    if not text:
-        raise argparse.ArgumentTypeError("expected a session id, got ''")
+    """An argparse type: a session id (not empty, no NUL, at most 256 characters), else a usage error."""
+    try:
+        check_session_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a session id: {exc}") from None
     return text
 
 
@@ -280,8 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
 
     ls = with_url(sub.add_parser("ls", help="list a session's states, newest first"))
-    ls.add_argument("session_id")
-    ls.add_argument("--limit", type=_whole(0), default=20)
+    ls.add_argument("session_id", type=_session_id)
+    ls.add_argument("--limit", type=_whole(1), default=20)
     ls.add_argument("--agent", help="only this agent's states")
     show = with_url(sub.add_parser("show", help="print one document"))
     show.add_argument("doc_id")
