@@ -210,6 +210,17 @@ class TestApiKey:
             page.keyboard.press("Enter")
             expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
 
+    def test_a_wrong_key_is_asked_again_saying_it_was_refused(self, browser: Browser, demo_db: Path) -> None:
+        """A wrong key: the dialog comes back saying the key was refused (it came back blank, as if never
+        asked)."""
+        with asked_for_the_key(browser, demo_db) as page:
+            expect(page.locator("#key-why")).to_have_text("")
+            page.fill("#key", "wrong")
+            page.keyboard.press("Enter")
+            expect(page.locator("#key-why")).to_contain_text("That key was refused")
+            page.fill("#key", "s3cret")
+            page.keyboard.press("Enter")
+            expect(page.locator('#sessions [data-session="demo-1"]')).to_be_visible()
 
 def state_doc(session_id: str, n: int) -> dict[str, object]:
     """A state of agent "a" in ``session_id``."""

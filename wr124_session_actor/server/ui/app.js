@@ -106,7 +106,7 @@ async function api(path, params) {
     }
     const response = await fetch(url, { headers: key ? { Authorization: `Bearer ${key}` } : {} });
     if (response.status === 401) {
-      await askKey();
+      await askKey(key ? "That key was refused: the server's is another one." : "");
       continue;
     }
     const body = await response.json().catch(() => ({}));
