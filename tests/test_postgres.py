@@ -30,6 +30,7 @@ from wr124_session_actor import (
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor.stores import PostgresDocuments, Query, SqliteDocuments, open_store
+from wr124_session_actor.stores import _postgres as postgres_module
 
 from .pgcluster import PgCluster, create_database, drop_database, free_port
 from .test_manager import original_usage
@@ -285,10 +286,11 @@ class TestDatabaseDown:
         await manager.aclose()
 
     async def test_a_call_waiting_through_a_long_outage_is_served_when_the_database_is_back(
-            self, own_postgres: PgCluster) -> None:
-        """A call that began during an outage longer than the pool's reconnect attempts (5 s) is served
-        soon after the database is back: the pool had given up, and nothing tried again for a caller
+            self, own_postgres: PgCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A call that began during an outage longer than the pool's reconnect attempts (5 s; 1 s here) is
+        served soon after the database is back: the pool had given up, and nothing tried again for a caller
         already waiting, who waited out its whole timeout (TIMEOUT after 30 s, the next call at once)."""
+        monkeypatch.setattr(postgres_module, "_RECONNECT_TIMEOUT", 1.0)
         config = pg_config(own_postgres.url, timeout=30.0, retries=100)  # tried again until its timeout
         manager = SessionStateManager("s", config)
         assert (await manager.upload_session_state({"a": 0}, "t", "agent"))[0] == S.SUCCESS
@@ -302,7 +304,7 @@ class TestDatabaseDown:
                     answer.append(time.monotonic())
 
                 tg.start_soon(upload)
-                await anyio.sleep(7.0)  # past the pool's reconnect_timeout: its attempts have given up
+                await anyio.sleep(2.5)  # past the pool's reconnect_timeout: its attempts have given up
                 assert answer == []
                 own_postgres.start()
                 restarted, back = True, time.monotonic()
