@@ -317,8 +317,9 @@ class TestDatabaseDown:
         await manager.aclose()
 
     async def test_connection_failures_name_their_cause(self, own_postgres: PgCluster) -> None:
-        """A database that does not exist, a role that does not exist, nothing listening: the status's message
-        says so (it was "timed out after 5s" with no cause, and the CLI said only "PoolTimeout")."""
+        """A database that does not exist, a role that does not exist, nothing listening: the call's status
+        says why, at once (every call was "timed out after 5s" with no cause, and the CLI said only
+        "PoolTimeout")."""
         base = own_postgres.url.rsplit("/", 1)[0]
         cases = {
             f"{base}/no_such_db": 'database "no_such_db" does not exist',

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -18,6 +19,7 @@ from wr124_session_actor._document import EncodedDocument
 from wr124_session_actor._exceptions import StoreRejected, StoreUnavailable
 from wr124_session_actor._write_stage import MAX_PACE
 from wr124_session_actor.stores import DocumentStore, HttpStore, MemoryStore, open_store
+from wr124_session_actor.transports import Params, Response
 
 from .conftest import stored_states
 from .test_http_store import NoBatchTransport
@@ -151,6 +153,50 @@ class TestMerging:
         assert [n for session, n in transport.posted if session == "big"] == list(range(120))  # each once, in order
         last_big = max(i for i, (session, _) in enumerate(transport.posted) if session == "big")
         assert all(i < last_big for i, (session, _) in enumerate(transport.posted) if session != "big")
+
+    @pytest.mark.parametrize("failing", ["the rest once", "the rest for good"])
+    async def test_the_first_writes_first_documents_are_not_sent_again(self, failing: str) -> None:
+        """The first write's first documents are stored, and its rest fails: a server that makes its own ids
+        (a new document per POST) holds each state once, after the retry or after the exit; and those stored
+        are answered as stored at the exit (28 documents were stored for 20 states, or 8 stored were logged
+        as lost)."""
+        stored: list[object] = []
+        batches = 0
+
+        class OwnIdsServer:
+            name = "mock"
+
+            async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                              content: bytes | None = None) -> Response:
+                nonlocal batches
+                await anyio.lowlevel.checkpoint()
+                if url.endswith("/health"):  # the circuit breaker's probe
+                    return Response(200, {}, b'{"status": "ok"}')
+                assert url.endswith("/batch") and content is not None
+                batches += 1
+                if batches == 2 or (batches > 2 and failing == "the rest for good"):
+                    return Response(503, {}, b"")
+                docs = orjson.loads(content)["documents"]
+                stored.extend(doc["content"]["state"]["n"] for doc in docs)
+                return Response(201, {}, orjson.dumps({"ids": [f"own-{len(stored) - i}" for i in range(len(docs))]}))
+
+            async def aclose(self) -> None:
+                await anyio.lowlevel.checkpoint()
+
+        store = HttpStore("http://127.0.0.1:1", "p", OwnIdsServer)
+        config = Config(api_url="http://127.0.0.1:1", keep="all", retries=0, retry_backoff=0.01, debounce=0.0,
+                        shutdown_timeout=1.0)
+        async with ActorSystem(config, store=store) as system:
+            handle = system.handle("s")
+            for n in range(20):
+                assert handle.submit({"n": n}, "t", "a") is S.SUCCESS
+        stats = system.statistics()
+        if failing == "the rest once":
+            assert sorted(stored) == list(range(20))  # type: ignore[type-var]
+            assert (stats.documents, stats.failed) == (20, 0)
+        else:
+            assert sorted(stored) == list(range(8))  # type: ignore[type-var]
+            assert (stats.documents, stats.failed) == (8, 12)
 
     async def test_two_slots_freed_at_once_start_two_writes(self, memory_config: Config) -> None:
         """Two writes in flight end together while two batches wait: both start at once (one woken

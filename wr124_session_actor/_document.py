@@ -506,8 +506,8 @@ class EncodedDocument:
     parent_seq: int | None = None
     #: A digest of the encoded state (taken while encoding): equal digests, equal states.
     state_hash: bytes | None = field(default=None, compare=False, repr=False)
-    #: The id a store gave it, once stored by a write of several requests that failed as a whole
-    #: (a POST per document): a retry of that write does not send it again.
+    #: The id an HTTP store gave it, once stored by one request of a write of several (a POST per
+    #: document, a batch per chunk) that failed as a whole: a retry of that write does not send it again.
     stored_as: str | None = field(default=None, compare=False, repr=False)
 
 

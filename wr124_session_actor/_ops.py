@@ -457,8 +457,9 @@ class SessionOps:
                         alone.status, _message("upload", alone), alone.transient)
             else:
                 failure = UploadOutcome(result.status, _message("upload", result), result.transient)
-                for index in prepared.uploads_of_docs:
-                    outcomes[index] = failure
+                for doc, index in zip(docs, prepared.uploads_of_docs, strict=True):
+                    # One an earlier request of the write stored (an HTTP store's) is stored all the same.
+                    outcomes[index] = failure if doc.stored_as is None else UploadOutcome(Status.SUCCESS, doc.stored_as)
         for index, earlier in (prepared.same_as or {}).items():
             same = outcomes[earlier]
             assert same is not None

@@ -143,11 +143,18 @@ class HttpStore:
         while start < len(docs):
             end = _chunk_end(docs, start, self._max_body - _ENVELOPE, self._max_count)
             chunk = docs[start:end]
+            new = [doc for doc in chunk if doc.stored_as is None]  # not stored by an earlier request of this write
             try:
-                got = await self._insert_batch(chunk) if self.batch_supported is not False else None
+                got = await self._insert_batch(new) if new and self.batch_supported is not False else None
             except _TooLarge:
                 continue  # chunk again, within what the server takes
-            ids.extend(await self._insert_singly(chunk) if got is None else got)
+            if got is None:
+                ids.extend(await self._insert_singly(chunk))
+                start = end
+                continue
+            for doc, doc_id in zip(new, got, strict=True):
+                doc.stored_as = doc_id  # a later request of the write failing, its retry does not send it again
+            ids.extend(doc.stored_as or doc.id for doc in chunk)
             start = end
         return ids
 

@@ -20,7 +20,6 @@ import atexit
 import contextlib
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -49,10 +48,9 @@ _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name":
 #: up; the next call then starts a new attempt at once. Short, so that a database back from a restart
 #: is used within seconds rather than after a long backoff.
 _RECONNECT_TIMEOUT: Final = 5.0
-#: Longest single wait for a pooled connection. A call that waits longer asks again: that starts a new
-#: connection attempt where the pool's own gave up (psycopg_pool leaves a caller already waiting to wait
-#: out its whole timeout, though the database is back), and, once attempts failed, tells why.
-_WAIT_SLICE: Final = 1.0
+#: What PostgreSQL says when it refuses a connection only for want of a free slot (max_connections, a
+#: role's connection limit): a wait for one of the pool's connections is the answer, not a failure.
+_NO_FREE_SLOT: Final = ("too many connections", "remaining connection slots are reserved")
 #: Attempts of a batch that raced another writer inserting the same id (the retry sees it stored).
 _INSERT_ATTEMPTS: Final = 3
 
@@ -99,6 +97,8 @@ class PostgresDocuments:
         # Taken only while the pool is being opened (once), never around a call's queries.
         self._open_lock = threading.Lock()
         self._applied: list[int] = []
+        # The pool's failed connection attempts when a caller last got a connection (see _pooled).
+        self._errors_seen = 0
 
     @classmethod
     def from_config(cls, config: Config, url: str | None = None) -> PostgresDocuments:
@@ -132,6 +132,7 @@ class PostgresDocuments:
                     raise NoClientError(
                         "postgresql:// needs psycopg 3 and psycopg_pool: pip install 'wr124-session-actor[postgres]'"
                     ) from None
+                self._connect_once()  # a database that cannot be reached says why now, not after a timeout
                 made: ConnectionPool[Any] = ConnectionPool(
                     self.url,
                     min_size=1,
@@ -146,6 +147,7 @@ class PostgresDocuments:
                     max_lifetime=self.max_lifetime,
                     timeout=self.timeout,
                     reconnect_timeout=_RECONNECT_TIMEOUT,
+                    reconnect_failed=_ask_again,
                     name="wr124-session-actor",
                 )
                 made.open(wait=False)
@@ -173,23 +175,16 @@ class PostgresDocuments:
 
     @contextlib.contextmanager
     def _pooled(self, pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
-        """A connection of ``pool`` for the block (as ``pool.connection()``), waited for in slices of
-        :data:`_WAIT_SLICE` up to ``timeout``. When the pool's connection attempts failed meanwhile, one
-        attempt of our own names the cause (a refused connection, a wrong password, a database that does
-        not exist) instead of a bare ``PoolTimeout`` at the end of the timeout."""
-        from psycopg_pool import PoolTimeout
+        """A connection of ``pool`` for the block (as ``pool.connection()``: callers are served first come,
+        first served, within ``timeout``).
 
-        deadline = time.monotonic() + self.timeout
-        failed_before = pool.get_stats().get("connections_errors", 0)
-        while True:
-            try:
-                conn = pool.getconn(timeout=max(0.001, min(_WAIT_SLICE, deadline - time.monotonic())))
-                break
-            except PoolTimeout:
-                if time.monotonic() >= deadline:
-                    raise PoolTimeout(f"couldn't get a connection after {self.timeout:.2f} sec") from None
-                if pool.get_stats().get("connections_errors", 0) > failed_before:
-                    self._connect_once()  # raises why connections fail; returns when one succeeds now
+        When the pool failed to connect since a caller last got a connection, one attempt of our own first
+        tells why, at once (a refused connection, a wrong password, a database that does not exist),
+        rather than a bare ``PoolTimeout`` at the end of the wait."""
+        if pool.get_stats().get("connections_errors", 0) > self._errors_seen:
+            self._connect_once()
+        conn = pool.getconn()
+        self._errors_seen = pool.get_stats().get("connections_errors", 0)
         try:
             with conn:
                 yield conn
@@ -197,15 +192,18 @@ class PostgresDocuments:
             pool.putconn(conn)
 
     def _connect_once(self) -> None:
-        """Connect outside the pool and disconnect; raise ``StoreUnavailable`` with psycopg's reason if
-        that fails (transient all the same: a database restarting says so too, and a spooled state must
-        wait for it rather than be given up)."""
+        """Connect outside the pool and disconnect; raise ``StoreUnavailable`` with psycopg's reason if that
+        fails (transient all the same: a database restarting says so too, and a spooled state must wait for
+        it rather than be given up), unless the database only has no free connection slot: the pool's own
+        connections then come back to the caller waiting for one."""
         import psycopg
 
         try:
             psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, math.ceil(self.timeout))).close()
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"PostgreSQL: cannot connect: {str(exc).strip()}") from exc
+            message = str(exc).strip()
+            if not any(busy in message for busy in _NO_FREE_SLOT):
+                raise StoreUnavailable(f"PostgreSQL: cannot connect: {message}") from exc
 
     def migrate(self) -> list[int]:
         """Bring the schema up to date (under an advisory lock); return the versions this call applied."""
@@ -384,6 +382,24 @@ def close_shared_postgres() -> None:
         _SHARED.clear()
     for engine in engines:
         engine.close()
+
+
+def _ask_again(pool: ConnectionPool[Any]) -> None:
+    """The pool's ``reconnect_failed``: its attempts to connect gave up (after ``_RECONNECT_TIMEOUT``).
+    psycopg_pool then tries again only for a new request, and a caller already waiting would wait out its
+    whole timeout though the database came back: while callers wait, a thread asks for a connection,
+    which starts a new attempt (a connection made goes to the oldest waiting caller first)."""
+    if not pool.get_stats().get("requests_waiting", 0):
+        return
+
+    def ask() -> None:
+        try:
+            conn = pool.getconn(timeout=_RECONNECT_TIMEOUT)
+        except Exception:  # timed out (its own give-up asks again), or the pool closed
+            return
+        pool.putconn(conn)
+
+    threading.Thread(target=ask, name="wr124-pg-ask-again", daemon=True).start()
 
 
 # --------------------------------------------------------------------------------------------------
