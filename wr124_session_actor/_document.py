@@ -68,8 +68,14 @@ def encode(value: object) -> bytes:
     """Encode any JSON value with orjson (and the library's extra types).
 
     Raises:
-        StateEncodeError: the value holds something that cannot be encoded; the message names its type.
+        StateEncodeError: the value holds something that cannot be encoded (the message names its type), or
+            two keys of one object that are the same text in JSON (``1`` and ``"1"``).
     """
+    return _encode(value, check_keys=True)
+
+
+def _encode(value: object, *, check_keys: bool) -> bytes:
+    """:func:`encode`; ``check_keys`` false: the caller checked the keys of ``value``'s objects already."""
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except orjson.JSONEncodeError:
@@ -78,8 +84,13 @@ def encode(value: object) -> bytes:
         data = orjson.dumps(value, default=_default, option=_OPTIONS_ANY_KEYS)
     except orjson.JSONEncodeError as exc:
         raise StateEncodeError(f"state is not JSON-serializable: {exc}") from None
-    _check_keys_differ(value)
+    if check_keys:
+        _check_keys_differ(value)
     return data
+
+
+#: What :func:`_check_keys_differ` looks into (a tuple: ``isinstance`` is slower with a union).
+_CONTAINERS: Final = (dict, list, tuple)
 
 
 def _check_keys_differ(value: object) -> None:
@@ -92,12 +103,17 @@ def _check_keys_differ(value: object) -> None:
         if isinstance(item, dict):
             if not all(type(key) is str for key in item):
                 _check_dict_keys(item)
-            stack.extend(item.values())
+            children: Iterable[object] = item.values()
         elif isinstance(item, list | tuple):
-            stack.extend(item)
+            children = item
+        else:
+            continue
+        stack.extend([child for child in children if isinstance(child, _CONTAINERS)])
 
 
 def _check_dict_keys(value: dict[Any, Any]) -> None:
+    if len(orjson.loads(orjson.dumps(dict.fromkeys(value), option=_OPTIONS_ANY_KEYS))) == len(value):
+        return  # no two keys the same text: the common case, in two C calls
     texts: dict[bytes, object] = {}
     for key in value:
         text = orjson.dumps({key: None}, option=_OPTIONS_ANY_KEYS)[1:-6]  # b'"1"' of b'{"1":null}'
@@ -171,14 +187,16 @@ def encode_state_pieces(state: object, depth: int = 0) -> Iterator[bytes]:
             yield b"]"
             return
         assert type(state) is dict
-        if len(state) > _PIECE_ITEMS or not all(type(key) is str for key in state):
-            _check_dict_keys(state)  # its pieces are encoded apart: two keys of one text may be in two of them
+        all_text = all(type(key) is str for key in state)
+        if len(state) > _PIECE_ITEMS or not all_text:
+            if not all_text:  # its pieces are encoded apart: two keys of one text may be in two of them
+                _check_keys_differ(state)
             items = list(state.items())
             yield b"{"
             for start in range(0, len(items), _PIECE_ITEMS):
                 if start:
                     yield b","
-                yield encode(dict(items[start : start + _PIECE_ITEMS]))[1:-1]
+                yield _encode(dict(items[start : start + _PIECE_ITEMS]), check_keys=all_text)[1:-1]
             yield b"}"
             return
         yield b"{"
