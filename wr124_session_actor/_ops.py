@@ -79,8 +79,8 @@ def new_upload(session_id: str, op: str, state: object, task: str, agent_name: s
     Nothing else is affected: the session, its actor and its other uploads never see a refused one.
     """
     try:
-        unknown = details.keys() - UploadDetails.__optional_keys__
-        if unknown:
+        if details and not details.keys() <= UploadDetails.__optional_keys__:  # (most uploads give none)
+            unknown = details.keys() - UploadDetails.__optional_keys__
             raise TypeError(f"unknown argument(s) {', '.join(sorted(unknown))} (an upload takes"
                             f" {', '.join(sorted(UploadDetails.__optional_keys__))})")
         upload = StateUpload(session_id, state, task, agent_name, **details)
