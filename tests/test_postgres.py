@@ -179,6 +179,24 @@ class TestEngine:
         with pytest.raises(StoreRejected, match="conflict"):
             engine.insert_many("p", [stale])
 
+    @pytest.mark.parametrize("refusal", ["FATAL:  sorry, too many clients already",
+                                         'FATAL:  too many connections for role "r"',
+                                         "FATAL:  remaining connection slots are reserved for superuser"])
+    def test_a_database_with_no_free_slot_is_waited_for(self, refusal: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        """A connection refused for want of a free slot (the server's max_connections, a role's limit) is not a
+        failure of the call: the pool's own connections come back to it (the server's "too many clients" made
+        calls fail at once)."""
+        def refused(*_args: object, **_kwargs: object) -> None:
+            raise psycopg.OperationalError(f"connection failed: {refusal}")
+
+        monkeypatch.setattr(psycopg, "connect", refused)
+        PostgresDocuments("postgresql://postgres@127.0.0.1:1/x")._connect_once()  # no error: wait for the pool
+        monkeypatch.setattr(psycopg, "connect", lambda *a, **k: (_ for _ in ()).throw(
+            psycopg.OperationalError('FATAL:  database "x" does not exist')))
+        with pytest.raises(StoreUnavailable, match='cannot connect: FATAL:  database "x" does not exist'):
+            PostgresDocuments("postgresql://postgres@127.0.0.1:1/x")._connect_once()
+
     def test_a_string_jsonb_cannot_hold_is_rejected(self, engine: PostgresDocuments) -> None:
         """A state holding a NUL character (jsonb cannot store \\u0000): rejected for good, not transient."""
         with pytest.raises(StoreRejected, match="PostgreSQL"):

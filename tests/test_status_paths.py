@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import sys
 from pathlib import Path
@@ -21,6 +22,13 @@ from .faultserver import BrokenTransport, closed_port_url, fault_server
 from .test_manager import BACKEND_CLIENTS, manager_in
 
 pytestmark = pytest.mark.anyio
+
+
+@dataclasses.dataclass
+class Notes:
+    """A dataclass in a state (orjson encodes it natively)."""
+
+    by_id: dict[object, str]
 
 
 class Opaque:
@@ -297,10 +305,11 @@ class TestBadArguments:
     @pytest.mark.parametrize("mode", ["direct", "actor"])
     async def test_a_state_whose_keys_collide_in_json_fails(self, sqlite_config: Config, mode: str) -> None:
         """Keys 1 and "1" of one object are one key in JSON: such a state is FAILED naming them (it was stored as
-        SUCCESS with one of the two values lost), also inside a large state encoded in pieces."""
+        SUCCESS with one of the two values lost), also inside a large state encoded in pieces, and inside a
+        dataclass (orjson writes its fields itself)."""
         large: dict[object, object] = {**{f"k{n}": n for n in range(300)}, 7: "int", "7": "text"}
         async with manager_in(mode, sqlite_config) as manager:
-            for state in ({"n": 0, "d": {1: "int", "1": "text"}}, large):
+            for state in ({"n": 0, "d": {1: "int", "1": "text"}}, large, {"notes": Notes({1: "int", "1": "text"})}):
                 status, message = await manager.upload_session_state(state, "t", "coder")
                 assert status is S.FAILED and "keys" in message and "both" in message, message
             assert (await manager.upload_session_state({1: "int", 2: "two"}, "t", "coder"))[0] is S.SUCCESS

@@ -7,6 +7,7 @@ body travels as bytes from here to the store (HTTP body, sqlite column) untouche
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -89,8 +90,8 @@ def _encode(value: object, *, check_keys: bool) -> bytes:
     return data
 
 
-#: What :func:`_check_keys_differ` looks into (a tuple: ``isinstance`` is slower with a union).
-_CONTAINERS: Final = (dict, list, tuple)
+#: What :func:`_check_keys_differ` need not look into (a tuple: ``isinstance`` is slower with a union).
+_SCALARS: Final = (str, int, float, type(None))
 
 
 def _check_keys_differ(value: object) -> None:
@@ -106,9 +107,11 @@ def _check_keys_differ(value: object) -> None:
             children: Iterable[object] = item.values()
         elif isinstance(item, list | tuple):
             children = item
+        elif dataclasses.is_dataclass(item):  # orjson writes a dataclass's fields itself
+            children = [getattr(item, f.name) for f in dataclasses.fields(item)]
         else:
             continue
-        stack.extend([child for child in children if isinstance(child, _CONTAINERS)])
+        stack.extend([child for child in children if not isinstance(child, _SCALARS)])
 
 
 def _check_dict_keys(value: dict[Any, Any]) -> None:

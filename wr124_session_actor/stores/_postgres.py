@@ -50,7 +50,7 @@ _ORDER: Final = {"created_at": "created_at", "updated_at": "updated_at", "name":
 _RECONNECT_TIMEOUT: Final = 5.0
 #: What PostgreSQL says when it refuses a connection only for want of a free slot (max_connections, a
 #: role's connection limit): a wait for one of the pool's connections is the answer, not a failure.
-_NO_FREE_SLOT: Final = ("too many connections", "remaining connection slots are reserved")
+_NO_FREE_SLOT: Final = ("too many connections", "too many clients already", "remaining connection slots are reserved")
 #: Attempts of a batch that raced another writer inserting the same id (the retry sees it stored).
 _INSERT_ATTEMPTS: Final = 3
 
