@@ -12,7 +12,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from wr124_session_actor import ActorSystem, Config, ConfigError, Query
+from wr124_session_actor import ActorSystem, Config, ConfigError, Query, StoreRejected
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor._outbox import Outbox
@@ -124,6 +124,33 @@ class TestOutbox:
                   for d in (await store.query(Query(limit=10, sort_order=1))).data]
         assert states == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2)]
         assert replayed == 4 and Outbox(path).count() == 0
+
+    async def test_a_replay_refused_for_its_key_keeps_the_rows_and_goes_on_later(self, tmp_path: Path) -> None:
+        """The store refuses the caller (401: a server restarted with another API key): the spooled rows stay and
+        the replay tries again, and stores them all once the key is right (each was let go as refused for good,
+        logged, and lost)."""
+        path = str(tmp_path / "o.db")
+        spool = Outbox(path)
+        for u in uploads(5):
+            spool.add(u)
+        await spool.aclose()
+        store = MemoryStore("replay-key")
+        refusals = 0
+        insert_many = store.insert_many
+
+        async def wrong_key_at_first(docs: Any) -> Any:
+            nonlocal refusals
+            if refusals < 3:
+                refusals += 1
+                raise StoreRejected("HTTP 401: wrong API key", status_code=401)
+            return await insert_many(docs)
+
+        store.insert_many = wrong_key_at_first  # type: ignore[method-assign]
+        with anyio.fail_after(5):
+            assert await Outbox(path).replay(store, retry_backoff=0.01) == 5
+        assert refusals == 3 and Outbox(path).count() == 0
+        result = await store.query(Query(limit=10, sort_order=1))
+        assert [d["content"]["state"]["n"] for d in result.data] == list(range(5))
 
     async def test_replay_writes_in_order_and_empties(self, tmp_path: Path) -> None:
         """What a previous run spooled is written on the next start, oldest first, once."""

@@ -57,10 +57,20 @@ async def _insert_each(store: DocumentStore, docs: Iterable[EncodedDocument]) ->
         try:
             await store.insert_many([doc])
         except StoreError as exc:
-            if exc.transient:
+            if exc.transient or _refuses_the_caller(exc):
                 raise
             logger.warning("session_state.outbox", status="failed", op="replay", ids=[doc.id],
                            session_id=doc.session_id, error=error_message(exc))
+
+
+#: Refusals of the caller (its key, its project), not of a document: the rows stay spooled, tried again.
+_CALLER_REFUSALS: Final = frozenset({401, 403, 407})
+
+
+def _refuses_the_caller(exc: StoreError) -> bool:
+    """Whether ``exc`` refuses whoever asks, not the document (a server restarted with another API key):
+    replaying on would let every spooled state go, each logged as refused."""
+    return getattr(exc, "status_code", None) in _CALLER_REFUSALS
 
 
 def _parent_seq(body: bytes) -> int | None:
@@ -263,7 +273,7 @@ class Outbox:
                     try:
                         await store.insert_many(docs)
                     except StoreError as exc:
-                        if exc.transient:
+                        if exc.transient or _refuses_the_caller(exc):
                             raise
                         await _insert_each(store, docs)  # one refused document must not hold the others back
                 # Stored (or refused for good): a spool that fails now keeps the rows, which the ids keep from
