@@ -65,13 +65,18 @@ class TestSystemCollector:
         assert samples[PREFIX + 'failed_total{status="failed"}'] == 1
 
     async def test_one_system_per_registry(self, memory_config: Config) -> None:
-        """Registering a second system in the same registry is refused; unregistering works."""
+        """Registering a second system in the same registry is refused (and leaves nothing behind); unregistering
+        and detaching works."""
         registry = CollectorRegistry()
         async with ActorSystem(memory_config) as first, ActorSystem(memory_config) as second:
             collector = register(first, registry)
             with pytest.raises(ValueError, match="Duplicated"):
                 register(second, registry)
+            # The refused collector does not go on observing the system's writes (it did, for nobody).
+            assert second._counters.write_observers == []
             registry.unregister(collector)
+            collector.detach()
+            assert first._counters.write_observers == []
             register(second, registry)
 
     def test_names_follow_prometheus_conventions(self) -> None:

@@ -302,3 +302,9 @@ class ActorRuntime:
     def add_write_observer(self, observer: Callable[[WriteObservation], None]) -> None:
         """Call ``observer`` after every store write (synchronously: keep it cheap, it must not raise)."""
         self._counters.write_observers.append(observer)
+
+    def remove_write_observer(self, observer: Callable[[WriteObservation], None]) -> None:
+        """Stop calling ``observer`` (added with :meth:`add_write_observer`); nothing if it is not there."""
+        observers = self._counters.write_observers
+        if observer in observers:
+            observers.remove(observer)

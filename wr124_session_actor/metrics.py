@@ -92,6 +92,10 @@ class SystemCollector(Collector):
         )
         system.add_write_observer(self._observe)
 
+    def detach(self) -> None:
+        """Stop observing the system's writes (after ``registry.unregister(collector)``, say)."""
+        self._system.remove_write_observer(self._observe)
+
     def _observe(self, observation: WriteObservation) -> None:
         self._latency.observe(observation.duration_s)
         self._batch.observe(observation.documents)
@@ -137,8 +141,12 @@ def register(system: ActorSystem, registry: CollectorRegistry | None = None) -> 
         registry: where to register; ``prometheus_client.REGISTRY`` by default.
 
     Returns:
-        The collector (``registry.unregister(collector)`` removes it).
+        The collector (``registry.unregister(collector)``, then ``collector.detach()``, removes it).
     """
     collector = SystemCollector(system)
-    (REGISTRY if registry is None else registry).register(collector)
+    try:
+        (REGISTRY if registry is None else registry).register(collector)
+    except ValueError:
+        collector.detach()  # not registered: it must not go on observing the system's writes
+        raise
     return collector
