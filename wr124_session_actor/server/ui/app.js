@@ -230,14 +230,17 @@ async function fetchStates(first) {
     // created_after is inclusive and a batch shares one created_at: only higher seqs are new.
     fresh = page.data.filter((d) => (typeof d.seq === "number" && typeof newest.seq === "number"
       ? d.seq > newest.seq : !view.docs.some((known) => known.id === d.id)));
-    if (count.total !== view.stateTotal + fresh.length) {
+    const expected = view.stateTotal + fresh.length;
+    if (count.total < expected || fresh.length >= STATES_POLL_LIMIT) {
       // Some were deleted meanwhile (retention, a prune, a delete), or more came than one poll takes:
       // load the newest again, in place of what is shown.
       view.docs = [];
       return fetchStates(true);
     }
+    // More counted than read: stored between the two requests; the next poll reads them (and highlights
+    // them: reloading here showed a new state without its highlight).
     if (!fresh.length) return;
-    view.stateTotal = count.total;
+    view.stateTotal = expected;
   }
   addStates(fresh, first);
 }
