@@ -13,7 +13,7 @@ import structlog
 from ._batching import PendingBatch, PendingUpload
 from ._document import StateUpload
 from ._mailbox import Call, Mailbox, Message, Reply, Upload
-from ._ops import PreparedWrite, SessionOps, StoreOutcome, UploadOutcome
+from ._ops import PreparedWrite, SessionOps, StoreOutcome, UploadOutcome, stored_before
 from ._outbox import Outbox
 from ._statistics import SystemCounters
 from ._status import SessionStateStatus
@@ -329,12 +329,17 @@ class SessionActor:
             self._job = None
         left = self._batch.clear()
         self.counters.pending -= len(left)
-        # Those a write stored before it failed part-way (single POSTs) are stored: answered so, not lost.
-        stored = [(p, UploadOutcome(Status.SUCCESS, doc_id)) for p in left
-                  if p.upload.encoded is not None and (doc_id := p.upload.encoded.stored_as) is not None]
+        # Those a write stored before it failed part-way are stored: answered so, not lost.
+        stored: list[tuple[PendingUpload[Reply], UploadOutcome]] = []
+        unwritten: list[PendingUpload[Reply]] = []
+        for pending in left:
+            if (outcome := stored_before(pending.upload.encoded)) is not None:
+                stored.append((pending, outcome))
+            else:
+                unwritten.append(pending)
         if stored:
             self._answer(stored)
-            left = [p for p in left if p.upload.encoded is None or p.upload.encoded.stored_as is None]
+        left = unwritten
         if not left:
             return
         self.counters.fail(Status.FAILED, len(left))

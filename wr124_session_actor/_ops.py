@@ -106,6 +106,14 @@ class UploadOutcome:
     unchanged: bool = False
 
 
+def stored_before(doc: EncodedDocument | None) -> UploadOutcome | None:
+    """``SUCCESS`` naming the document an earlier request of a write that failed as a whole stored (an HTTP
+    store's ``stored_as``: the write's retry does not send it again), else ``None``."""
+    if doc is None or doc.stored_as is None:
+        return None
+    return UploadOutcome(Status.SUCCESS, doc.stored_as)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreOutcome:
     """The result of one store call with its retries: a status, the value or error message, and how it went."""
@@ -458,8 +466,7 @@ class SessionOps:
             else:
                 failure = UploadOutcome(result.status, _message("upload", result), result.transient)
                 for doc, index in zip(docs, prepared.uploads_of_docs, strict=True):
-                    # One an earlier request of the write stored (an HTTP store's) is stored all the same.
-                    outcomes[index] = failure if doc.stored_as is None else UploadOutcome(Status.SUCCESS, doc.stored_as)
+                    outcomes[index] = stored_before(doc) or failure
         for index, earlier in (prepared.same_as or {}).items():
             same = outcomes[earlier]
             assert same is not None

@@ -409,8 +409,9 @@ def _ask_again(pool: ConnectionPool[Any]) -> None:
 # counter with it), so that a session begun again never gives a seq it gave before (a stale parent_seq
 # would continue the new states). The floor is read once (a CTE used twice is materialized), and returned
 # with whether the row is new (xmax = 0: no transaction updated it), see _store_new.
-_UPSERT_COUNTERS: Final = """
-WITH f AS (SELECT coalesce(max(floor), 0) AS floor FROM wr124_seq_floors WHERE project = %s)
+_FLOOR: Final = "SELECT coalesce(max(floor), 0) AS floor FROM wr124_seq_floors WHERE project = %s"
+_UPSERT_COUNTERS: Final = f"""
+WITH f AS ({_FLOOR})
 INSERT INTO wr124_session_seqs AS c (project, session_id, last_seq, last_created)
 SELECT %s, s.session_id, s.n + f.floor, '-infinity'
 FROM unnest(%s::text[], %s::bigint[]) AS s(session_id, n), f
@@ -418,7 +419,6 @@ ORDER BY s.session_id
 ON CONFLICT (project, session_id) DO UPDATE SET last_seq = c.last_seq + excluded.last_seq - (SELECT floor FROM f)
 RETURNING session_id, last_seq, c.xmax = 0, (SELECT floor FROM f)
 """
-_FLOOR: Final = "SELECT coalesce(max(floor), 0) FROM wr124_seq_floors WHERE project = %s"
 _RAISE_COUNTERS: Final = ("UPDATE wr124_session_seqs SET last_seq = last_seq + %s"
                           " WHERE project = %s AND session_id = ANY(%s)")
 
@@ -561,6 +561,6 @@ def _store_error(exc: Exception) -> StoreError:
         return StoreRejected("PostgreSQL cannot store the character U+0000 (NUL) in a JSON string (jsonb)",
                              status_code=422)
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError | psycopg.ProgrammingError):
-        # The data itself was refused (e.g. a JSON string holding \\u0000, which jsonb cannot store).
+        # The data itself was refused (a value out of range, a constraint).
         return StoreRejected(message, status_code=422)
     return StoreUnavailable(message)
