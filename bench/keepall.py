@@ -200,6 +200,12 @@ def run(params: Params) -> ScenarioResult:
     lib = result.median("lib", "docs_per_s")
     vs_a = ratio(lib, result.median("a", "docs_per_s"))
     vs_raw = ratio(lib, result.median("raw", "docs_per_s"))
+    # The two targets in one unit: where 20× (a) lies against the floor of raw inserts in this run.
+    needed = 20 * result.median("a", "docs_per_s")
+    result.notes.append(
+        f"20× (a) is {needed:,.0f} documents/s in this run: {ratio(needed, result.median('raw', 'docs_per_s')):.0%}"
+        " of raw batched sqlite inserts into the same file, without HTTP or a client."
+    )
     result.targets = [
         Target("keep-all vs (a)", "≥ 20× (a)'s documents/s", fmt_ratio(vs_a), met(vs_a, lambda v: v >= 20)),
         Target("keep-all vs raw sqlite", "≥ 50% of raw batched inserts", f"{vs_raw:.0%}",
