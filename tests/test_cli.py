@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from wr124_session_actor import cli
+from wr124_session_actor._document import EncodedDocument
 from wr124_session_actor.cli import main
+from wr124_session_actor.stores import SqliteDocuments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +41,26 @@ class TestDemo:
         assert 1 <= writes < submitted
         assert (tmp_path / "wr124_sessions.db").exists()
 
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_a_store_that_is_down_counts_what_was_lost(self, backend: str, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+        """Against a store that is down, the figures count the states the final flush gave up as failed, and an
+        ``error:`` line says so (it printed "failed: 0", read before the flush, and no error line)."""
+        for variable, value in (("SESSION_STATE_TIMEOUT", "0.5"), ("SESSION_STATE_SHUTDOWN_TIMEOUT", "0.5"),
+                                ("SESSION_STATE_RETRY_BACKOFF", "0.05")):
+            monkeypatch.setenv(variable, value)
+        code = main(["demo", "--url", "http://127.0.0.1:9", "--sessions", "1", "--agents", "1", "--messages", "1",
+                     "--backend", backend])
+        captured = capsys.readouterr()
+        assert code == 1
+        figures = {name: int(value) for name, value in (line.split(":", 1) for line in captured.out.splitlines()
+                                                             if line.startswith(("states", "failed", "coalesced")))}
+        assert figures["failed"] == figures["states submitted"] - figures["coalesced (replaced)"] > 0
+        errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+        assert errors[0] == (f"error: {figures['failed']} states were not stored in http://127.0.0.1:9"
+                             " (the log says why)")
+        assert errors[1].startswith("error: ") and "could not restore the latest state of demo-1" in errors[1]
 
     def test_trio_without_trio_is_an_error_line(self, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,6 +118,28 @@ class TestInspect:
         assert missing.returncode == 1
         assert "failed: no document" in missing.stderr
 
+    def test_documents_of_another_client_are_listed(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """``ls`` and ``show`` print documents another json-documents client stored with fields of other types
+        (an agent name null or a list, a size that is an object, a tag that is a number): ``ls`` raised
+        TypeError from its format string, with a traceback."""
+        engine = SqliteDocuments(tmp_path / "other.db")
+        contents = [{"agent_name": None, "task": 7}, {"agent_name": ["a", "b"]}, {"agent_name": "ok", "task": "t"}]
+        docs = [EncodedDocument(f"d{n}", "s", "session_state", ("session_state",), orjson.dumps(
+            {"name": "session_state", "content": content, "session_id": "s", "tags": ["session_state", 5],
+             "metadata": {"state_size": {"n": 1}}, "document_type": "session_state"}))
+            for n, content in enumerate(contents)]
+        engine.insert_many("default", docs)
+        engine.close()
+        url = f"sqlite:///{tmp_path / 'other.db'}"
+        assert main(["ls", "s", "--url", url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 3
+        assert {line.split()[0] for line in lines} == {"d0", "d1", "d2"}
+        assert any('["a","b"]' in line for line in lines) and all('{"n":1} B' in line for line in lines)
+        assert main(["show", "d0", "--url", url]) == 0
+        shown = capsys.readouterr().out
+        assert "agent:      \n" in shown and "task:       7\n" in shown and "tags:       session_state, 5\n" in shown
+
     def test_unreachable_server_is_a_status_not_a_traceback(self, tmp_path: Path) -> None:
         """ls against a server that is not there prints a short error and exits 1."""
         result = run_cli("ls", "s", "--url", "http://127.0.0.1:9", cwd=tmp_path)
@@ -108,6 +153,25 @@ class TestInspect:
         monkeypatch.setenv("SESSION_STATE_TIMEOUT", "never")
         assert main(["ls", "s", "--url", "memory://"]) == 1
         assert "SESSION_STATE_TIMEOUT" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("value", ["", " ", "localhost:8000"])
+    def test_the_store_given_replaces_the_environments(self, tmp_path: Path, value: str,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+        """``--url`` is used whatever SESSION_API_URL holds, and ``migrate --db`` does not read it (an empty or
+        malformed SESSION_API_URL failed every command, even with ``--url`` or ``--db`` given); with neither, an
+        empty one is the default and a malformed one is named."""
+        monkeypatch.setenv("SESSION_API_URL", value)
+        monkeypatch.chdir(tmp_path)
+        assert main(["ls", "s", "--url", "memory://"]) == 0
+        assert main(["migrate", "--db", str(tmp_path / "m.db")]) == 0
+        assert capsys.readouterr().err == ""
+        if value.strip():
+            assert main(["ls", "s"]) == 1
+            assert "SESSION_API_URL must be" in capsys.readouterr().err
+        else:  # the command line's default: the local sqlite file, which a listing does not make
+            assert main(["ls", "s"]) == 1
+            assert "no sqlite database at 'wr124_sessions.db'" in capsys.readouterr().err
 
     @pytest.mark.parametrize("session_id", ["", "a\0b", "s" * 257])
     def test_a_session_id_no_store_holds_is_a_usage_error(self, session_id: str,

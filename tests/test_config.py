@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -63,6 +64,14 @@ class TestFromEnv:
             ("SESSION_API_URL", "http://127.0.0.1:70000"),
             ("SESSION_API_URL", "http://127.0.0.1:0"),
             ("SESSION_API_URL", "http://[::1"),
+            # The API's paths go after the URL: a query or fragment made every call a 404.
+            ("SESSION_API_URL", "http://127.0.0.1:8000/?tenant=1"),
+            ("SESSION_API_URL", "http://127.0.0.1:8000/api#x"),
+            ("SESSION_API_URL", "http://127.0.0.1:8000/?"),
+            # Header values: a control character failed every call ("unexpected error: ValueError").
+            ("SESSION_API_KEY", "sec\nret"),
+            ("SESSION_API_KEY", "sec\x7fret"),
+            ("DEFAULT_PROJECT_ID", "p\x01"),
         ],
     )
     def test_malformed_value_names_the_variable(self, variable: str, value: str) -> None:
@@ -102,6 +111,28 @@ class TestFromEnv:
         config = Config.from_env({"ENABLE_SESSION_STATE_UPLOAD": "", "SESSION_STATE_SKIP_UNCHANGED": " ",
                                   "SESSION_STATE_MIGRATE": ""})
         assert (config.enabled, config.skip_unchanged, config.migrate) == (False, True, True)
+
+    def test_every_variable_set_to_nothing_is_its_default(self) -> None:
+        """A variable set to nothing (or blanks) is unset, whatever its kind (an empty SESSION_API_URL, TIMEOUT or
+        KEEP was a ConfigError, an empty PG_PREPARE_THRESHOLD meant "never prepare")."""
+        variables = ["ENABLE_SESSION_STATE_UPLOAD", "SESSION_API_URL", "DEFAULT_PROJECT_ID", "SESSION_STATE_TIMEOUT",
+                     "SESSION_API_KEY", "SESSION_STATE_SPOOL", "SESSION_STATE_KEEP", "SESSION_STATE_HTTP_CLIENTS",
+                     "SESSION_STATE_MAX_AGE", "SESSION_STATE_IDLE_TTL", "SESSION_STATE_PG_PREPARE_THRESHOLD"]
+        variables += ["SESSION_STATE_" + f.name.upper() for f in dataclasses.fields(Config)
+                      if f.type in ("int", "float") and f.name != "timeout"]
+        for blank in ("", "  "):
+            assert Config.from_env(dict.fromkeys(variables, blank)) == Config(enabled=False)
+
+    def test_keep_takes_any_case(self) -> None:
+        """``SESSION_STATE_KEEP=ALL`` is ``all``, as the switches take ``TRUE``."""
+        assert Config.from_env({"SESSION_STATE_KEEP": "ALL"}).keep == "all"
+
+    def test_an_override_replaces_its_variable(self) -> None:
+        """A setting given to ``from_env`` is not read from the environment, so a malformed variable it replaces
+        is no error (the command line's ``--url`` failed on a malformed SESSION_API_URL)."""
+        config = Config.from_env({"SESSION_API_URL": "localhost:8000", "SESSION_STATE_TIMEOUT": "soon"},
+                                 api_url="memory://", timeout=3.0)
+        assert (config.api_url, config.timeout) == ("memory://", 3.0)
 
     def test_manager_fails_fast_at_construction(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bare manager reads the environment in its constructor and fails there."""

@@ -116,8 +116,11 @@ class Config:
                "SESSION_STATE_PG_PREPARE_THRESHOLD", "a whole number >= 0, or 'none' to never prepare")
         _check(self.keep in ("latest", "all"), "SESSION_STATE_KEEP", "'latest' or 'all'")
         _check(isinstance(self.project_id, str) and self.project_id not in ("", ".", "..")
-               and "/" not in self.project_id,
-               "DEFAULT_PROJECT_ID", "a non-empty name without '/', and not '.' or '..' (a URL's path segment)")
+               and "/" not in self.project_id and _header_safe(self.project_id),
+               "DEFAULT_PROJECT_ID", "a non-empty name without '/' or control characters, and not '.' or '..'"
+               " (a URL's path segment and a header's value)")
+        _check(self.api_key is None or (isinstance(self.api_key, str) and _header_safe(self.api_key)),
+               "SESSION_API_KEY", "text without control characters (a header's value)")
         _check(isinstance(self.http_clients, tuple | list) and bool(self.http_clients)
                and all(c in HTTP_CLIENTS for c in self.http_clients),
                "SESSION_STATE_HTTP_CLIENTS", "a comma-separated subset of " + ",".join(HTTP_CLIENTS))
@@ -130,7 +133,8 @@ class Config:
                    "SESSION_API_URL", "sqlite:///relative.db or sqlite:////absolute/path.db")
         elif scheme in ("http", "https"):
             _check(_is_http_url(self.api_url), "SESSION_API_URL",
-                   "an http(s)://host[:port][/path] URL with a host and a port number from 1 to 65535")
+                   "an http(s)://host[:port][/path] URL with a host, a port number from 1 to 65535 and no"
+                   " ?query or #fragment (the API's paths are added to it)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -144,18 +148,18 @@ class Config:
 
         def read(var: str, field: str, parse: Callable[[str, str], object]) -> None:
             raw = env.get(var)
-            if raw is None or (parse is _parse_bool and not raw.strip()):
-                return  # a switch set to nothing is its default (as the original's ENABLE_SESSION_STATE_UPLOAD)
+            if raw is None or not raw.strip() or field in overrides:
+                return  # set to nothing is unset (as the original's ENABLE_SESSION_STATE_UPLOAD); an override wins
             values[field] = parse(var, raw.strip())
 
         read("ENABLE_SESSION_STATE_UPLOAD", "enabled", _parse_bool)
         values.setdefault("enabled", False)
-        read("SESSION_API_URL", "api_url", _parse_str)
-        read("DEFAULT_PROJECT_ID", "project_id", _parse_str)
+        read("SESSION_API_URL", "api_url", _parse_text)
+        read("DEFAULT_PROJECT_ID", "project_id", _parse_text)
         read("SESSION_STATE_TIMEOUT", "timeout", _parse_float)
-        read("SESSION_API_KEY", "api_key", _parse_optional)
-        read("SESSION_STATE_SPOOL", "spool", _parse_optional)
-        read("SESSION_STATE_KEEP", "keep", _parse_str)
+        read("SESSION_API_KEY", "api_key", _parse_text)
+        read("SESSION_STATE_SPOOL", "spool", _parse_text)
+        read("SESSION_STATE_KEEP", "keep", _parse_word)
         read("SESSION_STATE_HTTP_CLIENTS", "http_clients", _parse_list)
         read("SESSION_STATE_SKIP_UNCHANGED", "skip_unchanged", _parse_bool)
         read("SESSION_STATE_MAX_AGE", "max_age", _parse_duration)
@@ -241,14 +245,20 @@ def _whole(value: object) -> bool:
 
 
 def _is_http_url(url: str) -> bool:
-    """Whether ``url`` names a host (and a valid port, if any): ``http://``, ``http://[::1`` and
-    ``http://host:notaport`` do not."""
+    """Whether ``url`` names a host (and a valid port, if any) and has no query or fragment: ``http://``,
+    ``http://[::1``, ``http://host:notaport`` and ``http://host/?tenant=1`` do not."""
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError:
         return False
-    return bool(parts.hostname) and port != 0
+    return bool(parts.hostname) and port != 0 and "?" not in url and "#" not in url
+
+
+def _header_safe(text: str) -> bool:
+    """Whether ``text`` can be an HTTP header's value: no control character (a newline would end the header;
+    every HTTP client refuses them, at the first request)."""
+    return not any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
 
 
 def _check(ok: bool, variable: str, expected: str) -> None:
@@ -290,19 +300,17 @@ def _parse_duration(var: str, raw: str) -> float | None:
 
 
 def _parse_optional_int(var: str, raw: str) -> int | None:
-    if raw.lower() in ("", "none", "off"):
+    if raw.lower() in ("none", "off"):
         return None
     return _parse_int(var, raw)
 
 
-def _parse_str(var: str, raw: str) -> str:
-    if not raw:
-        raise ConfigError(f"{var} must not be empty")
+def _parse_text(var: str, raw: str) -> str:
     return raw
 
 
-def _parse_optional(var: str, raw: str) -> str | None:
-    return raw or None
+def _parse_word(var: str, raw: str) -> str:
+    return raw.lower()
 
 
 def _parse_list(var: str, raw: str) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -69,10 +70,14 @@ async def run_demo(config: Config, sessions: int = 3, turns: int = 40, agents: i
                   f"{len(history)} messages, last: {history[-1]['content'] if history else ''!r}")
         else:
             print(f"\nrestore failed: {status.value}")
-        stats = system.statistics()
+    stats = system.statistics()  # after the final flush: what it could not write counts as failed
     writes = max(stats.store_writes, 1)
     print(f"\nmessages produced:     {messages}\nstates submitted:      {stats.submitted}\n"
           f"coalesced (replaced):  {stats.coalesced}\ndocuments stored:      {stats.documents}\n"
           f"store writes:          {stats.store_writes}  ({stats.submitted / writes:.0f} states per write)\n"
           f"failed:                {stats.failed}\nwall time:             {elapsed:.2f} s")
+    if stats.failed:
+        sys.stderr.write(f"error: {stats.failed} states were not stored in {config.api_url} (the log says why)\n")
+    if status is not SessionStateStatus.SUCCESS:
+        sys.stderr.write(f"error: {status.value}: could not restore the latest state of {session_ids[0]}\n")
     return 0 if stats.failed == 0 and status is SessionStateStatus.SUCCESS else 1

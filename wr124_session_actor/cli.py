@@ -51,8 +51,15 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    url = args.url or os.environ.get("SESSION_API_URL") or DEFAULT_CLI_URL
+    url = args.url or os.environ.get("SESSION_API_URL", "").strip() or DEFAULT_CLI_URL
     return Config.from_env(enabled=True, api_url=url)
+
+
+def _database_config(*, migrate: bool = True) -> Config:
+    """The settings of a command that names its database itself with ``--db`` (serve, migrate) or only needs
+    a retention rule: the rest from the environment, but not ``SESSION_API_URL`` (the clients' store, not
+    read here: a malformed one is not this command's mistake)."""
+    return Config.from_env(api_url="memory://", migrate=migrate)
 
 
 def _existing(config: Config) -> Config:
@@ -90,11 +97,22 @@ async def _ls(args: argparse.Namespace) -> int:
     if not docs:
         print(f"no states in session {args.session_id!r}")
     for doc in docs:
-        content = doc.get("content", {})
-        size = doc.get("metadata", {}).get("state_size", "?")
-        print(f"{doc['_id']}  {doc.get('created_at', '')}  {content.get('agent_name', ''):<16} "
-              f"{size:>8} B  {str(content.get('task', ''))[:50]}")
+        content, metadata = _object(doc.get("content")), _object(doc.get("metadata"))
+        print(f"{doc['_id']}  {_cell(doc.get('created_at'))}  {_cell(content.get('agent_name')):<16} "
+              f"{_cell(metadata.get('state_size', '?')):>8} B  {_cell(content.get('task'))[:50]}")
     return 0
+
+
+def _object(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (another client may have stored anything)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _cell(value: object) -> str:
+    """A listing's cell: text as it is, nothing for null, any other JSON value as JSON."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
 
 
 async def _show(args: argparse.Namespace) -> int:
@@ -108,10 +126,12 @@ async def _show(args: argparse.Namespace) -> int:
     if args.json:
         _dump(doc)
         return 0
-    content = doc.get("content", {})
-    print(f"id:         {doc['_id']}\nsession:    {doc.get('session_id')}\nname:       {doc.get('name')}\n"
-          f"created_at: {doc.get('created_at')}\nagent:      {content.get('agent_name')}\n"
-          f"task:       {content.get('task')}\ntags:       {', '.join(doc.get('tags', []))}\nstate:")
+    content, tags = _object(doc.get("content")), doc.get("tags")
+    print(f"id:         {doc['_id']}\nsession:    {_cell(doc.get('session_id'))}\n"
+          f"name:       {_cell(doc.get('name'))}\n"
+          f"created_at: {_cell(doc.get('created_at'))}\nagent:      {_cell(content.get('agent_name'))}\n"
+          f"task:       {_cell(content.get('task'))}\n"
+          f"tags:       {', '.join(map(_cell, tags)) if isinstance(tags, list) else _cell(tags)}\nstate:")
     _dump(content.get("state"))
     return 0
 
@@ -134,7 +154,7 @@ async def _rm(args: argparse.Namespace) -> int:
 def _policy(args: argparse.Namespace) -> RetentionPolicy | None:
     """The options --keep-last/--max-age/--idle-ttl over the SESSION_STATE_* settings; ``None`` if neither
     names a rule."""
-    base = Config.from_env().retention
+    base = _database_config().retention
     names = ("keep_last", "max_age", "idle_ttl")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if not given and not base.enabled:
@@ -182,7 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    engine = open_engine(args.db, Config.from_env(migrate=True))
+    engine = open_engine(args.db, _database_config())
     try:
         applied = engine.migrate()
     except StoreError as exc:

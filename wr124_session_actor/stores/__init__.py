@@ -78,7 +78,7 @@ def open_engine(target: str | os.PathLike[str], config: Config | None = None) ->
     """
     text = os.fspath(target)
     if is_postgres_url(text):
-        return PostgresDocuments.from_config(config or Config.from_env(), text)
+        return PostgresDocuments.from_config(config or Config.from_env(api_url=text), text)
     if text.startswith("sqlite:///"):
         text = sqlite_path_from_url(text)
     elif "://" in text:
