@@ -373,12 +373,16 @@ class TestMigrations:
             drop_database(postgres_url, url)
 
     def test_migrate_off_leaves_the_database_alone(self, postgres_db: str) -> None:
-        """migrate=False: nothing is created on first use (calls fail until `migrate` runs)."""
+        """migrate=False: nothing is created on first use; calls and the ping are unavailable (transient: what
+        was accepted meanwhile is retried, not refused for good) until `migrate` runs."""
         made = PostgresDocuments(postgres_db, migrate=False)
         try:
-            with pytest.raises(StoreRejected, match=r"wr124_documents.*run `wr124-session migrate --db URL` first"):
+            with pytest.raises(StoreUnavailable, match=r"wr124_documents.*run `wr124-session migrate --db URL` first"):
                 made.query("p", Query())
+            with pytest.raises(StoreUnavailable, match=r"the schema is at version 0 of 3: .*migrate --db URL"):
+                made.ping()
             assert made.migrate() == [1, 2, 3]
+            made.ping()
             assert made.query("p", Query()) == ([], 0)
         finally:
             made.close()

@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from wr124_session_actor import Config, SessionStateManager
+from wr124_session_actor import ActorSystem, Config, SessionStateManager
 from wr124_session_actor import SessionStateStatus as S
 from wr124_session_actor.server import ServerThread
+from wr124_session_actor.stores import PostgresDocuments
 
 from .pgcluster import PgCluster
 
@@ -171,3 +172,36 @@ class TestOnPostgres:
                 if c.get("/health").status_code == 200:
                     break
             assert c.post(f"/{PROJECT}/json-documents", json=body("h1")).status_code == 201
+
+    @pytest.mark.anyio
+    async def test_states_sent_before_migrate_wait_in_the_spool(self, postgres_db: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        """A replica started with SESSION_STATE_MIGRATE off before `migrate` ran: /health is 503 naming the
+        step, writes are 503 (they were 422, refused for good: spooled states were let go and never stored),
+        and what a client accepted stays in its spool until the schema is there."""
+        monkeypatch.setenv("SESSION_STATE_MIGRATE", "false")
+        spool = str(tmp_path / "spool.db")
+        with ServerThread(postgres_db) as srv:
+            c = httpx.AsyncClient(base_url=srv.url, timeout=20.0)
+            health = await c.get("/health")
+            assert health.status_code == 503
+            assert "the schema is at version 0 of 3" in health.json()["error"]
+            assert (await c.post(f"/{PROJECT}/json-documents", json=body("m1"))).status_code == 503
+            config = Config(api_url=srv.url, project_id=PROJECT, spool=spool, timeout=1.0, shutdown_timeout=0.5,
+                            retry_backoff=0.05, circuit_cooldown=0.05)
+            async with ActorSystem(config) as system:
+                for n in range(5):
+                    assert system.handle("s").submit({"n": n}, "t", f"agent{n}") is S.SUCCESS
+            assert system.statistics().failed == 5
+            migrating = PostgresDocuments(postgres_db)
+            assert migrating.migrate() == [1, 2, 3]
+            migrating.close()
+            assert (await c.get("/health")).status_code == 200
+            await c.aclose()
+            async with ActorSystem(config):  # only replays the spool on its way in and out
+                pass
+            manager = SessionStateManager("s", config.replace(spool=None))
+            status, states = await manager.download_session_states(limit=10)
+            await manager.aclose()
+        assert status is S.SUCCESS
+        assert sorted(state["content"]["state"]["n"] for state in states) == [0, 1, 2, 3, 4]

@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DocumentNotFound",
     "NoClientError",
+    "SchemaBehind",
     "StateEncodeError",
     "StoreBadResponse",
     "StoreClosed",
@@ -66,6 +67,11 @@ class StoreUnavailable(StoreError):
 
 class CircuitOpen(StoreUnavailable):
     """Not sent: the store failed too often in a row and the circuit breaker is open."""
+
+
+class SchemaBehind(StoreUnavailable):
+    """The database is reached, but its schema is older than this code's (``migrate`` off, and
+    ``wr124-session migrate`` not run yet): nothing can be stored until it runs."""
 
 
 class StoreTimeout(StoreError):

@@ -34,7 +34,7 @@ from multidict import MultiMapping
 
 from .._config import Config
 from .._document import EncodedDocument, new_document_id, normalize_timestamp
-from .._exceptions import StoreError, StoreRejected
+from .._exceptions import SchemaBehind, StoreError, StoreRejected
 from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
 from . import _metrics, _openapi, _ui
@@ -666,7 +666,10 @@ def _engine_context(
         app[_CPU_LIMITER] = anyio.CapacityLimiter(1)
         app[_ENGINE] = engine
         try:
-            await anyio.to_thread.run_sync(engine.ping)  # a database that cannot open fails the startup
+            try:
+                await anyio.to_thread.run_sync(engine.ping)  # a database that cannot open fails the startup
+            except SchemaBehind as exc:  # a deploy's migrate step may come after its replicas start
+                logger.warning("server_schema_behind", error=str(exc), health="503 until it is migrated")
             yield
         finally:
             if owned:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["PG_SCHEMA_VERSION", "migrate"]
+__all__ = ["PG_SCHEMA_VERSION", "current_version", "migrate"]
 
 #: The advisory lock every migration holds ("wr124" in ASCII).
 _LOCK_KEY: Final = 0x7772313234
@@ -103,7 +103,8 @@ MIGRATIONS: Final[tuple[tuple[int, str, Callable[[psycopg.Connection[Any]], None
 PG_SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 
-def _current(conn: psycopg.Connection[Any]) -> int:
+def current_version(conn: psycopg.Connection[Any]) -> int:
+    """The newest schema version applied to the database (0: none)."""
     exists = conn.execute("SELECT to_regclass('wr124_schema_migrations') IS NOT NULL").fetchone()
     if not (exists and exists[0]):
         return 0
@@ -116,7 +117,7 @@ def migrate(conn: psycopg.Connection[Any]) -> list[int]:
 
     ``conn`` is in autocommit mode; the migrations run in one transaction of their own.
     """
-    if _current(conn) >= PG_SCHEMA_VERSION:
+    if current_version(conn) >= PG_SCHEMA_VERSION:
         return []
     applied: list[int] = []
     with conn.transaction():

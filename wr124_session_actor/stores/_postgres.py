@@ -28,11 +28,11 @@ import orjson
 
 from .._config import Config
 from .._document import EncodedDocument
-from .._exceptions import NoClientError, StoreError, StoreRejected, StoreTimeout, StoreUnavailable
+from .._exceptions import NoClientError, SchemaBehind, StoreError, StoreRejected, StoreTimeout, StoreUnavailable
 from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
 from ._engine import conflict_message, id_conflict_message
-from ._pg_schema import migrate
+from ._pg_schema import PG_SCHEMA_VERSION, current_version, migrate
 from ._retention import POSTGRES_DIALECT, prune_documents
 
 if TYPE_CHECKING:
@@ -340,9 +340,18 @@ class PostgresDocuments:
                                now=now, batch_size=batch_size, time_budget=time_budget)
 
     def ping(self) -> None:
-        """Open the pool (and migrate) if needed, and run a trivial statement on a live connection."""
+        """Open the pool (and migrate) if needed, and check on a live connection that the schema is this code's.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+            SchemaBehind: its schema is older than this code's (with ``migrate`` off, before
+                ``wr124-session migrate`` ran): nothing could be stored yet.
+        """
         with self._connection() as conn:
-            conn.execute("SELECT 1").fetchone()
+            version = current_version(conn)
+        if version < PG_SCHEMA_VERSION:
+            raise SchemaBehind(f"PostgreSQL: the schema is at version {version} of {PG_SCHEMA_VERSION}:"
+                                   f" {_MIGRATE_HINT}")
 
     def close(self) -> None:
         """Close the pool's connections (a later call opens a new pool)."""
@@ -543,6 +552,9 @@ def _document(doc_id: str, seq: int, created_at: datetime, updated_at: datetime,
     return doc
 
 
+_MIGRATE_HINT: Final = "with SESSION_STATE_MIGRATE off, run `wr124-session migrate --db URL` first"
+
+
 def _store_error(exc: Exception) -> StoreError:
     """Translate a psycopg or pool error into the library's typed store errors."""
     import psycopg
@@ -555,8 +567,9 @@ def _store_error(exc: Exception) -> StoreError:
         # Refused, reset or lost connections, server shutdown, serialization failures, deadlocks.
         return StoreUnavailable(message)
     if isinstance(exc, psycopg.errors.UndefinedTable) and "wr124_" in str(exc):
-        return StoreRejected(f"PostgreSQL: {str(exc).splitlines()[0]}: the schema is not there; with"
-                             " SESSION_STATE_MIGRATE off, run `wr124-session migrate --db URL` first", status_code=422)
+        # An operator's step not yet taken, not a refused document: transient, so that what was accepted
+        # meanwhile is retried and stays spooled until the schema is there.
+        return SchemaBehind(f"PostgreSQL: {str(exc).splitlines()[0]}: the schema is not there; {_MIGRATE_HINT}")
     if isinstance(exc, psycopg.errors.UntranslatableCharacter):  # the message would quote the whole row
         return StoreRejected("PostgreSQL cannot store the character U+0000 (NUL) in a JSON string (jsonb)",
                              status_code=422)
