@@ -187,6 +187,32 @@ class TestSystemWithSpool:
             stored = await system.store.query(Query(limit=100))
         assert sorted(d["content"]["state"]["n"] for d in stored.data) == list(range(20))
 
+    async def test_what_an_earlier_run_left_is_in_the_depth_and_its_replay_in_the_counts(
+            self, tmp_path: Path, sqlite_url: str) -> None:
+        """``outbox_depth`` counts the rows an earlier run left until they are replayed (it read 0 while the spool
+        held them), and their replay counts as documents and store writes, for the write observers (the
+        metrics) too (it counted nothing)."""
+        spool = str(tmp_path / "outbox.db")
+        down = Config(api_url=closed_port_url(), spool=spool, keep="all", retries=0, timeout=0.5,
+                      shutdown_timeout=0.3, spool_sync_interval=0.01, retry_backoff=0.05)
+        async with ActorSystem(down) as system:
+            for n in range(12):
+                system.handle(f"s{n % 3}").submit({"n": n}, "t", "a")
+        async with ActorSystem(down) as system:  # the store still down: the rows wait, and are counted
+            assert system.statistics().outbox_depth == 12
+            system.handle("s9").submit({"n": 12}, "t", "a")
+            assert system.statistics().outbox_depth == 13
+        observed: list[int] = []
+        system = ActorSystem(down.replace(api_url=sqlite_url))
+        system.add_write_observer(lambda observation: observed.append(observation.documents))
+        async with system:
+            with anyio.fail_after(10):
+                while system.statistics().outbox_depth:
+                    await anyio.sleep(0.02)
+            stats = system.statistics()
+            assert system.outbox is not None and system.outbox.count() == 0
+        assert (stats.documents, stats.store_writes, sum(observed)) == (13, len(observed), 13)
+
     async def test_sessions_wait_for_what_an_earlier_run_left_of_them(self, tmp_path: Path, sqlite_url: str) -> None:
         """Right after the next start, a session whose states an earlier run left in the spool reads them, and
         its new states are stored after them (a read answered "no state" and cached that for cache_ttl, and a

@@ -23,6 +23,8 @@ policy code above them sees only these types.
 
 from __future__ import annotations
 
+from ._status import SessionStateStatus
+
 __all__ = [
     "CircuitOpen",
     "ConfigError",
@@ -37,6 +39,7 @@ __all__ = [
     "StoreTimeout",
     "StoreUnavailable",
     "error_message",
+    "status_of",
 ]
 
 
@@ -115,3 +118,12 @@ def error_message(exc: Exception) -> str:
     if isinstance(exc, StoreError):
         return str(exc)
     return f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def status_of(exc: BaseException) -> SessionStateStatus:
+    """The status an exception at the store boundary stands for."""
+    if isinstance(exc, StoreTimeout | TimeoutError):
+        return SessionStateStatus.TIMEOUT
+    if isinstance(exc, NoClientError):
+        return SessionStateStatus.NO_CLIENT
+    return SessionStateStatus.FAILED

@@ -36,32 +36,21 @@ from ._document import (
 from ._exceptions import (
     CircuitOpen,
     DocumentNotFound,
-    NoClientError,
     StateEncodeError,
     StoreError,
-    StoreTimeout,
     error_message,
+    status_of,
 )
 from ._status import SessionStateStatus
 from .stores import MAX_QUERY_LIMIT, Document, DocumentStore, HttpStore, Query
 
-__all__ = ["Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "call_store", "new_upload",
-           "status_of"]
+__all__ = ["Encoder", "PreparedWrite", "SessionOps", "StoreOutcome", "UploadOutcome", "call_store", "new_upload"]
 
 T = TypeVar("T")
 Status = SessionStateStatus
 logger = structlog.get_logger("wr124_session_actor")
 
 _SUMMARY_FIELDS: Final = ("name", "description", "created_at", "updated_at", "tags")
-
-
-def status_of(exc: BaseException) -> SessionStateStatus:
-    """The status an exception at the store boundary stands for."""
-    if isinstance(exc, StoreTimeout | TimeoutError):
-        return Status.TIMEOUT
-    if isinstance(exc, NoClientError):
-        return Status.NO_CLIENT
-    return Status.FAILED
 
 
 def _refused(session_id: str, op: str, reason: object) -> str:

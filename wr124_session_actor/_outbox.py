@@ -17,6 +17,7 @@ new states would be stored before older ones.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 from typing import Final
 
@@ -27,7 +28,9 @@ import structlog
 
 from ._backoff import backoff_delay
 from ._document import STATE_TAG, EncodedDocument, StateUpload, created_of_name, encode_documents
-from ._exceptions import ConfigError, StoreError, error_message
+from ._exceptions import ConfigError, StoreError, error_message, status_of
+from ._statistics import SystemCounters
+from ._status import SessionStateStatus
 from .stores import DocumentStore, Query
 from .stores._engine import open_sqlite, write_transaction
 
@@ -50,12 +53,27 @@ CREATE TABLE IF NOT EXISTS outbox (
 _REPLAY_PAGE: Final = 500
 
 
-async def _insert_each(store: DocumentStore, docs: Iterable[EncodedDocument]) -> None:
+async def _insert(store: DocumentStore, docs: list[EncodedDocument], counters: SystemCounters | None) -> None:
+    """One store write of ``docs``, counted as the write stage counts its own (documents, writes, and their
+    observers: the metrics)."""
+    started = time.perf_counter()
+    try:
+        await store.insert_many(docs)
+    except StoreError as exc:
+        if counters is not None:
+            counters.observe_write(time.perf_counter() - started, len(docs), status_of(exc))
+        raise
+    if counters is not None:
+        counters.observe_write(time.perf_counter() - started, len(docs), SessionStateStatus.SUCCESS)
+        counters.documents += len(docs)
+
+
+async def _insert_each(store: DocumentStore, docs: Iterable[EncodedDocument], counters: SystemCounters | None) -> None:
     """Store ``docs`` one by one; one the store refuses for good (a stale ``parent_seq``, a body it will not
     take) is logged and let go. A transient failure is raised: the page is tried again."""
     for doc in docs:
         try:
-            await store.insert_many([doc])
+            await _insert(store, [doc], counters)
         except StoreError as exc:
             if exc.transient or _refuses_the_caller(exc):
                 raise
@@ -102,9 +120,11 @@ class Outbox:
         self._syncing: set[str] = set()
         self._synced: set[str] = set()
         self._settled: set[str] = set()
-        #: The last row an earlier run left (read by :meth:`open`), and the sessions of those rows.
+        #: The last row an earlier run left (read by :meth:`open`), the sessions of those rows, and how many of
+        #: them are not replayed yet.
         self._earlier_last = 0
         self._earlier_sessions: set[str] = set()
+        self._earlier_left = 0
         self._replayed: anyio.Event | None = None
         #: Uploads written to the spool file so far, and syncs made (for tests and benchmarks).
         self.spooled = 0
@@ -124,8 +144,10 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        """Uploads held (in memory or in the file) that the store has not confirmed."""
-        return len(self._unsynced) + len(self._syncing) + len(self._synced) - len(self._settled)
+        """Uploads held (in memory or in the file) that the store has not confirmed: this run's, and those an
+        earlier run left that are not replayed yet."""
+        return (len(self._unsynced) + len(self._syncing) + len(self._synced) - len(self._settled)
+                + self._earlier_left)
 
     # -- the file ----------------------------------------------------------------------------------
 
@@ -147,7 +169,7 @@ class Outbox:
                 ``SESSION_STATE_SPOOL``.
         """
         try:
-            self._earlier_last, self._earlier_sessions = await anyio.to_thread.run_sync(
+            self._earlier_last, self._earlier_sessions, self._earlier_left = await anyio.to_thread.run_sync(
                 self._earlier, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"SESSION_STATE_SPOOL: cannot use {self.path!r} as the spool: {exc}") from None
@@ -155,23 +177,23 @@ class Outbox:
         if not self._earlier_last:
             self._replayed.set()
 
-    def _earlier(self) -> tuple[int, set[str]]:
-        """The last row an earlier run left and the sessions of those rows; fails unless the file can be read
-        and written (a corrupt or read-only spool would only fail at the exit, its replay retried until
+    def _earlier(self) -> tuple[int, set[str], int]:
+        """The last row an earlier run left, the sessions of those rows and their count; fails unless the file can
+        be read and written (a corrupt or read-only spool would only fail at the exit, its replay retried until
         ``shutdown_timeout``)."""
         conn = self._connect()
         try:
             with write_transaction(conn):
                 (version,) = conn.execute("PRAGMA user_version").fetchone()
                 conn.execute(f"PRAGMA user_version = {int(version)}")  # a write that changes nothing
-            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+            last, count = conn.execute("SELECT coalesce(max(seq), 0), count(*) FROM outbox").fetchone()
             sessions = {r[0] for r in conn.execute("SELECT DISTINCT session_id FROM outbox WHERE seq <= ?",
                                                    (last,))}
         except BaseException:
             self._conn = None  # not open: closed here, in its own thread, and never again
             conn.close()
             raise
-        return int(last), sessions
+        return int(last), sessions, int(count)
 
     async def wait_replayed(self, session_id: str) -> None:
         """Wait until the states an earlier run left of ``session_id`` are in the store (at once when none)."""
@@ -245,7 +267,7 @@ class Outbox:
             await self.sync()
 
     async def replay(self, store: DocumentStore, *, retry_backoff: float = 0.2, max_backoff: float = 5.0,
-                     keep_latest: bool = False) -> int:
+                     keep_latest: bool = False, counters: SystemCounters | None = None) -> int:
         """Write what an earlier run left in the spool to ``store``, oldest first; return how many.
 
         Only what was there when the spool was opened (:meth:`open`, here if not yet): this run's own
@@ -256,6 +278,8 @@ class Outbox:
         not when the store holds a newer state of the agent already. (A process killed after a write, before
         its next sync, leaves the states that write superseded in the spool: written now, they were stored
         as newer than it.)
+
+        Its writes count in ``counters`` as the write stage's do.
         """
         total = 0
         failures = 0
@@ -266,19 +290,21 @@ class Outbox:
                     await self.open()
                 rows = await anyio.to_thread.run_sync(self._oldest, self._earlier_last, limiter=self._limiter)
                 if not rows:
+                    self._earlier_left = 0  # all replayed (or dropped by the bound, which logged them)
                     self._end_replay()
                     return total
                 docs = await _newest_only(store, rows) if keep_latest else [doc for doc, _ in rows]
                 if docs:
                     try:
-                        await store.insert_many(docs)
+                        await _insert(store, docs, counters)
                     except StoreError as exc:
                         if exc.transient or _refuses_the_caller(exc):
                             raise
-                        await _insert_each(store, docs)  # one refused document must not hold the others back
+                        await _insert_each(store, docs, counters)  # one refused document must not hold the others back
                 # Stored (or refused for good): a spool that fails now keeps the rows, which the ids keep from
                 # being stored twice.
                 await anyio.to_thread.run_sync(self._write, [], [d.id for d, _ in rows], limiter=self._limiter)
+                self._earlier_left = max(0, self._earlier_left - len(rows))
             except Exception as exc:  # the store's error or the spool file's, or one nobody foresaw: retried
                 if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
                     # Corrupt pages (a busy or failing disk is an OperationalError): no retry mends them.

@@ -178,7 +178,7 @@ class ActorRuntime:
         assert self.outbox is not None
         await self.outbox.replay(self.store, retry_backoff=self.config.retry_backoff,
                                  max_backoff=max(self.config.retry_backoff_max, self.config.retry_backoff),
-                                 keep_latest=self.config.keep == "latest")
+                                 keep_latest=self.config.keep == "latest", counters=self._counters)
 
     # -- actors -----------------------------------------------------------------------------------
 

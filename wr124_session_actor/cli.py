@@ -17,9 +17,8 @@ import structlog
 
 from ._config import Config
 from ._document import check_session_id
-from ._exceptions import StoreError
+from ._exceptions import StoreError, status_of
 from ._manager import SessionStateManager
-from ._ops import status_of
 from ._retention import RetentionPolicy, parse_duration
 from ._status import SessionStateStatus
 from .stores import open_engine, open_store, sqlite_path_from_url
