@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import json
 import uuid
 
 import orjson
@@ -13,6 +14,7 @@ import pytest
 from wr124_session_actor import StateEncodeError
 from wr124_session_actor._document import (
     StateUpload,
+    decode_exact,
     encode_document,
     encode_if_small,
     encode_state_pieces,
@@ -149,6 +151,22 @@ class TestDocumentFormat:
         after = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
         assert before <= upload.created <= after
         assert datetime.datetime.fromisoformat(upload.created).isoformat(timespec="microseconds") == upload.created
+
+
+class TestDecodeExact:
+    @pytest.mark.parametrize("text", [b'[123456789012345678901234567890, -9223372036854775809]',
+                                      '{"a": 18446744073709551616}', b'[1e30, -1.5e-7, "x"]',
+                                      b'{"a": "%s", "b": 1764000000000000000}' % (b"0" * 100_000)])
+    def test_reads_every_integer_as_sent(self, text: bytes | str) -> None:
+        """Integers past 64 bits are read exactly (orjson reads them as rounded floats); anything else, long digit
+        runs in strings too, reads as orjson reads it."""
+        assert decode_exact(text) == json.loads(text)
+        assert repr(decode_exact(text)) == repr(json.loads(text))
+
+    def test_malformed_is_orjsons_error(self) -> None:
+        """Malformed JSON (NaN, which the stdlib parser would take) raises orjson's error."""
+        with pytest.raises(orjson.JSONDecodeError):
+            decode_exact(b'[NaN, 123456789012345678901234567890]')
 
 
 class TestTimestamps:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,16 @@ class TestOnPostgres:
             assert resp.status_code == 409
             assert "conflict" in resp.json()["error"]
             assert c.post(col, json=body("p2", parent_seq=seq)).status_code == 200  # a retry is no conflict
+
+    def test_an_integer_past_64_bits_is_stored_as_sent(self, postgres_db: str) -> None:
+        """jsonb holds any integer: one orjson reads as a float comes back as sent (it was stored rounded)."""
+        numbers = b"[123456789012345678901234567890, -18446744073709551617, 1764000000000000000]"
+        with ServerThread(postgres_db) as srv, httpx.Client(base_url=srv.url, timeout=10.0) as c:
+            col = f"/{PROJECT}/json-documents"
+            created = c.post(col, content=b'{"name": "big", "content": {"a": %s}}' % numbers)
+            assert created.status_code == 201, created.text
+            stored = c.get(f"{col}/{created.json()['id']}")
+            assert json.loads(stored.content)["content"]["a"] == json.loads(numbers)
 
     @pytest.mark.anyio
     async def test_library_through_the_server_gets_the_conflict(self, postgres_db: str) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ __all__ = [
     "check_upload",
     "created_of_name",
     "decode",
+    "decode_exact",
     "encode",
     "encode_document",
     "encode_documents",
@@ -129,6 +132,31 @@ def _check_dict_keys(value: dict[Any, Any]) -> None:
 def decode(data: bytes | bytearray | memoryview | str) -> Any:
     """Decode JSON with orjson; raises ``orjson.JSONDecodeError`` (a ``ValueError``) when malformed."""
     return orjson.loads(data)
+
+
+#: A run of digits that may be an integer orjson reads as a float: 19 digits or more (-2**63 has 19).
+_LONG_INTEGER: Final = re.compile(rb"-?[0-9]{19,}")
+_LONG_INTEGER_TEXT: Final = re.compile(r"-?[0-9]{19,}")
+
+
+def decode_exact(data: bytes | str) -> Any:
+    """:func:`decode`, but an integer orjson cannot hold (outside -2**63 .. 2**64-1: it reads one as a float,
+    rounded) is read exactly, by the stdlib parser. A stored document gives back the numbers it was sent.
+
+    Costs one search of ``data`` for runs of 19 digits or more; the stdlib parser runs only when one of them
+    is such an integer (or a digit run of a string that would be one).
+    """
+    value = orjson.loads(data)
+    runs = _LONG_INTEGER.finditer(data) if isinstance(data, bytes) else _LONG_INTEGER_TEXT.finditer(data)
+    if any(_out_of_range(run.group()) for run in runs):
+        return json.loads(data)
+    return value
+
+
+def _out_of_range(run: bytes | str) -> bool:
+    """Whether the digit run ``run`` (with its sign) is an integer outside -2**63 .. 2**64-1 (over 20 digits
+    always: not converted, as ``int`` refuses over 4,300)."""
+    return len(run) > 21 or not -(2**63) <= int(run) < 2**64
 
 
 def encode_state(state: object) -> bytes:

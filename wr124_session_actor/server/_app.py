@@ -33,7 +33,7 @@ from aiohttp.typedefs import Handler, Middleware
 from multidict import MultiMapping
 
 from .._config import Config
-from .._document import EncodedDocument, new_document_id, normalize_timestamp
+from .._document import EncodedDocument, decode_exact, new_document_id, normalize_timestamp
 from .._exceptions import SchemaBehind, StoreError, StoreRejected
 from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
@@ -185,9 +185,11 @@ def _error_response(status: int, message: str, headers: Mapping[str, str] | None
 
 def _decode(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        return decode_exact(body)  # an integer past 64 bits is stored as sent, not rounded to a float
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # the stdlib parser, for such an integer, in a document nested past ~900 levels
+        raise ApiError(400, "the body is nested too deep") from None
 
 
 def _depth_exceeds(value: object, max_depth: int) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from .._document import EncodedDocument, utc_now_iso
+from .._document import EncodedDocument, decode_exact, utc_now_iso
 from .._exceptions import StoreError, StoreUnavailable
 from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
@@ -485,7 +485,7 @@ def id_conflict_message(doc_id: str) -> str:
 
 
 def _document(doc_id: str, seq: int, created_at: str, updated_at: str, body: bytes) -> Document:
-    doc: Document = orjson.loads(body)
+    doc: Document = decode_exact(body)
     doc["_id"] = doc_id
     doc["id"] = doc_id
     doc["seq"] = seq
