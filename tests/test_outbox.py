@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
@@ -384,3 +385,66 @@ class TestSpoolFaults:
         assert events.count(("replay", "failed", f"spool {path}: disk I/O error")) == 2, events
         assert ("close", "failed", f"spool {path}: disk I/O error") in events
         assert sum(e.get("batch_size", 0) for e in logs if e.get("op") == "replay" and e["status"] == "success") == 30
+
+    async def test_a_full_disk_names_its_cause_and_what_was_lost(self, tmp_path: Path) -> None:
+        """A spool that cannot grow (a full disk: SQLITE_FULL) while the store is down: the sync's error is
+        sqlite's own ("database or disk is full", it read "cannot rollback - no transaction is active"), the
+        uploads given up at the exit are not said to be kept, and those the last sync could not write are
+        logged as lost (they were logged as "kept in the outbox", and the file held none)."""
+        path = str(tmp_path / "outbox.db")
+        config = Config(api_url=closed_port_url(), spool=path, keep="all", retries=0, timeout=0.5,
+                        shutdown_timeout=0.3, spool_sync_interval=0.01)
+        with capture_logs() as logs:
+            async with ActorSystem(config) as system:
+                assert system.outbox is not None
+                conn = system.outbox._connect()
+                (pages,) = conn.execute("PRAGMA page_count").fetchone()
+                conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # room for a few rows, not for 200
+                for n in range(200):
+                    system.handle(f"s{n % 4}").submit({"n": n, "pad": "x" * 2000}, "t", f"a{n}")
+        syncs = [e["error"] for e in logs if e.get("op") == "sync"]
+        assert syncs and all(error == f"spool {path}: database or disk is full" for error in syncs), syncs
+        given_up = [e for e in logs if e["event"] == "session_state.upload" and e["status"] == "failed"]
+        assert sum(e["batch_size"] for e in given_up) == 200
+        assert all("the spool fails too (spool " in e["error"] and "kept in the outbox" not in e["error"]
+                   for e in given_up), given_up
+        (lost,) = [e for e in logs if e.get("op") == "close" and "lost" in e]
+        assert lost["log_level"] == "error" and "neither stored nor spooled" in lost["error"]
+        with sqlite3.connect(path) as check:
+            (spooled,) = check.execute("SELECT count(*) FROM outbox").fetchone()
+        assert lost["lost"] + spooled == 200 and lost["lost"] > 150
+
+    async def test_a_deadline_ends_the_entry_while_another_process_locks_the_spool(self, tmp_path: Path) -> None:
+        """Entering a system whose spool another connection holds locked waits for it, but a deadline around
+        the entry ends the wait (it held until sqlite's 30 s busy timeout)."""
+        path = str(tmp_path / "outbox.db")
+        await Outbox(path).aclose()
+        locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            with anyio.move_on_after(0.3) as scope:
+                async with ActorSystem(Config(api_url="memory://locked-spool", spool=path)):
+                    pass
+            assert scope.cancelled_caught
+            assert time.monotonic() - started < 5
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+
+    async def test_a_sync_cancelled_while_encoding_loses_nothing(self, tmp_path: Path) -> None:
+        """A sync cancelled while it encodes (the exit cancels the periodic sync; a large state yields to the loop
+        while encoded) keeps its batch for the next sync (it was dropped from memory: uploads logged as kept in
+        the outbox at the exit were not in it)."""
+        outbox = Outbox(str(tmp_path / "outbox.db"))
+        await outbox.open()
+        pad = "x" * 300_000  # past the encoder's 256 KB step
+        for n in range(3):
+            outbox.add(StateUpload("s", {"n": n, "pad": pad}, "t", f"a{n}"))
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await outbox.sync()
+        assert outbox.pending == 3
+        await outbox.sync()
+        assert (outbox.pending, outbox.count()) == (3, 3)
+        await outbox.aclose()

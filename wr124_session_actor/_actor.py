@@ -343,7 +343,10 @@ class SessionActor:
         if not left:
             return
         self.counters.fail(Status.FAILED, len(left))
-        if self.outbox is not None:
+        if self.outbox is not None and self.outbox.sync_error is not None:
+            reason = (f"not written before shutdown_timeout; the spool fails too ({self.outbox.sync_error}): kept for"
+                      " the next start only if its last sync works (else logged as lost)")
+        elif self.outbox is not None:
             reason = "not written before shutdown_timeout; kept in the outbox for the next start"
         else:
             reason = "not written before shutdown_timeout; lost (set SESSION_STATE_SPOOL to keep it)"

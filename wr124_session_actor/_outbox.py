@@ -126,6 +126,8 @@ class Outbox:
         self._earlier_sessions: set[str] = set()
         self._earlier_left = 0
         self._replayed: anyio.Event | None = None
+        #: Why the last sync failed (``None`` after one that worked): what it held is not in the file.
+        self.sync_error: str | None = None
         #: Uploads written to the spool file so far, and syncs made (for tests and benchmarks).
         self.spooled = 0
         self.syncs = 0
@@ -169,8 +171,10 @@ class Outbox:
                 ``SESSION_STATE_SPOOL``.
         """
         try:
+            # Abandoned on cancellation: a spool another process holds locked waits sqlite's busy timeout (30 s),
+            # and a deadline around entering the system must still end it.
             self._earlier_last, self._earlier_sessions, self._earlier_left = await anyio.to_thread.run_sync(
-                self._earlier, limiter=self._limiter)
+                self._earlier, limiter=self._limiter, abandon_on_cancel=True)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"SESSION_STATE_SPOOL: cannot use {self.path!r} as the spool: {exc}") from None
         self._replayed = anyio.Event()
@@ -239,17 +243,21 @@ class Outbox:
             # the store write reuses the same bytes.
             encoded = await encode_documents(batch.values())
             docs = [(d, batch[d.id].agent_name) for d in encoded if isinstance(d, EncodedDocument)]
-            try:
-                dropped = await anyio.to_thread.run_sync(self._write, docs, list(settled), limiter=self._limiter)
-            except (sqlite3.Error, OSError) as exc:
-                # Keep everything in memory and try again next time; the store may still take it.
-                self._unsynced = {**batch, **self._unsynced}
-                self._settled |= settled
-                logger.warning("session_state.outbox", status="failed", op="sync", error=str(exc),
-                               batch_size=len(batch))
-                return
+            dropped = await anyio.to_thread.run_sync(self._write, docs, list(settled), limiter=self._limiter)
+        except BaseException as exc:
+            # Not written: everything stays in memory, for the next sync (also after a cancellation: the exit
+            # cancels the periodic sync, and a batch it was encoding was lost before the last sync).
+            self._unsynced = {**batch, **self._unsynced}
+            self._settled |= settled
+            if not isinstance(exc, sqlite3.Error | OSError):
+                raise
+            self.sync_error = f"spool {self.path}: {exc}"
+            logger.warning("session_state.outbox", status="failed", op="sync", error=self.sync_error,
+                           batch_size=len(batch))
+            return
         finally:
             self._syncing.difference_update(batch)
+        self.sync_error = None
         self.syncs += 1
         self.spooled += len(docs)
         self._synced.difference_update(settled)
@@ -345,8 +353,12 @@ class Outbox:
 
     async def aclose(self) -> int:
         """A last sync, then close the file; return how many uploads stay spooled for the next start (those
-        this run holds, if the file cannot say)."""
+        this run holds, if the file cannot say). Uploads the last sync could not write are logged as lost."""
         await self.sync()
+        if self._unsynced:  # neither stored nor in the file: gone with this process
+            logger.error("session_state.outbox", status="failed", op="close", lost=len(self._unsynced),
+                         ids=list(self._unsynced), error=f"{self.sync_error}: these uploads were neither stored"
+                         " nor spooled, and are lost")
         try:
             left = await anyio.to_thread.run_sync(self.count, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:

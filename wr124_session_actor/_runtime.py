@@ -120,9 +120,11 @@ class ActorRuntime:
 
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
+        if self.outbox is not None:
+            # A spool path that cannot be one fails here, not at the exit. Not closed when this fails: a
+            # cancelled open leaves its thread (abandoned) the spool's only user until it ends.
+            await self.outbox.open()
         try:
-            if self.outbox is not None:
-                await self.outbox.open()  # a spool path that cannot be one fails here, not at the exit
             async with anyio.create_task_group() as services:
                 if self.outbox is not None:
                     services.start_soon(self.outbox.run, name="session-outbox-sync")

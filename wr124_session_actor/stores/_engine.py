@@ -113,14 +113,18 @@ def begin_write(conn: sqlite3.Connection) -> None:
 
 @contextlib.contextmanager
 def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction (:func:`begin_write`): committed when the block ends, rolled back when it raises."""
+    """One write transaction (:func:`begin_write`): committed when the block ends, rolled back when it (or the
+    commit) raises. The block's error is the one raised: sqlite ends some transactions itself on an error (a
+    full disk: SQLITE_FULL), and a ROLLBACK then failed with "no transaction is active" in its place."""
     begin_write(conn)
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def _migrate(conn: sqlite3.Connection) -> list[int]:
