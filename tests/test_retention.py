@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from wr124_session_actor import ActorSystem, Config, PruneReport, RetentionPolicy, SessionStateStatus
 from wr124_session_actor._document import EncodedDocument, StateUpload, encode_document
+from wr124_session_actor._retention import PRUNE_BATCH
 from wr124_session_actor.stores import (
     DocumentConflict,
     DocumentEngine,
@@ -218,6 +219,36 @@ class TestSweeper:
         while (report := sweeper.sweep_if_due("p")) is not None and not report.complete:
             pass
         assert [states(engine, "p", f"s{s}", "a") for s in range(3)] == [[2], [2], [2]]
+        engine.close()
+
+    def test_sweeps_cut_short_reach_every_session(self, engine: DocumentEngine, project: str) -> None:
+        """Sweeps that run out of their budget go on from where the last one stopped: a session late in order
+        is reached even when the first sessions have something to remove at every sweep (each sweep started
+        again from the first session, removed its new excess and stopped: the late ones never went)."""
+        sweeper = RetentionSweeper(engine, RetentionPolicy(keep_last=1), interval=0, time_budget=0)
+        engine.insert_many(project, [state(f"s{s}", "a", i) for s in range(5) for i in range(3)])
+        for round_ in range(5):
+            engine.insert_many(project, [state("s0", "a", 10 + 2 * round_), state("s0", "a", 11 + 2 * round_)])
+            report = sweeper.sweep_if_due(project)
+            assert report is not None and report.documents >= 1
+        assert [states(engine, project, f"s{s}", "a") for s in range(1, 5)] == [[2], [2], [2], [2]]
+        assert states(engine, project, "s0", "a")[-1] == 19
+
+    def test_the_trim_after_a_write_leaves_the_sweep_its_turn(self, tmp_path: Path) -> None:
+        """A store whose trim after each write runs out of its budget still runs its due sweep, which moves on
+        past a session with a backlog, and an idle session goes (the sweep waited for a trim that completed,
+        and never ran while the trims ran out of their budget)."""
+        engine = SqliteDocuments(tmp_path / "t.db")
+        old = datetime.now(UTC) - timedelta(days=2)
+        engine.insert_many("p", [state("idle", "a", 0)])
+        with engine._connection() as conn:
+            conn.execute("UPDATE documents SET created_at = ?", (old.isoformat(timespec="microseconds"),))
+        sweeper = RetentionSweeper(engine, RetentionPolicy(keep_last=1, idle_ttl=86400), interval=0, time_budget=0)
+        for round_ in range(2):  # a backlog the trim after each write cannot finish in its budget
+            docs = [state("busy", "a", i) for i in range(3 * PRUNE_BATCH * round_, 3 * PRUNE_BATCH * (round_ + 1))]
+            engine.insert_many("p", docs)
+            sweeper.after_insert("p", docs)
+        assert states(engine, "p", "idle", "a") == []
         engine.close()
 
     @pytest.mark.parametrize("policy", [RetentionPolicy(keep_last=1), RetentionPolicy(max_age=3600)])

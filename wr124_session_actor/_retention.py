@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = ["NO_RETENTION", "PRUNE_BATCH", "PruneReport", "RetentionPolicy", "format_duration", "parse_duration"]
@@ -141,6 +141,8 @@ class PruneReport:
         bytes: the size of the removed documents' stored bodies.
         dry_run: whether this only counted (nothing was removed).
         complete: false when a time budget stopped the prune before it was done (not in the JSON).
+        resume_after: where such a prune stopped: the last ``(project, session_id)`` it finished, from which the
+            next one goes on (not in the JSON).
     """
 
     sessions: int = 0
@@ -148,6 +150,7 @@ class PruneReport:
     bytes: int = 0
     dry_run: bool = False
     complete: bool = True
+    resume_after: tuple[str, str] | None = field(default=None, compare=False)
 
     def __add__(self, other: PruneReport) -> PruneReport:
         return PruneReport(

@@ -150,6 +150,7 @@ class DocumentEngine(Protocol):
         now: datetime | None = None,
         batch_size: int = PRUNE_BATCH,
         time_budget: float | None = None,
+        start_after: tuple[str, str] | None = None,
     ) -> PruneReport:
         """Remove (or with ``dry_run`` count) what ``policy`` removes, in batches of ``batch_size`` rows.
 
@@ -160,7 +161,10 @@ class DocumentEngine(Protocol):
             dry_run: count, remove nothing.
             now: the time ages are measured from (default: now).
             batch_size: the most rows one transaction deletes.
-            time_budget: stop after about this many seconds (the report says ``complete=False``).
+            time_budget: stop after about this many seconds (the report says ``complete=False``, and
+                ``resume_after`` where it stopped).
+            start_after: begin after this ``(project, session_id)`` (an earlier report's ``resume_after``),
+                going round to the sessions before it.
         """
         ...
 

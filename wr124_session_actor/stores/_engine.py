@@ -310,6 +310,7 @@ class SqliteDocuments:
         now: datetime | None = None,
         batch_size: int = PRUNE_BATCH,
         time_budget: float | None = None,
+        start_after: tuple[str, str] | None = None,
     ) -> PruneReport:
         """Remove (or count) what ``policy`` removes, one short write transaction per batch
         (:func:`~._retention.prune_documents`); the lock is free for writers between batches. A file's
@@ -333,7 +334,7 @@ class SqliteDocuments:
             return result
 
         return prune_documents(transact, SQLITE_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
-                               now=now, batch_size=batch_size, time_budget=time_budget)
+                               now=now, batch_size=batch_size, time_budget=time_budget, start_after=start_after)
 
     def ping(self) -> None:
         """Open the database if needed and run a trivial statement."""

@@ -326,6 +326,7 @@ class PostgresDocuments:
         now: datetime | None = None,
         batch_size: int = PRUNE_BATCH,
         time_budget: float | None = None,
+        start_after: tuple[str, str] | None = None,
     ) -> PruneReport:
         """Remove (or count) what ``policy`` removes, one short transaction per batch
         (:func:`~._retention.prune_documents`)."""
@@ -335,7 +336,7 @@ class PostgresDocuments:
                 return work(conn)
 
         return prune_documents(transact, POSTGRES_DIALECT, project, policy, session_id=session_id, dry_run=dry_run,
-                               now=now, batch_size=batch_size, time_budget=time_budget)
+                               now=now, batch_size=batch_size, time_budget=time_budget, start_after=start_after)
 
     def ping(self) -> None:
         """Open the pool (and migrate) if needed, and check on a live connection that the schema is this code's.

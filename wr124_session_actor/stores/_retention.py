@@ -25,6 +25,7 @@ How a sweep stays safe and cheap:
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -114,6 +115,7 @@ def prune_documents(
     now: datetime | None = None,
     batch_size: int = PRUNE_BATCH,
     time_budget: float | None = None,
+    start_after: tuple[str, str] | None = None,
 ) -> PruneReport:
     """Apply ``policy`` to the ``documents`` table, in batches; return what was (or would be) removed.
 
@@ -126,7 +128,11 @@ def prune_documents(
         dry_run: count what would go, remove nothing.
         now: the time ages are measured from (default: the current time); tests pass their own.
         batch_size: the most rows one transaction deletes.
-        time_budget: stop after about this many seconds (the report then has ``complete=False``).
+        time_budget: stop after about this many seconds (the report then has ``complete=False``, and
+            ``resume_after`` the last session it finished).
+        start_after: begin after this ``(project, session_id)``, going round to the sessions before it: a
+            sweep that goes on from where the last one stopped reaches every session, even when the first
+            ones always have something to remove (restarted from the first, it kept removing theirs).
 
     Returns:
         Sessions removed whole, documents and bytes removed (or that would be).
@@ -141,15 +147,20 @@ def prune_documents(
     deadline = None if time_budget is None else started + time_budget
     sweep = _Sweep(transact, dialect, policy, moment, batch_size, dry_run, deadline)
     sessions = transact(lambda conn: sweep.sessions(conn, project, session_id))
+    if start_after is not None:
+        first = bisect.bisect_right(sessions, start_after, key=lambda row: (row[0], row[1]))
+        sessions = sessions[first:] + sessions[:first]
     for index, (proj, sid, idle, top_seq) in enumerate(sessions):
         done = sweep.remove_session(proj, sid) if idle else sweep.trim_session(proj, sid, top_seq)
         report += done
         # The budget stops a sweep between two batches of one session, or right after a session that had
-        # something to remove: a sweep started again from the first session passes the ones already done
-        # quickly, so it advances.
+        # something to remove. The next one goes on with the session after it: one with a backlog that
+        # writers keep adding to is finished round by round (and by the trims after its writes), not
+        # before every other session.
         if not done.complete or (deadline is not None and done.documents and index + 1 < len(sessions)
                                  and time.monotonic() > deadline):
-            return PruneReport(report.sessions, report.documents, report.bytes, dry_run, complete=False)
+            return PruneReport(report.sessions, report.documents, report.bytes, dry_run, complete=False,
+                               resume_after=(proj, sid))
     return report
 
 
@@ -351,6 +362,8 @@ class RetentionSweeper:
         self._clock = clock
         self._lock = threading.Lock()
         self._next_sweep = clock() + interval
+        #: Per project swept, where the last sweep that ran out of its budget stopped (the next goes on there).
+        self._resume: dict[str | None, tuple[str, str] | None] = {}
 
     def after_write(self, project: str, docs: Iterable[EncodedDocument]) -> PruneReport:
         """Trim the sessions just written to ``keep_last`` states per agent (nothing when it is 0)."""
@@ -371,15 +384,17 @@ class RetentionSweeper:
         return report
 
     def after_insert(self, project: str, docs: Iterable[EncodedDocument]) -> None:
-        """What a store runs after each successful write: :meth:`after_write`, then :meth:`sweep_if_due`.
+        """What a store runs after each successful write: :meth:`after_write`, then :meth:`sweep_if_due` (each
+        within ``time_budget``: a sweep due is not left for later because the trim ran out of its budget, or a
+        store too busy to trim in time never removed an idle session).
 
         The write is already stored; a failing sweep is logged (warning) and left for the next time.
         """
         if not self.policy.enabled:
             return
         try:
-            if self.after_write(project, docs).complete:  # else the next write goes on with it first
-                self.sweep_if_due(project)
+            self.after_write(project, docs)
+            self.sweep_if_due(project)
         except Exception as exc:
             logger.warning("retention_sweep_failed", project=project, error=f"{type(exc).__name__}: {exc}")
 
@@ -387,7 +402,8 @@ class RetentionSweeper:
         """Sweep ``project`` by the whole policy when ``interval`` has passed since the last sweep.
 
         One caller at a time claims a due sweep; the others return ``None`` at once. A sweep that
-        runs out of its time budget stays due, and the next call goes on with it.
+        runs out of its time budget stays due, and the next call goes on with it, from the session where it
+        stopped.
         """
         if not self.policy.enabled:
             return None
@@ -396,9 +412,11 @@ class RetentionSweeper:
             if now < self._next_sweep:
                 return None
             self._next_sweep = now + self.interval
-        report = self.engine.prune(project, self.policy, time_budget=self.time_budget)
-        if not report.complete:
-            with self._lock:
+            start_after = self._resume.get(project)
+        report = self.engine.prune(project, self.policy, time_budget=self.time_budget, start_after=start_after)
+        with self._lock:
+            self._resume[project] = report.resume_after
+            if not report.complete:
                 self._next_sweep = self._clock()
         logger.debug("retention_sweep", project=project, sessions=report.sessions, documents=report.documents,
                      bytes=report.bytes, complete=report.complete)
