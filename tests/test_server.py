@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import wr124_session_actor.server as server_pkg
+from wr124_session_actor import StoreUnavailable
 from wr124_session_actor._document import StateUpload, encode_document
 from wr124_session_actor.server import ServerLimits, ServerThread, create_app
 from wr124_session_actor.server._app import ApiError, _prepare_document
@@ -148,6 +149,25 @@ class TestHealth:
         srv = make_server(api_key="secret")
         with client_for(srv) as client:
             assert client.get("/health").status_code == 200
+
+
+    @pytest.mark.parametrize("key", ["", "secret"])
+    def test_an_open_health_keeps_the_databases_message_to_the_log(self, make_server: Any, key: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """With a key set, /health (open to all) answers 503 without the database's own message, which may name
+        its host, port and user (it passed it on); the routes behind the key, and every route of a server
+        without one, still give it."""
+        srv = make_server(api_key=key or None)
+
+        def down(*args: object) -> Any:
+            raise StoreUnavailable("PostgreSQL: cannot connect: host db.internal port 5432 user admin")
+
+        monkeypatch.setattr(SqliteDocuments, "ping", down)
+        monkeypatch.setattr(SqliteDocuments, "get", down)
+        with client_for(srv, **({"Authorization": f"Bearer {key}"} if key else {})) as client:
+            health = error_of(client.get("/health"), 503)
+            assert ("db.internal" in health) is not bool(key)
+            assert "db.internal" in error_of(client.get(f"{COLLECTION}/x"), 503)
 
 
 class TestCreate:

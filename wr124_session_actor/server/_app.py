@@ -473,8 +473,10 @@ def _parse_query(params: MultiMapping[str], limits: ServerLimits) -> Query:
 # Off-loop execution
 
 
-async def _engine_call(app: web.Application, func: Callable[..., T], *args: object) -> T:
-    """Run an engine call in a worker thread; map its failures to API errors (409, 4xx, 503)."""
+async def _engine_call(app: web.Application, func: Callable[..., T], *args: object, open_route: bool = False) -> T:
+    """Run an engine call in a worker thread; map its failures to API errors (409, 4xx, 503). For an
+    ``open_route`` (served without the key) a 503 names no more than its kind: the database's own message
+    goes to the log (but a schema behind says which step is missing)."""
     try:
         return await anyio.to_thread.run_sync(func, *args, limiter=app[_LIMITER])
     except DocumentConflict as exc:
@@ -485,6 +487,8 @@ async def _engine_call(app: web.Application, func: Callable[..., T], *args: obje
     except StoreError as exc:
         _metrics.count_database_error(app, exc)
         logger.warning("server_store_error", error=f"{type(exc).__name__}: {exc}")
+        if open_route and not isinstance(exc, SchemaBehind):
+            raise ApiError(503, "the document store is unavailable (the server's log says why)") from None
         raise ApiError(503, f"the document store is unavailable: {exc}") from None
 
 
@@ -511,7 +515,9 @@ def _project(request: web.Request) -> str:
 
 
 async def _health(request: web.Request) -> web.Response:
-    await _engine_call(request.app, request.app[_ENGINE].ping)
+    # Open when the other routes need the key: then it does not pass on the driver's message (hosts, ports,
+    # user names), which the log has.
+    await _engine_call(request.app, request.app[_ENGINE].ping, open_route=bool(request.app[_API_KEY]))
     return _json_response({"status": "ok"})
 
 
