@@ -14,6 +14,8 @@ from wr124_session_actor import ActorSystem, Config, SessionStateStatus
 from wr124_session_actor._demo import _run_team
 from wr124_session_actor.metrics import PREFIX, register
 
+from .faultserver import closed_port_url
+
 pytestmark = pytest.mark.anyio
 
 
@@ -63,6 +65,20 @@ class TestSystemCollector:
             samples = scrape(registry)
         assert samples[PREFIX + 'failed_total{status="timeout"}'] == 2
         assert samples[PREFIX + 'failed_total{status="failed"}'] == 1
+
+    async def test_an_outage_shows_in_write_failures_while_it_lasts(self) -> None:
+        """Failed store writes are counted by status as they happen (failed_total counts an upload only once its
+        batch is given up: an outage showed in no failure metric until the exit)."""
+        registry = CollectorRegistry()
+        config = Config(api_url=closed_port_url(), retries=0, timeout=0.5, retry_backoff=0.01,
+                        retry_backoff_max=0.02, shutdown_timeout=0.2)
+        async with ActorSystem(config) as system:
+            register(system, registry)
+            system.handle("s").submit({"n": 1}, "t", "a")
+            with anyio.fail_after(10):
+                while scrape(registry).get(PREFIX + 'write_failures_total{status="failed"}', 0) < 2:
+                    await anyio.sleep(0.02)
+            assert scrape(registry).get(PREFIX + 'failed_total{status="failed"}', 0) == 0  # not given up yet
 
     async def test_one_system_per_registry(self, memory_config: Config) -> None:
         """Registering a second system in the same registry is refused (and leaves nothing behind); unregistering

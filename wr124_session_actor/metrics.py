@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised with the module hidde
                       " pip install 'wr124-session-actor[metrics]'") from exc
 
 from ._statistics import SystemStatistics, WriteObservation
+from ._status import SessionStateStatus
 from ._system import ActorSystem
 
 __all__ = ["PREFIX", "SystemCollector", "register"]
@@ -90,6 +91,9 @@ class SystemCollector(Collector):
         self._batch = Histogram(
             PREFIX + "write_documents", "Documents per store write.", buckets=_BATCH_BUCKETS, registry=None
         )
+        #: Store write calls that failed (retries included), by status: an outage shows at once, where
+        #: ``failed_total`` counts uploads only once their batch is given up.
+        self._write_failures: dict[str, int] = {}
         system.add_write_observer(self._observe)
 
     def detach(self) -> None:
@@ -99,6 +103,9 @@ class SystemCollector(Collector):
     def _observe(self, observation: WriteObservation) -> None:
         self._latency.observe(observation.duration_s)
         self._batch.observe(observation.documents)
+        if observation.status is not SessionStateStatus.SUCCESS:
+            status = observation.status.value
+            self._write_failures[status] = self._write_failures.get(status, 0) + 1
 
     def describe(self) -> Iterator[Metric]:
         """Yield the metrics (names only matter): registries use them to refuse duplicate names."""
@@ -119,6 +126,13 @@ class SystemCollector(Collector):
         for status, count in sorted(getattr(stats, "failed_by_status", {}).items()):
             failed.add_metric([status], count)
         yield failed
+        write_failures = CounterMetricFamily(
+            PREFIX + "write_failures_total", "Store write calls that failed (after their retries), by status.",
+            labels=["status"],
+        )
+        for status, count in sorted(dict(self._write_failures).items()):  # a copy: the loop thread adds to it
+            write_failures.add_metric([status], count)
+        yield write_failures
         circuit = GaugeMetricFamily(
             PREFIX + "circuit_state", "The store's circuit breaker: 1 for the current state.", labels=["state"]
         )
