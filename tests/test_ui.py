@@ -174,6 +174,34 @@ class TestBrowserView:
         expect(page.get_by_role("button", name="Load older")).to_have_count(0)
 
 
+    def test_a_followed_session_keeps_its_newest_states_in_view(self, page: Page, tmp_path: Path) -> None:
+        """States keep coming while a session is followed: the view keeps the newest page of them (and the one
+        selected), not every state that came (a session followed as it grew to 9,930 states redrew them all at
+        every poll and stalled the page for seconds)."""
+        with ServerThread(tmp_path / "growing.db") as srv:
+            collection = f"{srv.url}/default/json-documents"
+            httpx.post(f"{collection}/batch", json={"documents": [state_doc("g", n) for n in range(150)]}
+                       ).raise_for_status()
+            open_session(page, srv, "g")
+            chips = page.locator("#timeline .chip")
+            expect(chips).to_have_count(150)
+            page.locator("#timeline .chip").first.click()  # the oldest state, selected: it stays in view
+            for start in range(150, 450, 100):
+                docs = [state_doc("g", n) for n in range(start, start + 100)]
+                httpx.post(f"{collection}/batch", json={"documents": docs}).raise_for_status()
+                page.wait_for_timeout(800)  # a poll
+            expect(page.locator("#session-meta")).to_contain_text("450 states", timeout=3000)
+            expect(chips).to_have_count(450)  # from the selected one on
+            page.locator("#timeline .chip").last.click()  # the newest selected: the older ones may go
+            newest = httpx.post(f"{collection}/batch", json={"documents": [state_doc("g", 450)]}).json()["ids"][0]
+            expect(page.locator("#session-meta")).to_contain_text("451 states · 1 agent · newest 200 shown",
+                                                                  timeout=3000)
+            expect(chips).to_have_count(200)
+            expect(chips.last).to_have_attribute("data-doc", newest)
+            page.get_by_role("button", name="Load older").click()  # and the older ones come back on demand
+            expect(chips).to_have_count(400)
+
+
 @contextmanager
 def asked_for_the_key(browser: Browser, demo_db: Path) -> Iterator[Page]:
     """A new tab on /ui of a server over ``demo_db`` with the key "s3cret", its key dialog open."""

@@ -16,7 +16,8 @@ const view = {
   total: 0,
   sessions: [],
   session: null,     // the open session id
-  docs: [],          // its states, oldest first
+  docs: [],          // its states, oldest first: the newest ``window`` of them
+  window: STATES_PAGE,  // how many states are kept in view (grows with "Load older")
   stateTotal: 0,     // how many states it has
   loading: false,    // the first load of the open session is on its way
   known: new Set(),  // ids already shown (new ones get a short highlight)
@@ -182,6 +183,7 @@ async function openSession(sessionId, docId) {
   if (view.session !== sessionId) {
     view.session = sessionId;
     view.docs = [];
+    view.window = STATES_PAGE;
     view.stateTotal = 0;
     view.known = new Set();
     view.selected = docId || null;
@@ -253,6 +255,7 @@ async function loadOlder() {
     skip: view.docs.length, limit: STATES_PAGE,
   });
   if (sessionId !== view.session) return;
+  view.window = view.docs.length + STATES_PAGE;
   addStates(page.data.filter((d) => !view.docs.some((known) => known.id === d.id)), true);
 }
 
@@ -260,7 +263,16 @@ function addStates(fresh, quiet) {
   // Keyed by id: a poll and the first load may bring the same states.
   const byId = new Map(view.docs.map((d) => [d.id, d]));
   for (const doc of fresh) byId.set(doc.id, doc);
-  const docs = [...byId.values()].sort(orderOf);
+  let docs = [...byId.values()].sort(orderOf);
+  // A followed session keeps its newest ``window`` states (and the selected and compared ones, with those
+  // after them): it kept every state that came, and redrew thousands of chips at every poll.
+  const oldestKept = Math.min(docs.length - view.window,
+    ...[view.selected, view.base].map((id) => docs.findIndex((d) => d.id === id)).filter((i) => i >= 0));
+  if (oldestKept > 0) {
+    docs = docs.slice(oldestKept);
+    const kept = new Set(docs.map((d) => d.id));
+    view.known = new Set([...view.known].filter((id) => kept.has(id)));
+  }
   view.docs = docs;
   const agents = new Set(docs.map(agentOf));
   const total = view.stateTotal;
