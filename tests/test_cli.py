@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -139,6 +140,17 @@ class TestInspect:
         assert main(["show", "d0", "--url", url]) == 0
         shown = capsys.readouterr().out
         assert "agent:      \n" in shown and "task:       7\n" in shown and "tags:       session_state, 5\n" in shown
+
+    def test_a_file_that_is_not_a_database_fails_at_once(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+        """``ls`` on a file that is not a sqlite database says so without retrying (it retried "file is not a
+        database" as a transient failure, five times over 1.2 s with the default backoff; 4 s here)."""
+        (tmp_path / "notes.db").write_bytes(b"these are notes, not a database " * 100)
+        monkeypatch.setenv("SESSION_STATE_RETRY_BACKOFF", "4")
+        started = time.monotonic()
+        assert main(["ls", "s", "--url", f"sqlite:///{tmp_path / 'notes.db'}"]) == 1
+        assert time.monotonic() - started < 3
+        assert "file is not a database" in capsys.readouterr().err
 
     def test_unreachable_server_is_a_status_not_a_traceback(self, tmp_path: Path) -> None:
         """ls against a server that is not there prints a short error and exits 1."""

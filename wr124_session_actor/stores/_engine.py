@@ -143,6 +143,10 @@ def _migrate(conn: sqlite3.Connection) -> list[int]:
     return applied
 
 
+#: sqlite's primary result codes for a file that is not a database, or a damaged one.
+_DAMAGED: Final = frozenset({sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT})
+
+
 class SqliteDocuments:
     """Documents in one sqlite file (or ``":memory:"``), partitioned by project: a
     :class:`~wr124_session_actor.stores.DocumentEngine`.
@@ -187,6 +191,8 @@ class SqliteDocuments:
             except StoreError:
                 raise
             except (sqlite3.Error, OSError) as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _DAMAGED:  # no retry mends it: not transient
+                    raise StoreError(f"sqlite {self.path}: {exc}") from exc
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     def migrate(self) -> list[int]:
