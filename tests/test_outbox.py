@@ -378,7 +378,7 @@ class TestSpoolFaults:
         with capture_logs() as logs:
             async with ActorSystem(config) as system:
                 with anyio.fail_after(10):
-                    while (await system.store.query(Query(limit=100))).total < 30:
+                    while ((await system.store.query(Query(limit=100))).total or 0) < 30:
                         await anyio.sleep(0.01)
         assert faults == {"_oldest": 0, "count": 0}
         events = [(e["op"], e["status"], e.get("error")) for e in logs if e["event"] == "session_state.outbox"]

@@ -334,6 +334,29 @@ class TestAgentFilter:
                     await manager.aclose()
 
 
+    @pytest.mark.parametrize("sessions", [True, False])
+    async def test_a_service_that_caps_its_pages_and_sends_no_total_is_read_on(self, anyio_backend: str,
+                                                                              sessions: bool) -> None:
+        """A server that caps pages at 5 and leaves out ``total``: a download of 20 gets all 20, and with the
+        session filter ignored too, another session's states in between, the session's latest is restored (a
+        short page ended the reading: 5 of 20, or SUCCESS with none and restore FAILED)."""
+        with doc_server(max_limit=5, total=False, sessions=sessions) as server:
+            mine = SessionStateManager("mine", _config(server, anyio_backend))
+            other = SessionStateManager("other", _config(server, anyio_backend))
+            try:
+                for step in range(20):
+                    assert (await mine.upload_session_state({"step": step}, "t", "coder"))[0] is S.SUCCESS
+                    assert (await other.upload_session_state({"step": -step}, "t", "coder"))[0] is S.SUCCESS
+                status, docs = await mine.download_session_states(limit=20)
+                assert status is S.SUCCESS
+                assert [d["content"]["state"]["step"] for d in docs] == list(range(19, -1, -1))
+                status, content = await mine.restore_latest_session_state()
+                assert status is S.SUCCESS and content is not None and content["state"] == {"step": 19}
+            finally:
+                await mine.aclose()
+                await other.aclose()
+
+
 class PagelessStore(MemoryStore):
     """A store that ignores ``skip`` and ``tags``: every page is the newest documents of the session."""
 

@@ -525,8 +525,8 @@ class SessionOps:
 
         Pages on when a store ignored a filter, or its order (an older document before a newer one:
         then every page is read and the documents sorted here); a short page ends the reading unless
-        the store's ``total`` says more follow (a store that caps ``limit``); so does a page that brings
-        nothing new (a store that ignores ``skip``)."""
+        the store's ``total`` says more follow (a store that caps ``limit``), or it gave none (then an empty
+        page ends it); so does a page that brings nothing new (a store that ignores ``skip``)."""
         store = self._store()
         kept: list[Document] = []
         seen: set[str | int] = set()
@@ -557,7 +557,8 @@ class SessionOps:
                     previous = dated
                 if self._matches(doc, query):
                     kept.append(doc)
-            last = len(page) < page_query.limit and page_query.skip + len(page) >= result.total
+            last = (len(page) < page_query.limit and result.total is not None
+                    and page_query.skip + len(page) >= result.total)
             if last or not fresh or (newest_first and len(kept) >= query.limit):
                 break
             # Fewer than asked so far: the store sent documents we did not ask for, or not newest first, or

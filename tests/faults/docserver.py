@@ -20,7 +20,8 @@ ignore ``skip`` (``paging=False``: every page starts at the first document), and
 asked, with the ``total`` of all matches), and route paths that end in "/" only, redirecting the others
 there with 307 (``slash=True``), and refuse a ``limit`` above ``refused_limit`` (422, as a validated
 query parameter does), and ignore ``session_id`` (``sessions=False``), and date documents to the second
-(``whole_seconds=True``, as a SQL ``DATETIME`` column does).
+(``whole_seconds=True``, as a SQL ``DATETIME`` column does), and leave ``total`` out of its pages
+(``total=False``).
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ class DocServer:
                  retry_after: float | None = None, fail_first: int | None = None, batch: bool = True,
                  tags: TagsMode = "repeated", paging: bool = True, sorting: bool = True,
                  max_limit: int = 10_000, health: bool = True, slash: bool = False,
-                 refused_limit: int | None = None, sessions: bool = True, whole_seconds: bool = False) -> None:
+                 refused_limit: int | None = None, sessions: bool = True, whole_seconds: bool = False,
+                 total: bool = True) -> None:
         self.batch = batch
+        self.total = total
         self.whole_seconds = whole_seconds
         self.sessions = sessions
         self.refused_limit = refused_limit
@@ -192,7 +195,10 @@ class DocServer:
                     and all(tag in d.get("tags", ()) for tag in wanted)]
         if self.sorting:
             docs.reverse()  # newest first
-        return web.json_response({"data": docs[skip:skip + limit], "total": len(docs)})
+        page: dict[str, Any] = {"data": docs[skip:skip + limit]}
+        if self.total:
+            page["total"] = len(docs)
+        return web.json_response(page)
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         self._record(request, "ok")

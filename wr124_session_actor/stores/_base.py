@@ -59,10 +59,11 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
-    """One page of documents and the number of all matching documents."""
+    """One page of documents and the number of all matching documents (``None``: the store did not say, as a
+    server that sends no ``total``)."""
 
     data: list[Document]
-    total: int
+    total: int | None
 
 
 #: What an engine's ``insert_many`` says per document: its id and whether it was created (``False``: the

@@ -266,8 +266,8 @@ class HttpStore:
         data = _expect(resp, "data", list)
         if not all(isinstance(d, dict) for d in data):
             raise StoreBadResponse("the server's 'data' holds something that is not a document")
-        total = _body(resp).get("total", len(data))
-        return QueryResult(data, int(total) if isinstance(total, int) else len(data))
+        total = _body(resp).get("total")
+        return QueryResult(data, total if type(total) is int else None)
 
     async def get(self, doc_id: str) -> Document:
         """``GET /{project}/json-documents/{id}``."""
