@@ -19,6 +19,7 @@ from wr124_session_actor._document import MAX_NAME_CHARS
 from wr124_session_actor._exceptions import StoreUnavailable
 
 from .conftest import http_config
+from .faultserver import closed_port_url
 
 pytestmark = pytest.mark.anyio
 
@@ -125,6 +126,28 @@ class TestOriginalUsage:
             refs.append(weakref.ref(manager))
             del manager
         assert [ref() for ref in refs] == [None] * 20
+        await anyio.sleep(0.05)  # the close guards close the clients
+
+    @TRIO_CLOSES_A_DROPPED_GUARD
+    @pytest.mark.parametrize(("anyio_backend", "client"), [p for p in BACKEND_CLIENTS if p[1] != "urllib"])
+    async def test_managers_dropped_after_failed_calls_are_freed_at_once(self, client: str) -> None:
+        """The same after calls that failed (a refused connection, retried once): the client library's error,
+        in a reference cycle of its own, held the transport's frame, and the error the retries kept held
+        theirs; the garbage collector then freed the transports with their clients, before the guards could
+        close them ("Unclosed client session" for 50 of 50 managers). (urllib pools nothing, and has nothing to
+        close: its worker thread's error, in a cycle with the future that carried it, waits for the collector.)"""
+        refs = []
+        gc.disable()  # what reference counting frees, nothing else
+        try:
+            for n in range(10):
+                manager = SessionStateManager(f"s{n}", http_config(closed_port_url(), client, retries=1,
+                                                                   retry_backoff=0.01))
+                assert (await manager.upload_session_state({"n": n}, "t", "a"))[0] == S.FAILED
+                refs.append(weakref.ref(manager._direct_store()))
+                del manager
+            assert [ref() for ref in refs] == [None] * 10
+        finally:
+            gc.enable()
         await anyio.sleep(0.05)  # the close guards close the clients
 
     async def test_dropped_sqlite_managers_end_their_checkpoint_threads(self, sqlite_config: Config) -> None:

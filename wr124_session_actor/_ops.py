@@ -172,10 +172,16 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
         message = f"timed out after {timeout:g}s (SESSION_STATE_TIMEOUT)"
         if error is not None:
             message += f"; last error: {error}"
-        return StoreOutcome(Status.TIMEOUT, message, True, attempt, duration)
-    assert error is not None
-    return StoreOutcome(status_of(error), str(error), error.transient, attempt, duration,
-                        getattr(error, "status_code", None))
+        outcome = StoreOutcome(Status.TIMEOUT, message, True, attempt, duration)
+    else:
+        assert error is not None
+        outcome = StoreOutcome(status_of(error), str(error), error.transient, attempt, duration,
+                               getattr(error, "status_code", None))
+    # The error's traceback holds this frame, and this frame the error: a cycle that kept the store (and a
+    # dropped bare manager's HTTP client) alive until the garbage collector freed them together, before the
+    # client's close guard could close it ("Unclosed client session" after failed calls).
+    del error
+    return outcome
 
 
 #: Encodes uploads (each to its document, or to the message of why it cannot be encoded).

@@ -9,7 +9,7 @@ from typing import Final
 import aiohttp
 
 from .._exceptions import StoreTimeout, StoreUnavailable
-from ._base import CloseGuard, Params, Response
+from ._base import CloseGuard, Params, Response, detached
 
 __all__ = ["AiohttpTransport"]
 
@@ -60,9 +60,9 @@ class AiohttpTransport:
                 body = await resp.read()
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
         except TimeoutError as exc:
-            raise StoreTimeout(f"{method} {url}: timed out") from exc
+            raise StoreTimeout(f"{method} {url}: timed out") from detached(exc)
         except aiohttp.ClientError as exc:
-            raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from detached(exc)
 
     async def aclose(self) -> None:
         """Close the session and its connector."""

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["CloseGuard", "Params", "Response", "Transport", "utf8_values"]
+__all__ = ["CloseGuard", "Params", "Response", "Transport", "detached", "utf8_values"]
 
 #: Query parameters, in order (a key may repeat).
 Params = Sequence[tuple[str, str]]
@@ -49,6 +49,18 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Close the client and its connections."""
         ...
+
+
+def detached(exc: BaseException) -> BaseException:
+    """``exc`` without its traceback, to chain to the store error a transport raises for it.
+
+    The traceback holds the transport's own frame (``self``: the transport and its close guard). A client
+    library's error is often in a reference cycle of its own (a frame that keeps its last error), which
+    then kept a dropped manager's transport alive until the garbage collector freed it together with its
+    client, before the guard could close it ("Unclosed client session" after failed calls). The message
+    names the error; its type and ``__cause__`` stay.
+    """
+    return exc.with_traceback(None)
 
 
 async def _close_when_finalized(close: Callable[[], Awaitable[object]]) -> AsyncGenerator[None, None]:

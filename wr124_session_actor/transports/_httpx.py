@@ -22,7 +22,7 @@ import anyio
 import httpcore
 
 from .._exceptions import StoreTimeout, StoreUnavailable
-from ._base import CloseGuard, Params, Response, utf8_values
+from ._base import CloseGuard, Params, Response, detached, utf8_values
 
 __all__ = ["HttpxTransport"]
 
@@ -74,9 +74,9 @@ class HttpxTransport:
             try:
                 resp = await pool.request(method, url, headers=utf8_values(headers), content=content)
             except httpcore.TimeoutException as exc:
-                raise StoreTimeout(f"{method} {url}: timed out") from exc
+                raise StoreTimeout(f"{method} {url}: timed out") from detached(exc)
             except _UNAVAILABLE as exc:
-                raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+                raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from detached(exc)
             finally:
                 self._busy.discard(pool)
                 if self._guard is not None:

@@ -12,7 +12,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._exceptions import StoreTimeout, StoreUnavailable
-from ._base import Params, Response, utf8_values
+from ._base import Params, Response, detached, utf8_values
 
 __all__ = ["UrllibTransport"]
 
@@ -50,13 +50,13 @@ class UrllibTransport:
             with exc:
                 return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
         except TimeoutError as exc:
-            raise StoreTimeout(f"{method} {url}: timed out") from exc
+            raise StoreTimeout(f"{method} {url}: timed out") from detached(exc)
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
-                raise StoreTimeout(f"{method} {url}: timed out") from exc
-            raise StoreUnavailable(f"{method} {url}: {exc.reason}") from exc
+                raise StoreTimeout(f"{method} {url}: timed out") from detached(exc)
+            raise StoreUnavailable(f"{method} {url}: {exc.reason}") from detached(exc)
         except (OSError, http.client.HTTPException) as exc:
-            raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from detached(exc)
 
     async def request(
         self,
