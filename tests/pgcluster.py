@@ -91,13 +91,14 @@ class PgCluster:
         self.destroy()
 
 
-def create_database(server_url: str, prefix: str = "t") -> str:
-    """Create an empty database on the server of ``server_url``; return its URL."""
+def create_database(server_url: str, prefix: str = "t", options: str = "") -> str:
+    """Create an empty database on the server of ``server_url`` (with ``CREATE DATABASE`` ``options``, such as a
+    collation); return its URL."""
     import psycopg
 
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        conn.execute(f'CREATE DATABASE "{name}" {options}'.encode())
     base, _, _ = server_url.rpartition("/")
     return f"{base}/{name}"
 

@@ -163,10 +163,13 @@ class TestDecodeExact:
         assert decode_exact(text) == json.loads(text)
         assert repr(decode_exact(text)) == repr(json.loads(text))
 
-    def test_malformed_is_orjsons_error(self) -> None:
-        """Malformed JSON (NaN, which the stdlib parser would take) raises orjson's error."""
-        with pytest.raises(orjson.JSONDecodeError):
-            decode_exact(b'[NaN, 123456789012345678901234567890]')
+    @pytest.mark.parametrize("text", [b'[NaN, 123456789012345678901234567890]', b'[-Infinity]', b'[1, 2',
+                                      b'[1e400, 123456789012345678901234567890]'])
+    def test_what_is_not_json_is_a_value_error(self, text: bytes) -> None:
+        """What is not JSON (NaN or infinities, which the stdlib parser would take; a float past its range) is a
+        ValueError, whichever parser read it."""
+        with pytest.raises(ValueError, match=r"JSON|infinity|digit|unexpected"):
+            decode_exact(text)
 
 
 class TestTimestamps:

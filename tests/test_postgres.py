@@ -372,6 +372,21 @@ class TestMigrations:
         finally:
             drop_database(postgres_url, url)
 
+    @pytest.mark.anyio
+    async def test_a_restored_large_float_is_a_float_that_uploads_again(self, postgres_db: str) -> None:
+        """A state holding 1e20 and 1e300, stored in jsonb (which prints them as digits alone), restores as floats
+        and uploads again (it restored as ints past 64 bits: "Integer exceeds 64-bit range" on the next upload,
+        a Team's continuation after restore_latest)."""
+        manager = SessionStateManager("s", Config(api_url=postgres_db, timeout=10.0))
+        try:
+            assert (await manager.upload_session_state({"f": [1e20, 1e300]}, "t", "a"))[0] is S.SUCCESS
+            status, content = await manager.restore_latest_session_state()
+            assert status is S.SUCCESS and content is not None
+            assert content["state"] == {"f": [1e20, 1e300]} and all(isinstance(x, float) for x in content["state"]["f"])
+            assert (await manager.upload_session_state(content["state"], "t", "b"))[0] is S.SUCCESS
+        finally:
+            await manager.aclose()
+
     def test_migrate_off_leaves_the_database_alone(self, postgres_db: str) -> None:
         """migrate=False: nothing is created on first use; calls and the ping are unavailable (transient: what
         was accepted meanwhile is retried, not refused for good) until `migrate` runs."""

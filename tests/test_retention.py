@@ -29,6 +29,8 @@ from wr124_session_actor.stores import (
     SqliteStore,
 )
 
+from .pgcluster import create_database, drop_database
+
 S = SessionStateStatus
 
 
@@ -233,6 +235,28 @@ class TestSweeper:
             assert report is not None and report.documents >= 1
         assert [states(engine, project, f"s{s}", "a") for s in range(1, 5)] == [[2], [2], [2], [2]]
         assert states(engine, project, "s0", "a")[-1] == 19
+
+    def test_sweeps_resume_in_any_collation(self, postgres_url: str) -> None:
+        """On a PostgreSQL database whose collation orders text otherwise than code points (ICU's en-US puts
+        "B" between "a" and "c"), sweeps cut short after each session still go round every session (resumed by
+        code point order over rows in the database's order, they went round "a", "c" only)."""
+        url = create_database(postgres_url, "icu", "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+                                                  " LOCALE 'C.UTF-8'")
+        engine = PostgresDocuments(url, pool_size=2)
+        try:
+            names = ["a", "B", "c", "D"]
+            sweeper = RetentionSweeper(engine, RetentionPolicy(keep_last=1), interval=0, time_budget=0)
+            swept = []
+            for round_ in range(len(names)):  # every session has something to remove at every sweep
+                engine.insert_many("p", [state(name, "x", 2 * round_ + i) for name in names for i in range(2)])
+                report = sweeper.sweep_if_due("p")
+                assert report is not None and not report.complete
+                swept += [name for name in names if len(states(engine, "p", name, "x")) == 1]
+                engine.insert_many("p", [state(name, "x", 100 + round_) for name in swept[-1:]])
+            assert sorted(swept) == sorted(names)
+        finally:
+            engine.close()
+            drop_database(postgres_url, url)
 
     def test_the_trim_after_a_write_leaves_the_sweep_its_turn(self, tmp_path: Path) -> None:
         """A store whose trim after each write runs out of its budget still runs its due sweep, which moves on

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -141,16 +142,41 @@ _LONG_INTEGER_TEXT: Final = re.compile(r"-?[0-9]{19,}")
 
 def decode_exact(data: bytes | str) -> Any:
     """:func:`decode`, but an integer orjson cannot hold (outside -2**63 .. 2**64-1: it reads one as a float,
-    rounded) is read exactly, by the stdlib parser. A stored document gives back the numbers it was sent.
+    rounded, or refuses it past a float's range) is read exactly, by the stdlib parser. A stored document
+    gives back the numbers it was sent.
 
     Costs one search of ``data`` for runs of 19 digits or more; the stdlib parser runs only when one of them
     is such an integer (or a digit run of a string that would be one).
+
+    Raises:
+        ValueError: ``data`` is not JSON (``orjson.JSONDecodeError``), or holds a float past a float's range or
+            an integer of over 4,300 digits (Python's own bound).
     """
-    value = orjson.loads(data)
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if not _has_huge_integer(data):
+            raise
+    else:
+        if not _has_huge_integer(data):
+            return value
+    return json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+
+
+def _has_huge_integer(data: bytes | str) -> bool:
     runs = _LONG_INTEGER.finditer(data) if isinstance(data, bytes) else _LONG_INTEGER_TEXT.finditer(data)
-    if any(_out_of_range(run.group()) for run in runs):
-        return json.loads(data)
+    return any(_out_of_range(run.group()) for run in runs)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number is infinity when parsed as double: {text[:40]}")
     return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
 
 
 def _out_of_range(run: bytes | str) -> bool:

@@ -186,7 +186,7 @@ def _error_response(status: int, message: str, headers: Mapping[str, str] | None
 def _decode(body: bytes) -> Any:
     try:
         return decode_exact(body)  # an integer past 64 bits is stored as sent, not rounded to a float
-    except orjson.JSONDecodeError as exc:
+    except ValueError as exc:  # orjson's JSONDecodeError, or the stdlib parser's for such an integer
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
     except RecursionError:  # the stdlib parser, for such an integer, in a document nested past ~900 levels
         raise ApiError(400, "the body is nested too deep") from None

@@ -24,8 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import orjson
+
 from .._config import Config
-from .._document import EncodedDocument, decode_exact
+from .._document import EncodedDocument
 from .._exceptions import NoClientError, SchemaBehind, StoreError, StoreRejected, StoreTimeout, StoreUnavailable
 from .._retention import PRUNE_BATCH, PruneReport, RetentionPolicy
 from ._base import Document, DocumentConflict, Inserted, Query, SessionSummary, session_summary
@@ -542,7 +544,9 @@ def _iso(moment: datetime) -> str:
 
 
 def _document(doc_id: str, seq: int, created_at: datetime, updated_at: datetime, body: str) -> Document:
-    doc: Document = decode_exact(body)
+    # orjson, not decode_exact: jsonb holds numbers as numeric and prints 1e20 as 100000000000000000000,
+    # which would read back as an int (not a float, and past what orjson can send again).
+    doc: Document = orjson.loads(body)
     doc["_id"] = doc_id
     doc["id"] = doc_id
     doc["seq"] = seq

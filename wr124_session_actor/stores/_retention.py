@@ -208,10 +208,12 @@ class _Sweep:
             args.append(session_id)
         rows = conn.execute(
             f"SELECT project, session_id, {idle}, max(seq) FROM {self.t} WHERE {' AND '.join(where)}"
-            " GROUP BY project, session_id ORDER BY project, session_id",
+            " GROUP BY project, session_id",
             args,
         ).fetchall()
-        return [(str(proj), str(sid), bool(flag), int(top)) for proj, sid, flag, top in rows]
+        # Sorted here, in the order the resuming sweep bisects by: a database's collation (ICU, en_US) orders
+        # text otherwise, and a sweep resumed after "B" in it went round "a", "c" only.
+        return sorted((str(proj), str(sid), bool(flag), int(top)) for proj, sid, flag, top in rows)
 
     def remove_session(self, project: str, session_id: str) -> PruneReport:
         """Remove a whole idle session; stop if it gets a write meanwhile."""
