@@ -62,6 +62,9 @@ class TestDemo:
         assert errors[0] == (f"error: {figures['failed']} states were not stored in http://127.0.0.1:9"
                              " (the log says why)")
         assert errors[1].startswith("error: ") and "could not restore the latest state of demo-1" in errors[1]
+        given_up = [line for line in captured.err.splitlines() if "not written before shutdown_timeout" in line]
+        assert given_up and all("its last write failed: " in line and "POST http://127.0.0.1:9/" in line
+                                for line in given_up)  # the cause, without -v (only the retries' debug said it)
 
     def test_trio_without_trio_is_an_error_line(self, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,9 +125,11 @@ class TestInspect:
     def test_documents_of_another_client_are_listed(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """``ls`` and ``show`` print documents another json-documents client stored with fields of other types
         (an agent name null or a list, a size that is an object, a tag that is a number): ``ls`` raised
-        TypeError from its format string, with a traceback."""
+        TypeError from its format string, with a traceback; control characters are escaped (an escape
+        sequence in another client's task cleared the terminal)."""
         engine = SqliteDocuments(tmp_path / "other.db")
-        contents = [{"agent_name": None, "task": 7}, {"agent_name": ["a", "b"]}, {"agent_name": "ok", "task": "t"}]
+        contents = [{"agent_name": None, "task": 7}, {"agent_name": ["a", "b"]},
+                    {"agent_name": "ok", "task": "t\x1b[2Jx"}]
         docs = [EncodedDocument(f"d{n}", "s", "session_state", ("session_state",), orjson.dumps(
             {"name": "session_state", "content": content, "session_id": "s", "tags": ["session_state", 5],
              "metadata": {"state_size": {"n": 1}}, "document_type": "session_state"}))
@@ -137,6 +142,7 @@ class TestInspect:
         assert len(lines) == 3
         assert {line.split()[0] for line in lines} == {"d0", "d1", "d2"}
         assert any('["a","b"]' in line for line in lines) and all('{"n":1} B' in line for line in lines)
+        assert any("t\\x1b[2Jx" in line for line in lines) and not any("\x1b" in line for line in lines)
         assert main(["show", "d0", "--url", url]) == 0
         shown = capsys.readouterr().out
         assert "agent:      \n" in shown and "task:       7\n" in shown and "tags:       session_state, 5\n" in shown

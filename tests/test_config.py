@@ -68,6 +68,10 @@ class TestFromEnv:
             ("SESSION_API_URL", "http://127.0.0.1:8000/?tenant=1"),
             ("SESSION_API_URL", "http://127.0.0.1:8000/api#x"),
             ("SESSION_API_URL", "http://127.0.0.1:8000/?"),
+            # Tabs and newlines, which urlsplit drops before it looks, and spaces: every call failed.
+            ("SESSION_API_URL", "http://127.0.0.1:8000/a\tb"),
+            ("SESSION_API_URL", "http://127.0.\n0.1:8000"),
+            ("SESSION_API_URL", "http://127.0.0.1:8000/ x"),
             # Header values: a control character failed every call ("unexpected error: ValueError").
             ("SESSION_API_KEY", "sec\nret"),
             ("SESSION_API_KEY", "sec\x7fret"),
@@ -122,6 +126,10 @@ class TestFromEnv:
                       if f.type in ("int", "float") and f.name != "timeout"]
         for blank in ("", "  "):
             assert Config.from_env(dict.fromkeys(variables, blank)) == Config(enabled=False)
+
+    def test_a_key_may_hold_a_tab(self) -> None:
+        """A header value may hold a tab (HTTP allows it): such a key is taken."""
+        assert Config.from_env({"SESSION_API_KEY": "a\tb"}).api_key == "a\tb"
 
     def test_keep_takes_any_case(self) -> None:
         """``SESSION_STATE_KEEP=ALL`` is ``all``, as the switches take ``TRUE``."""

@@ -404,6 +404,8 @@ class TestSpoolFaults:
                     system.handle(f"s{n % 4}").submit({"n": n, "pad": "x" * 2000}, "t", f"a{n}")
         syncs = [e["error"] for e in logs if e.get("op") == "sync"]
         assert syncs and all(error == f"spool {path}: database or disk is full" for error in syncs), syncs
+        # Said once while it lasts (every sync was a warning: ten a second).
+        assert [e["log_level"] for e in logs if e.get("op") == "sync"].count("warning") == 1
         given_up = [e for e in logs if e["event"] == "session_state.upload" and e["status"] == "failed"]
         assert sum(e["batch_size"] for e in given_up) == 200
         assert all("the spool fails too (spool " in e["error"] and "kept in the outbox" not in e["error"]
@@ -413,6 +415,7 @@ class TestSpoolFaults:
         with sqlite3.connect(path) as check:
             (spooled,) = check.execute("SELECT count(*) FROM outbox").fetchone()
         assert lost["lost"] + spooled == 200 and lost["lost"] > 150
+        assert system.statistics().outbox_depth == spooled  # the lost ones are not held any more
 
     async def test_a_deadline_ends_the_entry_while_another_process_locks_the_spool(self, tmp_path: Path) -> None:
         """Entering a system whose spool another connection holds locked waits for it, but a deadline around

@@ -327,6 +327,7 @@ class SessionActor:
         if self._job is not None:  # still in the stage: not to be written now, nor settled twice
             self._stage.withdraw(self._job)
             self._job = None
+        last_error = self._batch.last_error
         left = self._batch.clear()
         self.counters.pending -= len(left)
         # Those a write stored before it failed part-way are stored: answered so, not lost.
@@ -350,6 +351,8 @@ class SessionActor:
             reason = "not written before shutdown_timeout; kept in the outbox for the next start"
         else:
             reason = "not written before shutdown_timeout; lost (set SESSION_STATE_SPOOL to keep it)"
+        if last_error is not None:  # the cause, which only the debug log's retries said
+            reason += f"; its last write failed: {last_error}"
         logger.warning("session_state.upload", status=Status.FAILED.value, session_id=self.ops.session_id,
                        op="upload", ids=[p.upload.doc_id for p in left], batch_size=len(left), error=reason)
         for pending in left:

@@ -57,7 +57,8 @@ class PendingBatch(Generic[R]):
         bound: the most uploads kept while the store fails.
     """
 
-    __slots__ = ("_awaited", "_config", "_failures", "_first_at", "_items", "_last_at", "bound", "retry_at")
+    __slots__ = ("_awaited", "_config", "_failures", "_first_at", "_items", "_last_at", "bound", "last_error",
+                 "retry_at")
 
     def __init__(self, config: Config, *, bound: int) -> None:
         self._config = config
@@ -69,6 +70,8 @@ class PendingBatch(Generic[R]):
         self._failures = 0
         #: No write before this time (after a failed one).
         self.retry_at = 0.0
+        #: Why the last write failed for a reason that may pass (``None`` after one that worked).
+        self.last_error: str | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -176,11 +179,14 @@ class PendingBatch(Generic[R]):
             self._pass_on_continuations(pending for pending, outcome in answered
                                         if outcome.status is not SessionStateStatus.SUCCESS and outcome.transient)
             self._failures += 1
+            self.last_error = next(str(outcome.value) for _, outcome in answered
+                                   if outcome.status is not SessionStateStatus.SUCCESS and outcome.transient)
             config = self._config
             self.retry_at = now + backoff_delay(self._failures, config.retry_backoff, config.retry_backoff_max * 4)
         elif batch:
             self._failures = 0
             self.retry_at = 0.0
+            self.last_error = None
         return done
 
     def _pass_on_continuations(self, failed: Iterable[PendingUpload[R]]) -> None:

@@ -25,7 +25,7 @@ class CircuitBreaker:
         max_cooldown: the longest it stays open.
     """
 
-    __slots__ = ("_base", "_failures", "_max", "_open_until", "_probing", "_trips", "threshold")
+    __slots__ = ("_base", "_failures", "_last_error", "_max", "_open_until", "_probing", "_trips", "threshold")
 
     def __init__(self, threshold: int = 5, cooldown: float = 0.5, max_cooldown: float = 30.0) -> None:
         self.threshold = threshold
@@ -33,6 +33,7 @@ class CircuitBreaker:
         self._max = max_cooldown
         self._trips = 0
         self._failures = 0
+        self._last_error = ""
         self._open_until = 0.0
         self._probing = False
 
@@ -50,8 +51,9 @@ class CircuitBreaker:
         now = anyio.current_time()
         if now < self._open_until or self._probing:
             await anyio.lowlevel.checkpoint()
+            last = f" (the last: {self._last_error})" if self._last_error else ""
             raise CircuitOpen(
-                f"circuit open: the store failed {self._failures} times in a row;"
+                f"circuit open: the store failed {self._failures} times in a row{last};"
                 f" next probe in {max(0.0, self._open_until - now):.2f}s"
             )
         self._probing = True
@@ -70,9 +72,11 @@ class CircuitBreaker:
         self._failures = 0
         self._trips = 0
 
-    def record_failure(self) -> None:
-        """A call failed for a transient reason; open the circuit at the threshold."""
+    def record_failure(self, error: str = "") -> None:
+        """A call failed for a transient reason (``error`` says which: the open circuit's refusals name it);
+        open the circuit at the threshold."""
         self._failures += 1
+        self._last_error = error
         if self._failures == self.threshold:
             self._trip()
 

@@ -133,8 +133,8 @@ class Config:
                    "SESSION_API_URL", "sqlite:///relative.db or sqlite:////absolute/path.db")
         elif scheme in ("http", "https"):
             _check(_is_http_url(self.api_url), "SESSION_API_URL",
-                   "an http(s)://host[:port][/path] URL with a host, a port number from 1 to 65535 and no"
-                   " ?query or #fragment (the API's paths are added to it)")
+                   "an http(s)://host[:port][/path] URL with a host, a port number from 1 to 65535, no"
+                   " ?query or #fragment (the API's paths are added to it) and no space or control character")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -245,8 +245,12 @@ def _whole(value: object) -> bool:
 
 
 def _is_http_url(url: str) -> bool:
-    """Whether ``url`` names a host (and a valid port, if any) and has no query or fragment: ``http://``,
-    ``http://[::1``, ``http://host:notaport`` and ``http://host/?tenant=1`` do not."""
+    """Whether ``url`` names a host (and a valid port, if any) and has no query, fragment, space or control
+    character: ``http://``, ``http://[::1``, ``http://host:notaport``, ``http://host/?tenant=1`` and
+    ``http://host/a b`` do not (``urlsplit`` drops tabs and newlines before it looks: such a URL passed, and
+    every call failed)."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return False
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -256,9 +260,9 @@ def _is_http_url(url: str) -> bool:
 
 
 def _header_safe(text: str) -> bool:
-    """Whether ``text`` can be an HTTP header's value: no control character (a newline would end the header;
-    every HTTP client refuses them, at the first request)."""
-    return not any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
+    """Whether ``text`` can be an HTTP header's value: no control character but a tab (a newline would end the
+    header; every HTTP client refuses them, at the first request)."""
+    return not any((ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F for char in text)
 
 
 def _check(ok: bool, variable: str, expected: str) -> None:

@@ -57,7 +57,6 @@ async def run_demo(config: Config, sessions: int = 3, turns: int = 40, agents: i
                 for session_id in session_ids:
                     for n in range(agents):
                         tg.start_soon(one, session_id, _ROLES[n % len(_ROLES)])
-        elapsed = time.perf_counter() - started
         manager = system.manager(session_ids[0])
         status, summaries = await manager.list_available_session_states(limit=5)
         print(f"\nhistory of {session_ids[0]} ({status.value}), newest first:")
@@ -70,11 +69,12 @@ async def run_demo(config: Config, sessions: int = 3, turns: int = 40, agents: i
                   f"{len(history)} messages, last: {history[-1]['content'] if history else ''!r}")
         else:
             print(f"\nrestore failed: {status.value}")
+    elapsed = time.perf_counter() - started  # the final flush included
     stats = system.statistics()  # after the final flush: what it could not write counts as failed
-    writes = max(stats.store_writes, 1)
+    per_write = f"  ({stats.submitted / stats.store_writes:.0f} states per write)" if stats.documents else ""
     print(f"\nmessages produced:     {messages}\nstates submitted:      {stats.submitted}\n"
           f"coalesced (replaced):  {stats.coalesced}\ndocuments stored:      {stats.documents}\n"
-          f"store writes:          {stats.store_writes}  ({stats.submitted / writes:.0f} states per write)\n"
+          f"store writes:          {stats.store_writes}{per_write}\n"
           f"failed:                {stats.failed}\nwall time:             {elapsed:.2f} s")
     if stats.failed:
         sys.stderr.write(f"error: {stats.failed} states were not stored in {config.api_url} (the log says why)\n")

@@ -150,7 +150,7 @@ async def call_store(config: Config, circuit: CircuitBreaker, store: Callable[[]
                     in_a_row = 1
                     circuit.record_success()
                 elif exc.transient and not isinstance(exc, CircuitOpen):
-                    circuit.record_failure()
+                    circuit.record_failure(str(exc))
                 if not exc.transient or in_a_row > config.retries:
                     break
                 delay = backoff_delay(in_a_row, config.retry_backoff, config.retry_backoff_max)

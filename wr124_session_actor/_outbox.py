@@ -251,13 +251,17 @@ class Outbox:
             self._settled |= settled
             if not isinstance(exc, sqlite3.Error | OSError):
                 raise
-            self.sync_error = f"spool {self.path}: {exc}"
-            logger.warning("session_state.outbox", status="failed", op="sync", error=self.sync_error,
-                           batch_size=len(batch))
+            error = f"spool {self.path}: {exc}"
+            # Said once while it lasts (a full disk failed every sync: ten warnings a second).
+            log = logger.debug if error == self.sync_error else logger.warning
+            self.sync_error = error
+            log("session_state.outbox", status="failed", op="sync", error=error, batch_size=len(batch))
             return
         finally:
             self._syncing.difference_update(batch)
-        self.sync_error = None
+        if self.sync_error is not None:
+            logger.info("session_state.outbox", status="success", op="sync", error=None, after=self.sync_error)
+            self.sync_error = None
         self.syncs += 1
         self.spooled += len(docs)
         self._synced.difference_update(settled)
@@ -359,6 +363,7 @@ class Outbox:
             logger.error("session_state.outbox", status="failed", op="close", lost=len(self._unsynced),
                          ids=list(self._unsynced), error=f"{self.sync_error}: these uploads were neither stored"
                          " nor spooled, and are lost")
+            self._unsynced.clear()  # gone: no longer held (outbox_depth)
         try:
             left = await anyio.to_thread.run_sync(self.count, limiter=self._limiter)
         except (sqlite3.Error, OSError) as exc:

@@ -108,10 +108,17 @@ def _object(value: object) -> dict[str, Any]:
 
 
 def _cell(value: object) -> str:
-    """A listing's cell: text as it is, nothing for null, any other JSON value as JSON."""
+    """A listing's cell: text with its control characters escaped (another client's text could move the cursor
+    or recolour the terminal), nothing for null, any other JSON value as JSON."""
     if value is None:
         return ""
-    return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    if not isinstance(value, str):
+        return orjson.dumps(value, default=str).decode()
+    return value.translate(_CONTROL_ESCAPES) if not value.isprintable() else value
+
+
+#: Control characters (C0, DEL, C1) as ``\xNN``, for :func:`_cell`.
+_CONTROL_ESCAPES: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 async def _show(args: argparse.Namespace) -> int:
