@@ -319,6 +319,21 @@ class TestWhatTheViewShows:
             page.wait_for_timeout(100)
         assert seen == {"● offline"}
 
+    def test_integers_past_what_a_double_holds_are_shown_as_stored(self, page: Page, tmp_path: Path) -> None:
+        """A state holding integers past 2**53 shows their digits as stored (they were shown rounded:
+        18446744073709551615 as 18446744073709552000); other numbers as before."""
+        with ServerThread(tmp_path / "big.db") as srv:
+            body = (b'{"name": "big", "session_id": "big", "tags": ["session_state", "agent_state", "a"],'
+                    b' "content": {"agent_name": "a", "task": "t", "state": {"u": 18446744073709551615,'
+                    b' "v": 123456789012345678901234567890, "f": 1e20, "n": 7}}}')
+            httpx.post(f"{srv.url}/default/json-documents", content=body).raise_for_status()
+            open_session(page, srv, "big")
+            state = page.locator("#state")
+            expect(state.locator('li[data-key="u"]')).to_contain_text("u: 18446744073709551615")
+            expect(state.locator('li[data-key="v"]')).to_contain_text("v: 123456789012345678901234567890")
+            expect(state.locator('li[data-key="f"]')).to_contain_text("f: 100000000000000000000")
+            expect(state.locator('li[data-key="n"]')).to_contain_text("n: 7")
+
     def test_states_deleted_while_a_session_is_followed_leave_the_view(self, page: Page, tmp_path: Path) -> None:
         """Two of five states are deleted (retention, a prune) while the session is open: within 2 s the view
         shows three, and says so (it kept all five, and counted on from five)."""

@@ -110,11 +110,23 @@ async function api(path, params) {
       await askKey(key ? "That key was refused: the server's is another one." : "");
       continue;
     }
-    const body = await response.json().catch(() => ({}));
+    const body = parseJson(await response.text());
     if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
     return body;
   }
   throw new Error("the key was refused");
+}
+
+// An integer past 2**53 is a BigInt read from its own digits (a number would show it rounded:
+// 18446744073709551615 as 18446744073709552000), where the browser gives the reviver the source text.
+function parseJson(text) {
+  try {
+    return JSON.parse(text, (key, value, context) => (
+      typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?[0-9]+$/.test(context.source)
+        ? BigInt(context.source) : value));
+  } catch {
+    return {};
+  }
 }
 
 const projectPath = (suffix) => `/${encodeURIComponent(view.project)}${suffix}`;
@@ -398,7 +410,7 @@ function scalar(value) {
   if (value === null) return h("span", { class: "z" }, "null");
   switch (typeof value) {
     case "string": return h("span", { class: "s text" }, JSON.stringify(value));
-    case "number": return h("span", { class: "n" }, String(value));
+    case "number": case "bigint": return h("span", { class: "n" }, String(value));
     case "boolean": return h("span", { class: "b" }, String(value));
     default: return h("span", {}, String(value));
   }
