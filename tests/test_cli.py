@@ -129,8 +129,9 @@ class TestInspect:
         sequence in another client's task cleared the terminal)."""
         engine = SqliteDocuments(tmp_path / "other.db")
         contents = [{"agent_name": None, "task": 7}, {"agent_name": ["a", "b"]},
-                    {"agent_name": "ok", "task": "t\x1b[2Jx"}]
-        docs = [EncodedDocument(f"d{n}", "s", "session_state", ("session_state",), orjson.dumps(
+                    {"agent_name": "ok", "task": "t\x1b[2Jx"}, {"agent_name": "x", "task": "\u202eevil\x9b"}]
+        ids = ["d0", "d1", "d2", "d3\x1b]0;title\x07"]
+        docs = [EncodedDocument(ids[n], "s", "session_state", ("session_state",), orjson.dumps(
             {"name": "session_state", "content": content, "session_id": "s", "tags": ["session_state", 5],
              "metadata": {"state_size": {"n": 1}}, "document_type": "session_state"}))
             for n, content in enumerate(contents)]
@@ -139,13 +140,17 @@ class TestInspect:
         url = f"sqlite:///{tmp_path / 'other.db'}"
         assert main(["ls", "s", "--url", url]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert len(lines) == 3
-        assert {line.split()[0] for line in lines} == {"d0", "d1", "d2"}
+        assert len(lines) == 4
+        assert {line.split()[0] for line in lines} == {"d0", "d1", "d2", "d3\\x1b]0;title\\x07"}
         assert any('["a","b"]' in line for line in lines) and all('{"n":1} B' in line for line in lines)
-        assert any("t\\x1b[2Jx" in line for line in lines) and not any("\x1b" in line for line in lines)
+        assert any("t\\x1b[2Jx" in line for line in lines) and any("\\u202eevil\\x9b" in line for line in lines)
+        assert not any(char in line for line in lines for char in "\x1b\x07\u202e\x9b")
         assert main(["show", "d0", "--url", url]) == 0
         shown = capsys.readouterr().out
         assert "agent:      \n" in shown and "task:       7\n" in shown and "tags:       session_state, 5\n" in shown
+        assert main(["show", "d3\x1b]0;title\x07", "--url", url, "--json"]) == 0
+        shown = capsys.readouterr().out
+        assert '"task": "\\u202eevil\\u009b"' in shown and "\x1b" not in shown and "\u202e" not in shown
 
     def test_a_file_that_is_not_a_database_fails_at_once(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:

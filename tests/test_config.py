@@ -131,6 +131,14 @@ class TestFromEnv:
         """A header value may hold a tab (HTTP allows it): such a key is taken."""
         assert Config.from_env({"SESSION_API_KEY": "a\tb"}).api_key == "a\tb"
 
+    @pytest.mark.parametrize("key", [" lead", "trail ", "trail\t", "\tlead"])
+    def test_a_key_with_whitespace_at_its_ends_is_refused(self, key: str) -> None:
+        """No header value keeps whitespace at its ends: such a key given in code is a ConfigError (it was taken,
+        and every call was 401); from the environment it is stripped, as every value is."""
+        with pytest.raises(ConfigError, match="SESSION_API_KEY"):
+            Config(api_key=key)
+        assert Config.from_env({"SESSION_API_KEY": key}).api_key == key.strip()
+
     def test_keep_takes_any_case(self) -> None:
         """``SESSION_STATE_KEEP=ALL`` is ``all``, as the switches take ``TRUE``."""
         assert Config.from_env({"SESSION_STATE_KEEP": "ALL"}).keep == "all"

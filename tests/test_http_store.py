@@ -464,3 +464,25 @@ async def test_writes_that_find_no_batch_endpoint_keep_to_their_deadline() -> No
         await _upload_each(system, 60)
     assert sorted(n for _, n in transport.posted) == list(range(60))
     assert system.statistics().documents == 60
+
+
+async def test_a_long_error_detail_is_quoted_short() -> None:
+    """A server's error detail is quoted to 500 characters (a 200 KB one went into every log line of the write,
+    the open circuit's refusals and the give-up at exit)."""
+
+    class Busy:
+        name = "mock"
+
+        async def request(self, method: str, url: str, *, headers: Mapping[str, str], params: Params = (),
+                          content: bytes | None = None) -> Response:
+            await anyio.lowlevel.checkpoint()
+            return Response(503, {}, orjson.dumps({"detail": "x" * 200_000}))
+
+        async def aclose(self) -> None:
+            await anyio.lowlevel.checkpoint()
+
+    store = HttpStore("http://127.0.0.1:1", "p", Busy)
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.get("d")
+    assert str(caught.value) == f"HTTP 503: {'x' * 500}..."
+    await store.aclose()

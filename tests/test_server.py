@@ -144,6 +144,15 @@ class TestHealth:
         assert resp.status_code == 200
         assert resp.json() == {"status": "ok"}
 
+    def test_a_key_set_with_whitespace_at_its_ends_is_the_key_without_it(self, make_server: Any) -> None:
+        """``serve --api-key 'secret '``: the key is "secret" (no header value keeps a trailing blank: every call
+        was 401), and the metrics key likewise."""
+        srv = make_server(api_key="secret \t", metrics_key=" metrics")
+        with client_for(srv, Authorization="Bearer secret") as client:
+            assert client.get(COLLECTION).status_code == 200
+        with client_for(srv, Authorization="Bearer metrics") as client:
+            assert client.get("/metrics").status_code == 200
+
     def test_health_needs_no_key(self, make_server: Any) -> None:
         """``/health`` answers without a key even when one is set."""
         srv = make_server(api_key="secret")

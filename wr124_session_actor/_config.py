@@ -119,8 +119,9 @@ class Config:
                and "/" not in self.project_id and _header_safe(self.project_id),
                "DEFAULT_PROJECT_ID", "a non-empty name without '/' or control characters, and not '.' or '..'"
                " (a URL's path segment and a header's value)")
-        _check(self.api_key is None or (isinstance(self.api_key, str) and _header_safe(self.api_key)),
-               "SESSION_API_KEY", "text without control characters (a header's value)")
+        _check(self.api_key is None or (isinstance(self.api_key, str) and _header_safe(self.api_key)
+                                        and self.api_key == self.api_key.strip()),
+               "SESSION_API_KEY", "text without control characters or whitespace at its ends (a header's value)")
         _check(isinstance(self.http_clients, tuple | list) and bool(self.http_clients)
                and all(c in HTTP_CLIENTS for c in self.http_clients),
                "SESSION_STATE_HTTP_CLIENTS", "a comma-separated subset of " + ",".join(HTTP_CLIENTS))

@@ -76,7 +76,9 @@ def _existing(config: Config) -> Config:
 
 
 def _dump(value: object) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    """Print ``value`` as JSON; the control and direction characters orjson leaves as they are (C1, bidi
+    overrides) as ``\\u`` escapes: the same JSON, which cannot move the terminal's cursor or reorder a line."""
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode().translate(_JSON_ESCAPES) + "\n")
 
 
 def _fail(message: str) -> int:
@@ -97,7 +99,7 @@ async def _ls(args: argparse.Namespace) -> int:
         print(f"no states in session {args.session_id!r}")
     for doc in docs:
         content, metadata = _object(doc.get("content")), _object(doc.get("metadata"))
-        print(f"{doc['_id']}  {_cell(doc.get('created_at'))}  {_cell(content.get('agent_name')):<16} "
+        print(f"{_cell(doc['_id'])}  {_cell(doc.get('created_at'))}  {_cell(content.get('agent_name')):<16} "
               f"{_cell(metadata.get('state_size', '?')):>8} B  {_cell(content.get('task'))[:50]}")
     return 0
 
@@ -117,8 +119,13 @@ def _cell(value: object) -> str:
     return value.translate(_CONTROL_ESCAPES) if not value.isprintable() else value
 
 
-#: Control characters (C0, DEL, C1) as ``\xNN``, for :func:`_cell`.
-_CONTROL_ESCAPES: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+#: Characters another client's text must not send to the terminal: controls (C0, DEL, C1), which move the
+#: cursor or recolour, and bidi marks and overrides, which reorder what a line shows.
+_UNSAFE: Final = (*range(0x20), *range(0x7F, 0xA0), 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+#: Those as ``\xNN`` or ``\uNNNN``, for :func:`_cell`.
+_CONTROL_ESCAPES: Final = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _UNSAFE}
+#: Those orjson leaves in a JSON text, as JSON escapes, for :func:`_dump` (it escapes C0 itself).
+_JSON_ESCAPES: Final = {code: f"\\u{code:04x}" for code in _UNSAFE if code >= 0x7F}
 
 
 async def _show(args: argparse.Namespace) -> int:
@@ -133,7 +140,7 @@ async def _show(args: argparse.Namespace) -> int:
         _dump(doc)
         return 0
     content, tags = _object(doc.get("content")), doc.get("tags")
-    print(f"id:         {doc['_id']}\nsession:    {_cell(doc.get('session_id'))}\n"
+    print(f"id:         {_cell(doc['_id'])}\nsession:    {_cell(doc.get('session_id'))}\n"
           f"name:       {_cell(doc.get('name'))}\n"
           f"created_at: {_cell(doc.get('created_at'))}\nagent:      {_cell(content.get('agent_name'))}\n"
           f"task:       {_cell(content.get('task'))}\n"

@@ -38,7 +38,7 @@ from .._exceptions import SchemaBehind, StoreError, StoreRejected
 from .._retention import NO_RETENTION, RetentionPolicy
 from ..stores import SORT_FIELDS, DocumentConflict, DocumentEngine, Query, SortField, open_engine
 from . import _metrics, _openapi, _ui
-from ._auth import bearer_matches
+from ._auth import bearer_key, bearer_matches
 from ._prune import install_retention, sweep_after_write
 
 __all__ = ["DEFAULT_LIMITS", "ApiError", "ServerLimits", "create_app"]
@@ -729,7 +729,7 @@ def create_app(
         ],
     )
     app[_LIMITS] = limits
-    app[_API_KEY] = api_key.encode("utf-8") if api_key else b""
+    app[_API_KEY] = bearer_key(api_key)
     app.cleanup_ctx.append(_engine_context(db_path, config))
     app.router.add_get("/health", _health, name="health", allow_head=False)
     collection = "/{project}/json-documents"

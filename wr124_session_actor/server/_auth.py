@@ -5,7 +5,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 
-__all__ = ["bearer_matches"]
+__all__ = ["bearer_key", "bearer_matches"]
+
+
+def bearer_key(key: str | None) -> bytes:
+    """The key to expect, as compared (empty: none): without whitespace at its ends, which no header value
+    keeps (a key set with a trailing blank made every call 401)."""
+    return (key or "").strip().encode("utf-8")
 
 
 def bearer_matches(headers: Mapping[str, str], expected: bytes) -> bool:

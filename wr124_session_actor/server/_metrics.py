@@ -18,7 +18,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from ._auth import bearer_matches
+from ._auth import bearer_key, bearer_matches
 
 try:
     import prometheus_client
@@ -120,7 +120,7 @@ def install_metrics(app: web.Application, metrics_key: str | None) -> None:
     """
     if prometheus_client is not None:
         app[_METRICS] = _new_metrics()
-    app[_METRICS_KEY] = metrics_key.encode("utf-8") if metrics_key else b""
+    app[_METRICS_KEY] = bearer_key(metrics_key)
     app.router.add_get(METRICS_PATH, _metrics_handler, name="metrics", allow_head=False)
 
 

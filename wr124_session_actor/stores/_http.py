@@ -368,6 +368,10 @@ class _TooLarge(Exception):
     """The server refused a batch of several documents as too large (413)."""
 
 
+#: The most characters of a server's error detail a message quotes.
+_DETAIL_CHARS: Final = 500
+
+
 def _error_message(resp: Response) -> str:
     try:
         body = decode(resp.content)
@@ -376,7 +380,8 @@ def _error_message(resp: Response) -> str:
     if isinstance(body, dict):
         for key in ("error", "detail", "message"):
             if key in body:
-                return f"HTTP {resp.status}: {body[key]}"
+                detail = str(body[key])  # at most _DETAIL_CHARS: a 200 KB detail went into every log line of it
+                return f"HTTP {resp.status}: {detail[:_DETAIL_CHARS]}{'...' if len(detail) > _DETAIL_CHARS else ''}"
     text = resp.content[:200].decode("utf-8", "replace").strip()
     return f"HTTP {resp.status}: {text}" if text else f"HTTP {resp.status}"
 

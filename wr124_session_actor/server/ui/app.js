@@ -119,8 +119,11 @@ async function api(path, params) {
 
 // An integer past 2**53 is a BigInt read from its own digits (a number would show it rounded:
 // 18446744073709551615 as 18446744073709552000), where the browser gives the reviver the source text.
+// Only a text with 16 digits in a row can hold one: the reviver, on every value, made a 1 MB answer
+// 20 times slower to parse.
 function parseJson(text) {
   try {
+    if (!/[0-9]{16}/.test(text)) return JSON.parse(text);
     return JSON.parse(text, (key, value, context) => (
       typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?[0-9]+$/.test(context.source)
         ? BigInt(context.source) : value));
