@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import anyio
 import pytest
 
-from wr124_session_actor import ActorSystem, Config, SessionStateManager
+from wr124_session_actor import ActorSystem, Config, SessionStateManager, StoreTimeout
 from wr124_session_actor import SessionStateStatus as S
+from wr124_session_actor._document import EncodedDocument
+from wr124_session_actor.stores import MemoryStore
 
 from .conftest import stored_count
 from .test_manager import manager_in
@@ -144,3 +148,40 @@ class TestUnchanged:
         status, second = await manager.upload_session_state({"same": True}, "t", "a")
         assert status is S.SUCCESS and second != first
         assert await stored_count(memory_config, "s") == 1
+
+
+class StoredButLost(MemoryStore):
+    """A store whose writes, while ``losing``, are stored and then answered with a timeout (a lost answer)."""
+
+    losing = False
+
+    async def insert_many(self, docs: Sequence[EncodedDocument]) -> list[str]:
+        ids = await super().insert_many(docs)
+        if self.losing:
+            raise StoreTimeout("the answer was lost")
+        return ids
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+async def test_after_a_write_that_may_have_stored_the_previous_state_is_written_again(cancelled: bool) -> None:
+    """Direct mode: X stored, then Y's write stored but unanswered (a timeout, or the caller cancelled): X sent
+    again is written, and is the latest (it was answered "unchanged" with the first X's id, and Y stayed the
+    latest, for cache_ttl)."""
+    config = Config(api_url="memory://", retries=0, timeout=1.0)
+    manager = SessionStateManager("s", config)
+    store = manager._direct_store.store = StoredButLost(f"lost-{cancelled}")
+    status, first = await manager.upload_session_state({"v": "X"}, "t", "a")
+    assert status is S.SUCCESS
+    store.losing = True
+    if cancelled:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await manager.upload_session_state({"v": "Y"}, "t", "a")
+    else:
+        assert (await manager.upload_session_state({"v": "Y"}, "t", "a"))[0] is not S.SUCCESS
+    store.losing = False
+    status, again = await manager.upload_session_state({"v": "X"}, "t", "a")
+    assert status is S.SUCCESS and again != first
+    status, content = await manager.restore_latest_session_state()
+    assert status is S.SUCCESS and content is not None and content["state"] == {"v": "X"}
+    await manager.aclose()

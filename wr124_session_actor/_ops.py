@@ -423,6 +423,7 @@ class SessionOps:
                 result = await self._insert(prepared.docs)
             except BaseException:  # the caller was cancelled: the store may still take the write
                 self.invalidate()
+                self._forget(prepared.docs)
                 raise
         else:  # nothing to store (unchanged states, or none encodable): a checkpoint all the same
             result = None
@@ -462,11 +463,21 @@ class SessionOps:
                 failure = UploadOutcome(result.status, _message("upload", result), result.transient)
                 for doc, index in zip(docs, prepared.uploads_of_docs, strict=True):
                     outcomes[index] = stored_before(doc) or failure
+            self._forget([docs[p] for p in failures])
         for index, earlier in (prepared.same_as or {}).items():
             same = outcomes[earlier]
             assert same is not None
             outcomes[index] = UploadOutcome(same.status, same.value, same.transient, same.status is Status.SUCCESS)
         return [o for o in outcomes if o is not None]
+
+    def _forget(self, docs: Sequence[EncodedDocument]) -> None:
+        """The agents of ``docs``, whose write failed or was cancelled, may have a newer state stored than the one
+        remembered (a timed-out write the store took): none is trusted as their last for ``skip_unchanged``
+        (the previous state sent again was answered "unchanged" and not written, leaving the newer one latest)."""
+        if self._last_stored:
+            for doc in docs:
+                if doc.agent is not None:
+                    self._last_stored.pop(doc.agent, None)
 
     def _remember(self, docs: Sequence[EncodedDocument], ids: Sequence[str]) -> None:
         if not self.config.skip_unchanged:
