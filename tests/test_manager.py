@@ -243,6 +243,20 @@ class TestCache:
         await manager.delete_session_state(doc_id)
         assert (await manager.restore_session_state(doc_id))[0] == S.FAILED
 
+    async def test_a_large_read_is_not_kept(self, memory_config: Config) -> None:
+        """A state of more than 20,000 items is read from the store each time, not kept in the cache (its copy
+        was encoded on the loop when kept and decoded at each hit: two more holds of the loop as long as the
+        read's); a small one is kept."""
+        manager = SessionStateManager("s", memory_config)
+        _, small = await manager.upload_session_state({"v": 1}, "t", "a")
+        _, large = await manager.upload_session_state({"items": list(range(30_000))}, "t", "b")
+        for doc_id in (small, large):
+            assert (await manager.restore_session_state(doc_id))[0] == S.SUCCESS
+        await manager._direct_store().delete(large)  # behind the manager's back
+        await manager._direct_store().delete(small)
+        assert (await manager.restore_session_state(small))[0] == S.SUCCESS  # kept
+        assert (await manager.restore_session_state(large))[0] == S.FAILED  # read again: gone
+
     async def test_cached_values_are_copies(self, memory_config: Config) -> None:
         """Mutating a returned value does not change what the cache returns next."""
         manager = SessionStateManager("s", memory_config)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ __all__ = [
     "encode_if_small",
     "encode_state",
     "encode_state_pieces",
+    "holds_at_most",
     "new_document_id",
     "normalize_timestamp",
     "utc_now_iso",
@@ -135,8 +135,6 @@ def decode(data: bytes | bytearray | memoryview | str) -> Any:
     return orjson.loads(data)
 
 
-#: A run of digits that may be an integer orjson reads as a float: 19 digits or more (-2**63 has 19).
-_LONG_INTEGER: Final = re.compile(rb"-?[0-9]{19,}")
 #: Every digit as "0", for a quick look for the shortest runs that can be out of range: 20 digits (2**64 has
 #: 20), or 19 after a minus (-2**63 - 1); 19 digits alone are always in range (nanosecond timestamps, say:
 #: they took the slow path every time). A regular expression's scan of a 1 MB body took 23 ms, six times
@@ -160,20 +158,36 @@ def decode_exact(data: bytes | str) -> Any:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        if not _has_huge_integer(data):
+        if not _may_hold_huge_integer(data):
             raise
     else:
-        if not _has_huge_integer(data):
+        # orjson reads such an integer as a float: only a float that large can be one (or a float written so).
+        if not _may_hold_huge_integer(data) or not _has_float_past_64_bits(value):
             return value
     return json.loads(data, parse_float=_finite, parse_constant=_no_constant)
 
 
-def _has_huge_integer(data: bytes | str) -> bool:
-    raw = data.encode() if isinstance(data, str) else data
-    digits = raw.translate(_DIGITS_AS_ZERO)
-    if _MAYBE_HUGE[0] not in digits and _MAYBE_HUGE[1] not in digits:
-        return False
-    return any(_out_of_range(run.group()) for run in _LONG_INTEGER.finditer(raw))
+def _may_hold_huge_integer(data: bytes | str) -> bool:
+    """Whether ``data`` has a digit run that can be an integer past 64 bits (in a string too)."""
+    digits = (data.encode() if isinstance(data, str) else data).translate(_DIGITS_AS_ZERO)
+    return _MAYBE_HUGE[0] in digits or _MAYBE_HUGE[1] in digits
+
+
+def _has_float_past_64_bits(value: object) -> bool:
+    """Whether ``value`` holds a float of magnitude 2**63 or more (one orjson made of an integer past 64 bits,
+    or a float written so). Walked
+    only when the text has a digit run that long: zero-padded numbers in strings had a regular expression
+    go over every one of them (0.3 s for a 10 MB state)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float) and not -(2.0**63) < item < 2.0**63:  # -2**63 - 1 rounds to -2**63
+            return True
+    return False
 
 
 def _finite(text: str) -> float:
@@ -185,12 +199,6 @@ def _finite(text: str) -> float:
 
 def _no_constant(text: str) -> Any:
     raise ValueError(f"{text} is not JSON")
-
-
-def _out_of_range(run: bytes) -> bool:
-    """Whether the digit run ``run`` (with its sign) is an integer outside -2**63 .. 2**64-1 (over 20 digits
-    always: not converted, as ``int`` refuses over 4,300)."""
-    return len(run) > 21 or not -(2**63) <= int(run) < 2**64
 
 
 def encode_state(state: object) -> bytes:
@@ -225,6 +233,12 @@ def _is_small(value: object, budget: int = _SMALL_BUDGET) -> int:
             if budget <= 0:
                 return budget
     return budget
+
+
+def holds_at_most(value: object, elements: int) -> bool:
+    """Whether ``value``'s lists and dicts hold at most ``elements`` items in all (looked at only until past it):
+    what orjson's time on it grows with."""
+    return _is_small(value, elements + 1) > 0
 
 
 def encode_state_pieces(state: object, depth: int = 0) -> Iterator[bytes]:

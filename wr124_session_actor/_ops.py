@@ -31,6 +31,7 @@ from ._document import (
     decode,
     encode,
     encode_documents,
+    holds_at_most,
     normalize_timestamp,
 )
 from ._exceptions import (
@@ -51,6 +52,9 @@ Status = SessionStateStatus
 logger = structlog.get_logger("wr124_session_actor")
 
 _SUMMARY_FIELDS: Final = ("name", "description", "created_at", "updated_at", "tags")
+#: The most items (in all its lists and dicts) of a read the cache keeps: its copy is encoded on the loop when
+#: it is kept, and decoded at each hit (a 10 MB state: two more holds of the loop of 20-60 ms each).
+_CACHED_ELEMENTS: Final = 20_000
 
 
 def _refused(session_id: str, op: str, reason: object) -> str:
@@ -293,6 +297,8 @@ class SessionOps:
         """Cache ``value``, read when :attr:`_invalidations` was ``invalidations``: unless a write or delete of
         this session has ended since (in direct mode reads and writes of one session can overlap)."""
         if self.config.trust_ttl <= 0 or invalidations != self._invalidations:
+            return
+        if not holds_at_most(value, _CACHED_ELEMENTS):  # its copy would hold the loop as long as the read did
             return
         try:
             copy = encode(value)

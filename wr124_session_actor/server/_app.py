@@ -669,7 +669,7 @@ def _engine_context(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def engine_context(app: web.Application) -> AsyncIterator[None]:
         owned = isinstance(db, str | os.PathLike)
-        engine = open_engine(db, config) if isinstance(db, str | os.PathLike) else db
+        engine = open_engine(db, config, exact_numbers=True) if isinstance(db, str | os.PathLike) else db
         app[_LIMITER] = anyio.CapacityLimiter(max(_ENGINE_THREADS, engine.concurrency))
         app[_CPU_LIMITER] = anyio.CapacityLimiter(1)
         app[_ENGINE] = engine

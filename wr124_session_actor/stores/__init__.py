@@ -64,13 +64,16 @@ def is_postgres_url(url: str) -> bool:
     return url.partition(":")[0].lower() in ("postgresql", "postgres") and "://" in url
 
 
-def open_engine(target: str | os.PathLike[str], config: Config | None = None) -> DocumentEngine:
+def open_engine(target: str | os.PathLike[str], config: Config | None = None, *,
+                exact_numbers: bool = False) -> DocumentEngine:
     """The engine for a database: a ``postgresql://``/``postgres://`` URL, a ``sqlite:///`` URL or a
     sqlite file path. Does no I/O.
 
     Args:
         target: where the documents live.
         config: PostgreSQL pool settings, timeout and ``migrate`` (default: read from the environment).
+        exact_numbers: a sqlite engine reads integers past 64 bits back as stored (the reference server's);
+            PostgreSQL's ``jsonb`` holds them as numbers, read as floats.
 
     Raises:
         ValueError: ``target`` is a URL of another kind (``mysql://``, a misspelt ``postgresql://``), which
@@ -83,7 +86,7 @@ def open_engine(target: str | os.PathLike[str], config: Config | None = None) ->
         text = sqlite_path_from_url(text)
     elif "://" in text:
         raise ValueError(f"the database must be a postgresql:// or sqlite:/// URL, or a sqlite file path; got {text!r}")
-    return SqliteDocuments(text)
+    return SqliteDocuments(text, exact_numbers=exact_numbers)
 
 
 def open_store(config: Config) -> DocumentStore:

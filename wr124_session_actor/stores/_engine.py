@@ -153,10 +153,13 @@ class SqliteDocuments:
 
     Args:
         path: the database file; ``":memory:"`` for a private in-memory database.
+        exact_numbers: read integers past 64 bits back as stored (:func:`decode_exact`), for a service
+            answering other clients; else as orjson reads them (floats), which costs nothing more.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, exact_numbers: bool = False) -> None:
         self.path = os.fspath(path)
+        self._decode: Callable[[bytes], Any] = decode_exact if exact_numbers else orjson.loads
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._applied: list[int] = []
@@ -268,7 +271,7 @@ class SqliteDocuments:
                 f" ORDER BY {order} LIMIT ? OFFSET ?",
                 [*args, query.limit, query.skip],
             ).fetchall()
-        return [_document(*row) for row in rows], int(total)
+        return [_document(self._decode, *row) for row in rows], int(total)
 
     def sessions(
         self, project: str, search: str | None = None, limit: int = 20, skip: int = 0
@@ -297,7 +300,7 @@ class SqliteDocuments:
                 "SELECT id, seq, created_at, updated_at, body FROM documents WHERE project = ? AND id = ?",
                 (project, doc_id),
             ).fetchone()
-        return None if row is None else _document(*row)
+        return None if row is None else _document(self._decode, *row)
 
     def delete(self, project: str, doc_id: str) -> bool:
         """Delete a document; return whether it existed."""
@@ -495,8 +498,9 @@ def id_conflict_message(doc_id: str) -> str:
     return f"conflict: document {doc_id!r} exists with a different body"
 
 
-def _document(doc_id: str, seq: int, created_at: str, updated_at: str, body: bytes) -> Document:
-    doc: Document = decode_exact(body)
+def _document(decode: Callable[[bytes], Any], doc_id: str, seq: int, created_at: str, updated_at: str,
+              body: bytes) -> Document:
+    doc: Document = decode(body)
     doc["_id"] = doc_id
     doc["id"] = doc_id
     doc["seq"] = seq

@@ -263,10 +263,14 @@ class HttpStore:
             limit //= 2
         if limit < asked and 200 <= resp.status < 300:
             self._max_limit = limit
-        data = _expect(resp, "data", list)
+        _check_status(resp, None)
+        body = _body(resp)  # decoded once (a 10 MB page was decoded twice, for its data and for its total)
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'data' list")
         if not all(isinstance(d, dict) for d in data):
             raise StoreBadResponse("the server's 'data' holds something that is not a document")
-        total = _body(resp).get("total")
+        total = body.get("total")
         return QueryResult(data, total if type(total) is int else None)
 
     async def get(self, doc_id: str) -> Document:
@@ -470,11 +474,3 @@ def _created_ids(resp: Response, chunk: Sequence[EncodedDocument]) -> list[str]:
         raise StoreBadResponse(f"HTTP {resp.status}: the answer has no 'ids' list naming each of the"
                                f" {len(chunk)} documents")
     return [doc.id for doc in chunk]
-
-
-def _expect(resp: Response, key: str, kind: type) -> Any:
-    _check_status(resp, None)
-    value = _body(resp).get(key)
-    if not isinstance(value, kind):
-        raise StoreBadResponse(f"HTTP {resp.status}: the answer has no {key!r} {kind.__name__}")
-    return value
