@@ -141,8 +141,8 @@ class PruneReport:
         bytes: the size of the removed documents' stored bodies.
         dry_run: whether this only counted (nothing was removed).
         complete: false when a time budget stopped the prune before it was done (not in the JSON).
-        resume_after: where such a prune stopped: the last ``(project, session_id)`` it finished, from which the
-            next one goes on (not in the JSON).
+        resume_after: where such a prune stopped: the ``(project, session_id)`` it stopped in or after; the next
+            one goes on with the session after it (not in the JSON).
     """
 
     sessions: int = 0

@@ -129,7 +129,7 @@ def prune_documents(
         now: the time ages are measured from (default: the current time); tests pass their own.
         batch_size: the most rows one transaction deletes.
         time_budget: stop after about this many seconds (the report then has ``complete=False``, and
-            ``resume_after`` the last session it finished).
+            ``resume_after`` the session it stopped in or after).
         start_after: begin after this ``(project, session_id)``, going round to the sessions before it: a
             sweep that goes on from where the last one stopped reaches every session, even when the first
             ones always have something to remove (restarted from the first, it kept removing theirs).
