@@ -196,6 +196,14 @@ class TestInspect:
             assert main(["ls", "s"]) == 1
             assert "no sqlite database at 'wr124_sessions.db'" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("option", ["--api-key", "--metrics-key"])
+    def test_a_key_of_blanks_is_a_usage_error(self, option: str, capsys: pytest.CaptureFixture[str]) -> None:
+        """``serve --api-key '   '``: a usage error (the server ran with no key required at all, silently)."""
+        with pytest.raises(SystemExit) as info:
+            main(["serve", option, "   "])
+        assert info.value.code == 2
+        assert f"argument {option}: expected a key, got only blanks" in capsys.readouterr().err
+
     @pytest.mark.parametrize("session_id", ["", "a\0b", "s" * 257])
     def test_a_session_id_no_store_holds_is_a_usage_error(self, session_id: str,
                                                           capsys: pytest.CaptureFixture[str]) -> None:

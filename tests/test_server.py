@@ -153,6 +153,13 @@ class TestHealth:
         with client_for(srv, Authorization="Bearer metrics") as client:
             assert client.get("/metrics").status_code == 200
 
+    def test_a_key_of_blanks_is_refused(self, tmp_path: Path) -> None:
+        """A key of blanks only is an error (stripped, it required no key at all, silently)."""
+        with pytest.raises(ValueError, match="only blanks"):
+            create_app(tmp_path / "blank.db", api_key="  \t")
+        with pytest.raises(ValueError, match="only blanks"):
+            create_app(tmp_path / "blank.db", metrics_key=" ")
+
     def test_health_needs_no_key(self, make_server: Any) -> None:
         """``/health`` answers without a key even when one is set."""
         srv = make_server(api_key="secret")
@@ -275,6 +282,13 @@ class TestValidation:
         assert stored == [int(huge), -int(huge)]
         for refused in (b"[1e400, %s]" % huge, b"[NaN, %s]" % huge, b"[%s]" % (b"9" * 5000)):
             error_of(api.post(COLLECTION, content=b'{"name": "no", "content": {"a": %s}}' % refused), 400)
+        # What orjson refuses stays refused whatever digits the body holds (a BOM, or a lone surrogate, which the
+        # stdlib parser takes, was stored when a 20-digit run was in the body too).
+        padded = b'"00000000000000000001"'
+        for body in (b'\xef\xbb\xbf{"name": "no", "content": {"a": %s}}' % padded,
+                     b'{"name": "no", "content": {"a": "\\ud800", "b": %s}}' % padded,
+                     b'{"name": "no", "content": {"b": %s, "a": "\\ud800"}}' % huge):
+            assert "not valid JSON" in error_of(api.post(COLLECTION, content=body), 400)
 
     def test_not_an_object(self, api: httpx.Client) -> None:
         """A JSON body that is not an object answers 422."""

@@ -203,7 +203,7 @@ async def _prune(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
-    api_key = args.api_key or os.environ.get("SESSION_API_KEY")
+    api_key = args.api_key or os.environ.get("SESSION_API_KEY", "").strip() or None  # blank: unset, as everywhere
     try:
         run_server(args.host, args.port, args.db, api_key=api_key, metrics_key=args.metrics_key,
                    retention=_policy(args) or RetentionPolicy(), sweep_interval=args.sweep_interval)
@@ -258,6 +258,14 @@ def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def _key(text: str) -> str:
+    """An argparse type: a key that is not blank (stripped of blanks at its ends, it was empty: no key required
+    at all, silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a key, got only blanks (leave the option out for none)")
+    return text
+
+
 def _session_id(text: str) -> str:
     """An argparse type: a session id (not empty, no NUL, at most 256 characters), else a usage error."""
     try:
@@ -299,11 +307,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_whole(0, 65535), default=8000)
     serve.add_argument("--db", default="wr124_server.db",
                        help="sqlite file, sqlite:/// or postgresql:// URL (default: wr124_server.db)")
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $SESSION_API_KEY)")
+    serve.add_argument("--api-key", type=_key, help="require 'Authorization: Bearer KEY' (default: $SESSION_API_KEY)")
     _retention_options(serve)
     serve.add_argument("--sweep-interval", type=_duration, default=60.0, metavar="SECONDS",
                        help="how often the server sweeps by its retention policy (default: 60s)")
-    serve.add_argument("--metrics-key", help="require 'Authorization: Bearer KEY' for /metrics (default: open)")
+    serve.add_argument("--metrics-key", type=_key,
+                       help="require 'Authorization: Bearer KEY' for /metrics (default: open)")
 
     migrate = sub.add_parser("migrate", help="bring a database's schema up to date (sqlite or PostgreSQL)")
     migrate.add_argument("--db", required=True, help="postgresql://user:pass@host:port/db, sqlite:/// URL or file")

@@ -143,9 +143,16 @@ def _dumps(value: object, *, sort_keys: bool = False) -> bytes:
 
 
 def _stdlib_dumps(value: object, *, sort_keys: bool = False) -> bytes:
-    """:func:`_dumps`'s fallback for what orjson refuses."""
+    """:func:`_dumps`'s fallback for what orjson refuses.
+
+    Raises:
+        ApiError: 400 for a lone surrogate (which the stdlib parser takes, and orjson refuses).
+    """
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, f"the body is not valid JSON: a lone surrogate ({exc.reason})") from None
 
 
 def _orjson_max_depth() -> int:

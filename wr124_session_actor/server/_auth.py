@@ -10,7 +10,13 @@ __all__ = ["bearer_key", "bearer_matches"]
 
 def bearer_key(key: str | None) -> bytes:
     """The key to expect, as compared (empty: none): without whitespace at its ends, which no header value
-    keeps (a key set with a trailing blank made every call 401)."""
+    keeps (a key set with a trailing blank made every call 401).
+
+    Raises:
+        ValueError: ``key`` is only blanks: it would require no key at all.
+    """
+    if key and not key.strip():
+        raise ValueError("the key is only blanks: it would require no key at all")
     return (key or "").strip().encode("utf-8")
 
 
