@@ -176,11 +176,11 @@ class PendingBatch(Generic[R]):
                 del items[key]
         self._awaited = bool(items) and any(p.replies for p in items.values())
         if len(done) < len(batch):
-            self._pass_on_continuations(pending for pending, outcome in answered
-                                        if outcome.status is not SessionStateStatus.SUCCESS and outcome.transient)
+            retried = [(pending, outcome) for pending, outcome in answered
+                       if outcome.status is not SessionStateStatus.SUCCESS and outcome.transient]
+            self._pass_on_continuations(pending for pending, _ in retried)
             self._failures += 1
-            self.last_error = next(str(outcome.value) for _, outcome in answered
-                                   if outcome.status is not SessionStateStatus.SUCCESS and outcome.transient)
+            self.last_error = str(retried[0][1].value)
             config = self._config
             self.retry_at = now + backoff_delay(self._failures, config.retry_backoff, config.retry_backoff_max * 4)
         elif batch:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -160,26 +159,16 @@ def decode_exact(data: bytes) -> Any:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        # Past a float's range, orjson refuses an integer ("number is infinity"): then only if there is one,
-        # as its digits say (any other fault stays orjson's: a BOM or a lone surrogate, which the stdlib
-        # parser takes, was stored when the body also held a long digit run).
-        if "infinity" not in str(exc) or not any(_out_of_range(run.group()) for run in _LONG_INTEGER.finditer(data)):
+        # Past a float's range orjson refuses a number ("number is infinity"), where it stops: the stdlib parser
+        # reads the body on for an integer that large, and refuses a float (``_finite``). Any other fault stays
+        # orjson's (a BOM or a lone surrogate, which the stdlib parser takes).
+        if "infinity" not in str(exc):
             raise
     else:
         # orjson reads such an integer as a float: only a float that large can be one (or a float written so).
         if not _may_hold_huge_integer(data) or not _has_float_past_64_bits(value):
             return value
     return json.loads(data, parse_float=_finite, parse_constant=_no_constant)
-
-
-#: A run of digits that may be an integer past 64 bits, for the rare body orjson refused.
-_LONG_INTEGER: Final = re.compile(rb"-?[0-9]{19,}")
-
-
-def _out_of_range(run: bytes) -> bool:
-    """Whether the digit run ``run`` (with its sign) is an integer outside -2**63 .. 2**64-1 (over 20 digits
-    always: not converted, as ``int`` refuses over 4,300)."""
-    return len(run) > 21 or not -(2**63) <= int(run) < 2**64
 
 
 def _may_hold_huge_integer(data: bytes) -> bool:

@@ -120,19 +120,10 @@ class SystemCollector(Collector):
                 continue
             family = CounterMetricFamily if scalar.kind == "counter" else GaugeMetricFamily
             yield family(PREFIX + scalar.name, scalar.help, value=value)
-        failed = CounterMetricFamily(
-            PREFIX + "failed_total", "Uploads whose write failed, by status.", labels=["status"]
-        )
-        for status, count in sorted(getattr(stats, "failed_by_status", {}).items()):
-            failed.add_metric([status], count)
-        yield failed
-        write_failures = CounterMetricFamily(
-            PREFIX + "write_failures_total", "Store write calls that failed (after their retries), by status.",
-            labels=["status"],
-        )
-        for status, count in sorted(dict(self._write_failures).items()):  # a copy: the loop thread adds to it
-            write_failures.add_metric([status], count)
-        yield write_failures
+        yield _by_status("failed_total", "Uploads whose write failed, by status.",
+                         getattr(stats, "failed_by_status", {}))
+        yield _by_status("write_failures_total", "Store write calls that failed (after their retries), by status.",
+                         dict(self._write_failures))  # a copy: the loop thread adds to it
         circuit = GaugeMetricFamily(
             PREFIX + "circuit_state", "The store's circuit breaker: 1 for the current state.", labels=["state"]
         )
@@ -142,6 +133,14 @@ class SystemCollector(Collector):
         yield circuit
         yield from self._latency.collect()
         yield from self._batch.collect()
+
+
+def _by_status(name: str, help_text: str, counts: dict[str, int]) -> CounterMetricFamily:
+    """A counter family with one series per status in ``counts``."""
+    family = CounterMetricFamily(PREFIX + name, help_text, labels=["status"])
+    for status, count in sorted(counts.items()):
+        family.add_metric([status], count)
+    return family
 
 
 def register(system: ActorSystem, registry: CollectorRegistry | None = None) -> SystemCollector:

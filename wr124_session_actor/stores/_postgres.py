@@ -352,7 +352,7 @@ class PostgresDocuments:
             version = current_version(conn)
         if version < PG_SCHEMA_VERSION:
             raise SchemaBehind(f"PostgreSQL: the schema is at version {version} of {PG_SCHEMA_VERSION}:"
-                                   f" {_MIGRATE_HINT}")
+                               f" {_MIGRATE_HINT}")
 
     def close(self) -> None:
         """Close the pool's connections (a later call opens a new pool)."""
